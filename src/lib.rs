@@ -1,0 +1,9 @@
+//! hermes-reconciler: keeps one s6 service slot per Hermes agent profile.
+//!
+//! Layout follows the control loop: [`observe`] reads the world into plain data, [`plan`] is a
+//! pure function from that data to actions, [`apply`] is the only layer that changes s6 or the
+//! filesystem.
+
+pub mod model;
+pub mod observe;
+pub mod s6;

@@ -1,0 +1,9 @@
+//! Talking to s6 directly, through the files and FIFOs its documentation declares stable:
+//! `supervise/status` (decoded by size), `supervise/control` and `supervise/lock` of a
+//! service, and `.s6-svscan/control` of the scanner. No s6 program is spawned on a hot path.
+
+pub mod control;
+pub mod status;
+
+pub use control::{ControlError, SupervisorCommand, rescan, send_command, supervisor_pid};
+pub use status::{ServiceStatus, StatusError, decode_status, read_status};
