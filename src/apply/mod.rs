@@ -1,0 +1,156 @@
+//! Apply: the only layer that changes s6 or the filesystem. It carries out a [`Plan`] step by
+//! step; one profile's failure stops that profile's remaining steps and nothing else.
+
+pub mod boot_log;
+pub mod home;
+pub mod slot;
+
+use crate::plan::{Decision, Plan, Step};
+use crate::s6::{self, ControlError};
+use home::HomeWriter;
+use slot::SlotWriter;
+use std::path::Path;
+
+/// Everything the apply layer writes through.
+#[derive(Clone, Debug)]
+pub struct Applier {
+    pub slots: SlotWriter,
+    pub home: HomeWriter,
+}
+
+/// What applying a plan did.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Decisions whose steps all succeeded, in log order.
+    pub applied: Vec<Decision>,
+    /// Profiles whose steps failed, one sentence each naming the profile.
+    pub errors: Vec<String>,
+    /// Problems that did not stop a profile.
+    pub warnings: Vec<String>,
+    /// Slots published in this pass.
+    pub created: usize,
+}
+
+/// The legacy migration record (SPEC §5.4).
+pub const LEGACY_RECORD: &str = "{\"gateway_state\":\"running\",\"desired_state\":\"running\",\"migrated_from\":\"legacy-container-cmd\"}\n";
+
+impl Applier {
+    fn run_step(&self, step: &Step, created: &mut usize) -> Result<(), String> {
+        match step {
+            Step::SweepPidFiles { dir } => {
+                let rel = self.home.relative(dir).map_err(|e| e.to_string())?;
+                for f in ["gateway.pid", "processes.json"] {
+                    if self.home.unlink(rel, f).map_err(|e| e.to_string())? {
+                        tracing::info!(file = %dir.join(f).display(), "removed a leftover of the previous container");
+                    }
+                }
+                Ok(())
+            }
+            Step::Create {
+                name,
+                files,
+                up,
+                record,
+            } => {
+                self.slots
+                    .create(name, files, *up, record)
+                    .map_err(|e| e.to_string())?;
+                *created += 1;
+                Ok(())
+            }
+            Step::WriteFiles { name, files } => self
+                .slots
+                .write_files(name, files)
+                .map_err(|e| e.to_string()),
+            Step::Command { name, up } => self.slots.command(name, *up).map_err(|e| e.to_string()),
+            Step::WriteRecord { name, record } => self
+                .slots
+                .write_record(name, record)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Applies a whole plan, then asks s6-svscan to rescan if anything was published.
+    pub fn apply(&self, plan: &Plan) -> Outcome {
+        let mut out = Outcome::default();
+        let mut root_failed = false;
+        if plan.migrate_legacy {
+            match self.home.write_atomic(
+                Path::new(""),
+                "gateway_state.json",
+                LEGACY_RECORD.as_bytes(),
+            ) {
+                Ok(()) => tracing::info!(
+                    "legacy `gateway run` container: recorded the root gateway as running"
+                ),
+                Err(e) => {
+                    root_failed = true;
+                    out.errors.push(format!(
+                        "profile default: legacy migration record not written: {e}"
+                    ));
+                }
+            }
+        }
+        if plan.ports_changed {
+            let mut json =
+                serde_json::to_vec_pretty(&plan.ports).expect("a map of ports serialises");
+            json.push(b'\n');
+            if let Err(e) = self
+                .home
+                .write_atomic(Path::new(""), crate::observe::PORTS_FILE, &json)
+            {
+                out.warnings
+                    .push(format!("port assignments not saved: {e}"));
+            }
+        }
+        for entry in &plan.clear_hidden {
+            match self.slots.clear_hidden(entry) {
+                Ok(true) => tracing::info!(entry = %entry, "cleared a leftover staging directory"),
+                Ok(false) => out.warnings.push(format!(
+                    "{}: a supervisor still runs in this hidden leftover; left for a later pass",
+                    self.slots.scandir.join(entry).display()
+                )),
+                Err(e) => out.warnings.push(format!("leftover not cleared: {e}")),
+            }
+        }
+        for pp in &plan.profiles {
+            if root_failed && pp.name.is_root() {
+                continue;
+            }
+            let failed = pp
+                .steps
+                .iter()
+                .find_map(|s| self.run_step(s, &mut out.created).err());
+            match failed {
+                Some(e) => out.errors.push(format!("profile {}: {e}", pp.name)),
+                None => out.applied.extend(pp.decision.clone()),
+            }
+        }
+        out.applied.extend(plan.skipped.iter().cloned());
+        if out.created > 0 {
+            match s6::rescan(&self.slots.scandir, false) {
+                Ok(()) => {}
+                Err(ControlError::NoSupervisor(_)) => out.warnings.push(format!(
+                    "s6-svscan is not running on {}; the new slots start when it does",
+                    self.slots.scandir.display()
+                )),
+                Err(e) => out.warnings.push(format!("rescan not requested: {e}")),
+            }
+        }
+        out
+    }
+
+    /// Appends the decisions to `container-boot.log`, all with one timestamp.
+    pub fn log_decisions(&self, decisions: &[Decision]) -> Result<(), home::HomeError> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let ts = boot_log::now_timestamp();
+        let text: String = decisions
+            .iter()
+            .map(|d| boot_log::format_line(&ts, d))
+            .collect();
+        self.home
+            .append_log(boot_log::BOOT_LOG, &text, boot_log::ROTATE_AT)
+    }
+}

@@ -1,0 +1,174 @@
+//! `hermes-reconciler once`: one boot pass (SPEC §6.1), then exit.
+
+use super::{EXIT_FAILURE, EXIT_OK};
+use crate::apply::Applier;
+use crate::config::Config;
+use crate::observe::{self, container::ContainerMode};
+use crate::plan::{self, Decision, PassKind, Plan, Step};
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Serialize)]
+struct Report<'a> {
+    dry_run: bool,
+    mode: &'static str,
+    decisions: Vec<&'a Decision>,
+    /// Dry run only: the steps that would be taken, one human sentence each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<Vec<String>>,
+    warnings: &'a [String],
+    errors: &'a [String],
+}
+
+fn mode_name(mode: ContainerMode) -> &'static str {
+    match mode {
+        ContainerMode::Dashboard => "dashboard",
+        ContainerMode::Normal | ContainerMode::LegacyGatewayRun => "normal",
+    }
+}
+
+/// One sentence per step, for `--dry-run`.
+pub fn describe_steps(plan: &Plan, config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if plan.migrate_legacy {
+        out.push(format!(
+            "write {}/gateway_state.json (legacy `gateway run` migration)",
+            config.home.display()
+        ));
+    }
+    if plan.ports_changed {
+        out.push(format!(
+            "write {}/{}",
+            config.home.display(),
+            observe::PORTS_FILE
+        ));
+    }
+    for h in &plan.clear_hidden {
+        out.push(format!(
+            "clear leftover {}",
+            config.scandir.join(h).display()
+        ));
+    }
+    for pp in &plan.profiles {
+        for s in &pp.steps {
+            out.push(match s {
+                Step::SweepPidFiles { dir } => {
+                    format!(
+                        "remove {0}/gateway.pid and {0}/processes.json if present",
+                        dir.display()
+                    )
+                }
+                Step::Create { name, up, .. } => format!(
+                    "create slot {} ({})",
+                    config.scandir.join(name.slot_name()).display(),
+                    if *up { "started" } else { "down" }
+                ),
+                Step::WriteFiles { name, files } => format!(
+                    "rewrite {} in slot {}",
+                    files.iter().map(|f| f.rel).collect::<Vec<_>>().join(", "),
+                    name.slot_name()
+                ),
+                Step::Command { name, up } => {
+                    format!(
+                        "want slot {} {}",
+                        name.slot_name(),
+                        if *up { "up" } else { "down" }
+                    )
+                }
+                Step::WriteRecord { name, .. } => {
+                    format!("record applied intent in slot {}", name.slot_name())
+                }
+            });
+        }
+    }
+    out
+}
+
+fn decision_text(d: &Decision) -> String {
+    let mut s = format!(
+        "{} {} (prior_state={}, prior_exit={})",
+        d.action.as_str(),
+        d.profile,
+        d.prior_state.as_deref().unwrap_or("None"),
+        d.prior_exit.as_str()
+    );
+    if let Some(r) = &d.reason {
+        s.push_str(&format!(" reason={r}"));
+    }
+    s
+}
+
+/// Runs the boot pass. Returns the exit status.
+pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32 {
+    let observed = observe::observe_all(config, Path::new("/proc"));
+    let plan = plan::plan(&observed, config, PassKind::Boot);
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    if plan.mode == ContainerMode::Dashboard {
+        tracing::info!("dashboard container: gateways are not supervised here");
+    }
+    if dry_run {
+        let steps = describe_steps(&plan, config);
+        let decisions: Vec<&Decision> = plan.decisions().collect();
+        if json {
+            let report = Report {
+                dry_run: true,
+                mode: mode_name(plan.mode),
+                decisions,
+                steps: Some(steps),
+                warnings: &plan.warnings,
+                errors: &[],
+            };
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("report serialises")
+            );
+        } else {
+            for s in &steps {
+                println!("would {s}");
+            }
+            for d in decisions {
+                println!("would log: {}", decision_text(d));
+            }
+        }
+        return EXIT_OK;
+    }
+    let outcome = applier.apply(&plan);
+    for w in &outcome.warnings {
+        tracing::warn!("{w}");
+    }
+    for e in &outcome.errors {
+        tracing::error!("{e}");
+    }
+    let mut warnings = plan.warnings.clone();
+    warnings.extend(outcome.warnings.iter().cloned());
+    let mut errors = outcome.errors.clone();
+    if let Err(e) = applier.log_decisions(&outcome.applied) {
+        tracing::error!("container-boot.log not written: {e}");
+        errors.push(format!("container-boot.log not written: {e}"));
+    }
+    if json {
+        let report = Report {
+            dry_run: false,
+            mode: mode_name(plan.mode),
+            decisions: outcome.applied.iter().collect(),
+            steps: None,
+            warnings: &warnings,
+            errors: &errors,
+        };
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("report serialises")
+        );
+    } else {
+        for d in &outcome.applied {
+            println!("{}", decision_text(d));
+        }
+    }
+    if errors.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILURE
+    }
+}

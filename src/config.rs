@@ -1,0 +1,362 @@
+//! Configuration: every setting is an environment variable with an overriding flag (SPEC §3).
+//!
+//! Invariant: an invalid value is an error naming the variable (exit 78), never a silent default.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A resolved, validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub home: PathBuf,
+    pub scandir: PathBuf,
+    pub multiplex: bool,
+    pub no_supervise: bool,
+    pub gateway_command: String,
+    /// `None`: never drop privileges.
+    pub run_as: Option<String>,
+    pub resync: Duration,
+    pub remove_grace: Duration,
+    pub max_profiles: usize,
+    pub log_filter: String,
+}
+
+/// One setting: its environment variable, its flag and its default.
+pub struct Setting {
+    pub var: &'static str,
+    pub flag: &'static str,
+    pub default: &'static str,
+}
+
+pub const HOME: Setting = Setting {
+    var: "HERMES_HOME",
+    flag: "--home",
+    default: "/opt/data",
+};
+pub const SCANDIR: Setting = Setting {
+    var: "S6_PROFILE_GATEWAY_SCANDIR",
+    flag: "--scandir",
+    default: "/run/service",
+};
+pub const MULTIPLEX: Setting = Setting {
+    var: "GATEWAY_MULTIPLEX_PROFILES",
+    flag: "--multiplex",
+    default: "false",
+};
+pub const NO_SUPERVISE: Setting = Setting {
+    var: "HERMES_GATEWAY_NO_SUPERVISE",
+    flag: "--no-supervise",
+    default: "false",
+};
+pub const GATEWAY_COMMAND: Setting = Setting {
+    var: "HERMES_GATEWAY_COMMAND",
+    flag: "--gateway-command",
+    default: "hermes",
+};
+pub const RUN_AS: Setting = Setting {
+    var: "HERMES_RUN_AS",
+    flag: "--run-as",
+    default: "hermes",
+};
+pub const RESYNC: Setting = Setting {
+    var: "HERMES_RECONCILER_RESYNC_SECS",
+    flag: "--resync-secs",
+    default: "30",
+};
+pub const REMOVE_GRACE: Setting = Setting {
+    var: "HERMES_RECONCILER_REMOVE_GRACE_MS",
+    flag: "--remove-grace-ms",
+    default: "2000",
+};
+pub const MAX_PROFILES: Setting = Setting {
+    var: "HERMES_RECONCILER_MAX_PROFILES",
+    flag: "--max-profiles",
+    default: "400",
+};
+pub const LOG: Setting = Setting {
+    var: "HERMES_RECONCILER_LOG",
+    flag: "--log",
+    default: "info",
+};
+
+/// Every setting, in the order of SPEC §3 (used by `--help` texts and the README table).
+pub const ALL: [&Setting; 10] = [
+    &HOME,
+    &SCANDIR,
+    &MULTIPLEX,
+    &NO_SUPERVISE,
+    &GATEWAY_COMMAND,
+    &RUN_AS,
+    &RESYNC,
+    &REMOVE_GRACE,
+    &MAX_PROFILES,
+    &LOG,
+];
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?} is invalid: {why} (set by {source_kind})")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub why: String,
+    pub source_kind: &'static str,
+}
+
+/// Raw values: flags given on the command line win over the environment.
+#[derive(Clone, Debug, Default)]
+pub struct RawSettings {
+    pub flags: HashMap<&'static str, String>,
+    pub env: HashMap<String, String>,
+}
+
+impl RawSettings {
+    /// Captures the process environment (only the variables named in [`ALL`]).
+    pub fn from_process_env() -> Self {
+        let env = ALL
+            .iter()
+            .filter_map(|s| std::env::var(s.var).ok().map(|v| (s.var.to_string(), v)))
+            .collect();
+        RawSettings {
+            flags: HashMap::new(),
+            env,
+        }
+    }
+
+    fn get(&self, s: &Setting) -> (String, &'static str) {
+        if let Some(v) = self.flags.get(s.var) {
+            return (v.clone(), "flag");
+        }
+        match self.env.get(s.var) {
+            Some(v) => (v.clone(), "environment"),
+            None => (s.default.to_string(), "default"),
+        }
+    }
+}
+
+fn bool_of(
+    raw: &RawSettings,
+    s: &'static Setting,
+    truthy: &[&str],
+    falsy: &[&str],
+) -> Result<bool, ConfigError> {
+    let (value, source_kind) = raw.get(s);
+    let v = value.trim().to_ascii_lowercase();
+    if truthy.contains(&v.as_str()) {
+        Ok(true)
+    } else if falsy.contains(&v.as_str()) {
+        Ok(false)
+    } else {
+        Err(ConfigError {
+            var: s.var,
+            value,
+            why: format!(
+                "expected one of {} (true) or {} (false)",
+                truthy.join(" "),
+                falsy.join(" ")
+            ),
+            source_kind,
+        })
+    }
+}
+
+fn number_of(
+    raw: &RawSettings,
+    s: &'static Setting,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let (value, source_kind) = raw.get(s);
+    let err = |why: String| ConfigError {
+        var: s.var,
+        value: value.clone(),
+        why,
+        source_kind,
+    };
+    let n: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| err(format!("expected a whole number from {min} to {max}")))?;
+    if n < min || n > max {
+        return Err(err(format!("expected a whole number from {min} to {max}")));
+    }
+    Ok(n)
+}
+
+fn path_of(raw: &RawSettings, s: &'static Setting) -> Result<PathBuf, ConfigError> {
+    let (value, source_kind) = raw.get(s);
+    if !value.starts_with('/') {
+        return Err(ConfigError {
+            var: s.var,
+            value,
+            why: "expected an absolute path".into(),
+            source_kind,
+        });
+    }
+    let path = PathBuf::from(&value);
+    // Normalise away `.` and trailing slashes; refuse `..` so the path means what it says.
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(ConfigError {
+            var: s.var,
+            value,
+            why: "must not contain '..'".into(),
+            source_kind,
+        });
+    }
+    Ok(path.components().collect())
+}
+
+impl Config {
+    /// Resolves and validates every setting.
+    pub fn resolve(raw: &RawSettings) -> Result<Config, ConfigError> {
+        let home = path_of(raw, &HOME)?;
+        let scandir = path_of(raw, &SCANDIR)?;
+        let multiplex = bool_of(
+            raw,
+            &MULTIPLEX,
+            &["1", "true", "yes", "on"],
+            &["0", "false", "no", "off", ""],
+        )?;
+        let no_supervise = bool_of(
+            raw,
+            &NO_SUPERVISE,
+            &["1", "true", "yes"],
+            &["0", "false", "no", "off", ""],
+        )?;
+        let (gateway_command, src) = raw.get(&GATEWAY_COMMAND);
+        if gateway_command.is_empty()
+            || gateway_command.contains('\0')
+            || gateway_command.contains('\n')
+        {
+            return Err(ConfigError {
+                var: GATEWAY_COMMAND.var,
+                value: gateway_command,
+                why: "expected a program name or path without newlines".into(),
+                source_kind: src,
+            });
+        }
+        let (run_as, src) = raw.get(&RUN_AS);
+        let run_as = if run_as.is_empty() {
+            None
+        } else if run_as
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !run_as.starts_with('-')
+        {
+            Some(run_as)
+        } else {
+            return Err(ConfigError {
+                var: RUN_AS.var,
+                value: run_as,
+                why: "expected a user name (letters, digits, '.', '_', '-') or empty".into(),
+                source_kind: src,
+            });
+        };
+        let resync = Duration::from_secs(number_of(raw, &RESYNC, 1, 86_400)?);
+        let remove_grace = Duration::from_millis(number_of(raw, &REMOVE_GRACE, 0, 3_600_000)?);
+        let max_profiles = number_of(raw, &MAX_PROFILES, 0, 100_000)? as usize;
+        let (log_filter, src) = raw.get(&LOG);
+        if tracing_subscriber::EnvFilter::try_new(&log_filter).is_err() {
+            return Err(ConfigError {
+                var: LOG.var,
+                value: log_filter,
+                why: "expected a tracing filter such as 'info' or 'hermes_reconciler=debug'".into(),
+                source_kind: src,
+            });
+        }
+        Ok(Config {
+            home,
+            scandir,
+            multiplex,
+            no_supervise,
+            gateway_command,
+            run_as,
+            resync,
+            remove_grace,
+            max_profiles,
+            log_filter,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> RawSettings {
+        RawSettings {
+            flags: HashMap::new(),
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::resolve(&env(&[])).unwrap();
+        assert_eq!(c.home, PathBuf::from("/opt/data"));
+        assert_eq!(c.scandir, PathBuf::from("/run/service"));
+        assert!(!c.multiplex && !c.no_supervise);
+        assert_eq!(c.gateway_command, "hermes");
+        assert_eq!(c.run_as.as_deref(), Some("hermes"));
+        assert_eq!(c.resync, Duration::from_secs(30));
+        assert_eq!(c.remove_grace, Duration::from_millis(2000));
+        assert_eq!(c.max_profiles, 400);
+    }
+
+    #[test]
+    fn truthy_values() {
+        for v in ["1", "true", "YES", "On"] {
+            assert!(
+                Config::resolve(&env(&[("GATEWAY_MULTIPLEX_PROFILES", v)]))
+                    .unwrap()
+                    .multiplex
+            );
+        }
+        for v in ["1", "TRUE", "yes"] {
+            assert!(
+                Config::resolve(&env(&[("HERMES_GATEWAY_NO_SUPERVISE", v)]))
+                    .unwrap()
+                    .no_supervise
+            );
+        }
+        let e = Config::resolve(&env(&[("HERMES_GATEWAY_NO_SUPERVISE", "on")])).unwrap_err();
+        assert_eq!(e.var, "HERMES_GATEWAY_NO_SUPERVISE");
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        for (var, value) in [
+            ("HERMES_HOME", "relative"),
+            ("HERMES_HOME", "/a/../b"),
+            ("S6_PROFILE_GATEWAY_SCANDIR", ""),
+            ("GATEWAY_MULTIPLEX_PROFILES", "maybe"),
+            ("HERMES_RECONCILER_RESYNC_SECS", "0"),
+            ("HERMES_RECONCILER_RESYNC_SECS", "ten"),
+            ("HERMES_RECONCILER_REMOVE_GRACE_MS", "-1"),
+            ("HERMES_RECONCILER_MAX_PROFILES", "abc"),
+            ("HERMES_RUN_AS", "bad user"),
+            ("HERMES_GATEWAY_COMMAND", ""),
+            ("HERMES_RECONCILER_LOG", "[[["),
+        ] {
+            let e = Config::resolve(&env(&[(var, value)])).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(e.to_string().contains(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn flags_override_environment() {
+        let mut raw = env(&[("HERMES_HOME", "/from/env"), ("HERMES_RUN_AS", "x")]);
+        raw.flags.insert("HERMES_HOME", "/from/flag/".into());
+        raw.flags.insert("HERMES_RUN_AS", "".into());
+        let c = Config::resolve(&raw).unwrap();
+        assert_eq!(c.home, PathBuf::from("/from/flag"));
+        assert_eq!(c.run_as, None);
+    }
+}

@@ -1,0 +1,397 @@
+//! Plan: a pure function from what was observed to what must be done.
+//!
+//! Nothing here reads or writes anything; every rule of SPEC §6 that decides *whether* to act
+//! lives here and is tested without I/O. [`crate::apply`] carries the steps out.
+
+pub mod ports;
+pub mod render;
+
+use crate::config::Config;
+use crate::model::{Intent, PriorExit, ProfileName, SlotRecord};
+use crate::observe::container::ContainerMode;
+use crate::observe::scandir::SlotObs;
+use crate::observe::{Observed, ProfileObs};
+use render::{RenderInput, SlotFile};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Which pass this is: the boot pass may sweep PID-namespace leftovers and migrate a legacy
+/// container; later passes may not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassKind {
+    Boot,
+    Continuous,
+}
+
+/// The action word of a `container-boot.log` line (SPEC §8.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    Started,
+    Registered,
+    Stopped,
+    Unregistered,
+    Updated,
+    Skipped,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Started => "started",
+            ActionKind::Registered => "registered",
+            ActionKind::Stopped => "stopped",
+            ActionKind::Unregistered => "unregistered",
+            ActionKind::Updated => "updated",
+            ActionKind::Skipped => "skipped",
+        }
+    }
+}
+
+/// One decision, reported to people once its steps have succeeded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Profile name, or the raw (unsanitised) directory name of a skipped entry.
+    pub profile: String,
+    pub slot: Option<String>,
+    pub action: ActionKind,
+    /// The effective intent (SPEC §5.2), `None` when there is none.
+    pub prior_state: Option<String>,
+    pub prior_exit: PriorExit,
+    pub reason: Option<String>,
+}
+
+/// One change to the world. Steps of one profile run in order; a failed step stops that
+/// profile's remaining steps and nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Delete `gateway.pid` and `processes.json` from the profile directory.
+    SweepPidFiles { dir: std::path::PathBuf },
+    /// Build the slot under its staging name and publish it by rename.
+    Create {
+        name: ProfileName,
+        files: Vec<SlotFile>,
+        up: bool,
+        record: SlotRecord,
+    },
+    /// Rewrite these files of an existing slot in place, each atomically.
+    WriteFiles {
+        name: ProfileName,
+        files: Vec<SlotFile>,
+    },
+    /// Want the slot up (`U`) or down (`D`), keeping `./down` in agreement.
+    Command { name: ProfileName, up: bool },
+    /// Rewrite the slot's bookkeeping.
+    WriteRecord {
+        name: ProfileName,
+        record: SlotRecord,
+    },
+}
+
+/// What to do for one profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfilePlan {
+    pub name: ProfileName,
+    pub steps: Vec<Step>,
+    pub decision: Option<Decision>,
+}
+
+/// The outcome of planning one pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub mode: ContainerMode,
+    /// Write the legacy `gateway run` migration record for the root profile.
+    pub migrate_legacy: bool,
+    /// Port assignments after this pass, and whether they differ from the recorded ones.
+    pub ports: BTreeMap<String, u16>,
+    pub ports_changed: bool,
+    /// The daemon's own hidden leftovers in the scandir, to be cleared.
+    pub clear_hidden: Vec<String>,
+    /// Root first, then named profiles in name order. Only profiles with steps or a decision.
+    pub profiles: Vec<ProfilePlan>,
+    /// Skipped entries that have no valid name (decisions without steps).
+    pub skipped: Vec<Decision>,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// Every decision in log order: root, then names; skipped entries last.
+    pub fn decisions(&self) -> impl Iterator<Item = &Decision> {
+        self.profiles
+            .iter()
+            .filter_map(|p| p.decision.as_ref())
+            .chain(self.skipped.iter())
+    }
+
+    pub fn step_count(&self) -> usize {
+        self.profiles.iter().map(|p| p.steps.len()).sum::<usize>()
+            + usize::from(self.migrate_legacy)
+            + usize::from(self.ports_changed)
+            + self.clear_hidden.len()
+    }
+}
+
+/// The intent written by the legacy migration (SPEC §5.4).
+pub fn legacy_intent() -> Intent {
+    Intent {
+        desired_state: Some("running".into()),
+        gateway_state: Some("running".into()),
+    }
+}
+
+/// Decides one pass. Pure.
+pub fn plan(obs: &Observed, cfg: &Config, kind: PassKind) -> Plan {
+    let mut plan = Plan {
+        mode: obs.mode,
+        migrate_legacy: false,
+        ports: BTreeMap::new(),
+        ports_changed: false,
+        clear_hidden: obs.scandir.hidden.clone(),
+        profiles: Vec::new(),
+        skipped: Vec::new(),
+        warnings: obs.warnings.clone(),
+    };
+    if obs.mode == ContainerMode::Dashboard {
+        plan.clear_hidden.clear();
+        plan.skipped.push(Decision {
+            profile: ProfileName::root().to_string(),
+            slot: None,
+            action: ActionKind::Skipped,
+            prior_state: None,
+            prior_exit: PriorExit::Unknown,
+            reason: Some("dashboard-container".into()),
+        });
+        return plan;
+    }
+    plan.migrate_legacy = kind == PassKind::Boot
+        && obs.mode == ContainerMode::LegacyGatewayRun
+        && !cfg.no_supervise
+        && !obs.root_state_file_exists;
+
+    // Capacity (SPEC §6.6): named profiles that already have a slot keep it; new slots are
+    // created in name order while the total stays within the cap.
+    let existing_named = obs
+        .profiles
+        .iter()
+        .filter(|p| !p.name.is_root() && obs.scandir.slots.contains_key(&p.name))
+        .count();
+    let mut budget = cfg.max_profiles.saturating_sub(existing_named);
+    let mut admitted: Vec<&ProfileObs> = Vec::new();
+    for p in &obs.profiles {
+        if p.name.is_root() || obs.scandir.slots.contains_key(&p.name) {
+            admitted.push(p);
+        } else if budget > 0 {
+            budget -= 1;
+            admitted.push(p);
+        } else {
+            plan.warnings.push(format!(
+                "profile {}: not given a slot: HERMES_RECONCILER_MAX_PROFILES={} named slots exist or are planned",
+                p.name, cfg.max_profiles
+            ));
+            plan.profiles.push(ProfilePlan {
+                name: p.name.clone(),
+                steps: vec![],
+                decision: Some(Decision {
+                    profile: p.name.to_string(),
+                    slot: None,
+                    action: ActionKind::Skipped,
+                    prior_state: p.intent.effective().map(str::to_owned),
+                    prior_exit: p.prior_exit,
+                    reason: Some("capacity".into()),
+                }),
+            });
+        }
+    }
+
+    // Ports for every admitted profile whose .env does not set its own.
+    let port_names: BTreeSet<String> = admitted
+        .iter()
+        .filter(|p| !p.env_sets_port)
+        .map(|p| p.name.to_string())
+        .collect();
+    plan.ports = ports::assign(&port_names, &obs.previous_ports);
+    plan.ports_changed = plan.ports != obs.previous_ports;
+
+    for p in admitted {
+        if let Some(w) = &p.intent_warning {
+            plan.warnings.push(format!("profile {}: {w}", p.name));
+        }
+        let intent = if p.name.is_root() && plan.migrate_legacy {
+            legacy_intent()
+        } else {
+            p.intent.clone()
+        };
+        let files = render::render(&RenderInput {
+            name: &p.name,
+            home: &cfg.home,
+            gateway_command: &cfg.gateway_command,
+            run_as: cfg.run_as.as_deref(),
+            port: plan.ports.get(p.name.as_str()).copied(),
+            with_contenv: obs.with_contenv,
+        });
+        let pp = match obs.scandir.slots.get(&p.name) {
+            None => plan_create(p, &intent, files, cfg, kind),
+            Some(slot) => plan_adopt(p, &intent, files, slot, cfg),
+        };
+        if !pp.steps.is_empty() || pp.decision.is_some() {
+            plan.profiles.push(pp);
+        }
+    }
+    // Keep log order: root first, then names (capacity skips were pushed early).
+    plan.profiles
+        .sort_by(|a, b| (!a.name.is_root(), &a.name).cmp(&(!b.name.is_root(), &b.name)));
+
+    for s in &obs.skipped {
+        plan.warnings
+            .push(format!("profiles/{}: skipped: {}", s.raw, s.reason));
+        plan.skipped.push(Decision {
+            profile: s.raw.clone(),
+            slot: None,
+            action: ActionKind::Skipped,
+            prior_state: None,
+            prior_exit: PriorExit::Unknown,
+            reason: Some(if s.raw == "default" {
+                "reserved-name".into()
+            } else {
+                "invalid-name".into()
+            }),
+        });
+    }
+    plan
+}
+
+/// Would the daemon bring this profile up? Named profiles never auto-start when multiplexing.
+fn may_start(name: &ProfileName, cfg: &Config) -> bool {
+    name.is_root() || !cfg.multiplex
+}
+
+fn plan_create(
+    p: &ProfileObs,
+    intent: &Intent,
+    files: Vec<SlotFile>,
+    cfg: &Config,
+    kind: PassKind,
+) -> ProfilePlan {
+    let up = intent.runs() && may_start(&p.name, cfg);
+    let mut steps = Vec::new();
+    if kind == PassKind::Boot && !p.via_symlink {
+        steps.push(Step::SweepPidFiles { dir: p.dir.clone() });
+    }
+    let record = SlotRecord {
+        applied_desired: intent.desired_state.clone(),
+        applied_up: up,
+        digest: render::digest(&files),
+    };
+    steps.push(Step::Create {
+        name: p.name.clone(),
+        files,
+        up,
+        record,
+    });
+    let reason = (intent.runs() && !up).then(|| "multiplexed".to_string());
+    ProfilePlan {
+        name: p.name.clone(),
+        steps,
+        decision: Some(decision(
+            p,
+            intent,
+            if up {
+                ActionKind::Started
+            } else {
+                ActionKind::Registered
+            },
+            reason,
+        )),
+    }
+}
+
+fn plan_adopt(
+    p: &ProfileObs,
+    intent: &Intent,
+    files: Vec<SlotFile>,
+    slot: &SlotObs,
+    cfg: &Config,
+) -> ProfilePlan {
+    let digest = render::digest(&files);
+    let changed: Vec<SlotFile> = files
+        .into_iter()
+        .filter(|f| slot.files.get(f.rel).and_then(|c| c.as_deref()) != Some(f.content.as_bytes()))
+        .collect();
+    let mut steps = Vec::new();
+    let mut action = None;
+    let mut reason = None;
+    if !changed.is_empty() {
+        steps.push(Step::WriteFiles {
+            name: p.name.clone(),
+            files: changed,
+        });
+        action = Some(ActionKind::Updated);
+    }
+    let record = match &slot.record {
+        // Made by another tool (or an older daemon): adopt its current want-state as applied.
+        None => SlotRecord {
+            applied_desired: intent.desired_state.clone(),
+            applied_up: !slot.has_down,
+            digest,
+        },
+        Some(r) => {
+            let mut next = SlotRecord {
+                digest,
+                ..r.clone()
+            };
+            if intent.desired_state != r.applied_desired {
+                next.applied_desired = intent.desired_state.clone();
+                // A new desired_state value is a new operator intent; its removal is not.
+                if intent.desired_state.is_some() {
+                    let up = intent.runs();
+                    if up && !may_start(&p.name, cfg) {
+                        reason = Some("multiplexed".to_string());
+                        action = action.or(Some(ActionKind::Skipped));
+                    } else {
+                        steps.push(Step::Command {
+                            name: p.name.clone(),
+                            up,
+                        });
+                        next.applied_up = up;
+                        action = Some(if up {
+                            ActionKind::Started
+                        } else {
+                            ActionKind::Stopped
+                        });
+                    }
+                }
+            }
+            next
+        }
+    };
+    if slot.record.as_ref() != Some(&record) {
+        steps.push(Step::WriteRecord {
+            name: p.name.clone(),
+            record,
+        });
+    }
+    ProfilePlan {
+        name: p.name.clone(),
+        steps,
+        decision: action.map(|a| decision(p, intent, a, reason)),
+    }
+}
+
+fn decision(
+    p: &ProfileObs,
+    intent: &Intent,
+    action: ActionKind,
+    reason: Option<String>,
+) -> Decision {
+    Decision {
+        profile: p.name.to_string(),
+        slot: Some(p.name.slot_name()),
+        action,
+        prior_state: intent.effective().map(str::to_owned),
+        prior_exit: p.prior_exit,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests;

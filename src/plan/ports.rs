@@ -1,0 +1,136 @@
+//! Gateway port assignment (SPEC §7.4): pure, deterministic, stable across restarts.
+//!
+//! Invariants: every port is in `[PORT_BASE, PORT_END)`; no two profiles share one while the
+//! range has room; a profile keeps the port recorded for it while that port is still its own;
+//! a profile that left is forgotten, releasing its port.
+
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const PORT_BASE: u16 = 9200;
+pub const PORT_END: u16 = 9800;
+const RANGE: u16 = PORT_END - PORT_BASE;
+
+/// The port a profile would get with no competition: SHA-256 of its name, first 8 bytes as a
+/// big-endian integer, modulo the range.
+pub fn hashed_port(name: &str) -> u16 {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    PORT_BASE + (u64::from_be_bytes(first) % u64::from(RANGE)) as u16
+}
+
+/// Assigns ports to `profiles` (names in any order; they are taken in name order).
+///
+/// `previous` is what `.gateway-ports.json` recorded; entries for profiles not listed are
+/// dropped, entries out of range or already taken by an earlier profile are re-assigned.
+/// A profile gets no port only when the whole range is taken.
+pub fn assign(
+    profiles: &BTreeSet<String>,
+    previous: &BTreeMap<String, u16>,
+) -> BTreeMap<String, u16> {
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    // Keep recorded ports first, so a newcomer never takes a port that an existing profile
+    // already owns, whatever their name order.
+    for name in profiles {
+        if let Some(&port) = previous.get(name) {
+            if (PORT_BASE..PORT_END).contains(&port) && taken.insert(port) {
+                out.insert(name.clone(), port);
+            }
+        }
+    }
+    for name in profiles {
+        if out.contains_key(name) {
+            continue;
+        }
+        let start = hashed_port(name) - PORT_BASE;
+        let free = (0..RANGE)
+            .map(|i| PORT_BASE + (start + i) % RANGE)
+            .find(|p| !taken.contains(p));
+        if let Some(port) = free {
+            taken.insert(port);
+            out.insert(name.clone(), port);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn hashed_port_is_stable_and_in_range() {
+        assert_eq!(hashed_port("default"), hashed_port("default"));
+        for n in ["a", "b", "default", "work"] {
+            assert!((PORT_BASE..PORT_END).contains(&hashed_port(n)));
+        }
+    }
+
+    #[test]
+    fn collision_takes_next_free_in_name_order() {
+        // Find two names that hash to the same port.
+        let mut seen = BTreeMap::new();
+        let (a, b) = (0..)
+            .map(|i| format!("p{i}"))
+            .find_map(|n| seen.insert(hashed_port(&n), n.clone()).map(|old| (old, n)))
+            .unwrap();
+        let (first, second) = if a < b { (a, b) } else { (b, a) };
+        let got = assign(&set(&[&first, &second]), &BTreeMap::new());
+        let p = hashed_port(&first);
+        assert_eq!(got[&first], p);
+        assert_eq!(
+            got[&second],
+            if p + 1 == PORT_END { PORT_BASE } else { p + 1 }
+        );
+    }
+
+    #[test]
+    fn recorded_ports_are_kept_and_departed_released() {
+        let prev: BTreeMap<String, u16> = [
+            ("a".to_string(), 9300),
+            ("gone".to_string(), 9301),
+            ("bad".to_string(), 80),
+        ]
+        .into();
+        let got = assign(&set(&["a", "bad", "new"]), &prev);
+        assert_eq!(got["a"], 9300);
+        assert!(!got.contains_key("gone"));
+        assert!((PORT_BASE..PORT_END).contains(&got["bad"]));
+    }
+
+    proptest! {
+        #[test]
+        fn distinct_and_stable(names in proptest::collection::btree_set("[a-z][a-z0-9]{0,6}", 0..120),
+                               extra in "[a-z][a-z0-9]{0,6}") {
+            let first = assign(&names, &BTreeMap::new());
+            prop_assert_eq!(first.len(), names.len());
+            let ports: BTreeSet<u16> = first.values().copied().collect();
+            prop_assert_eq!(ports.len(), names.len());
+            // Adding a profile never moves an existing one.
+            let mut more = names.clone();
+            more.insert(extra.clone());
+            let second = assign(&more, &first);
+            for (n, p) in &first {
+                prop_assert_eq!(second[n], *p);
+            }
+            let ports2: BTreeSet<u16> = second.values().copied().collect();
+            prop_assert_eq!(ports2.len(), more.len());
+        }
+    }
+
+    #[test]
+    fn range_exhaustion_leaves_the_rest_without_a_port() {
+        let names: BTreeSet<String> = (0..(RANGE as usize + 5))
+            .map(|i| format!("n{i:04}"))
+            .collect();
+        let got = assign(&names, &BTreeMap::new());
+        assert_eq!(got.len(), RANGE as usize);
+    }
+}
