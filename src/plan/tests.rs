@@ -1,1 +1,480 @@
-//! Pure tests of the planner: no I/O.
+//! Pure tests of the planner: observed data in, steps and decisions out. No I/O.
+
+use super::*;
+use crate::config::RawSettings;
+use crate::observe::scandir::ScandirObs;
+use crate::observe::volume::SkippedDir;
+use proptest::prelude::*;
+use std::path::PathBuf;
+
+fn config(multiplex: bool, max: usize) -> Config {
+    let mut c = Config::resolve(&RawSettings::default()).unwrap();
+    c.multiplex = multiplex;
+    c.max_profiles = max;
+    c.run_as = None;
+    c
+}
+
+fn intent(d: Option<&str>, g: Option<&str>) -> Intent {
+    Intent {
+        desired_state: d.map(String::from),
+        gateway_state: g.map(String::from),
+    }
+}
+
+fn profile(name: &str, i: Intent) -> ProfileObs {
+    let name = if name == "default" {
+        ProfileName::root()
+    } else {
+        ProfileName::parse_named(name).unwrap()
+    };
+    let dir = if name.is_root() {
+        PathBuf::from("/opt/data")
+    } else {
+        PathBuf::from(format!("/opt/data/profiles/{name}"))
+    };
+    ProfileObs {
+        name,
+        dir,
+        via_symlink: false,
+        intent: i,
+        intent_warning: None,
+        prior_exit: PriorExit::Unknown,
+        env_sets_port: false,
+    }
+}
+
+fn observed(profiles: Vec<ProfileObs>) -> Observed {
+    Observed {
+        mode: ContainerMode::Normal,
+        root_state_file_exists: true,
+        profiles,
+        skipped: vec![],
+        scandir: ScandirObs {
+            exists: true,
+            ..Default::default()
+        },
+        previous_ports: BTreeMap::new(),
+        warnings: vec![],
+        with_contenv: false,
+    }
+}
+
+/// The slot the planner would have created, as the observe layer would read it back.
+fn slot_as_created(obs: &Observed, cfg: &Config, name: &str) -> SlotObs {
+    let p = plan(obs, cfg, PassKind::Boot);
+    let pp = p
+        .profiles
+        .iter()
+        .find(|pp| pp.name.as_str() == name)
+        .unwrap();
+    let Some(Step::Create {
+        files, up, record, ..
+    }) = pp.steps.iter().find(|s| matches!(s, Step::Create { .. }))
+    else {
+        panic!("no create step for {name}")
+    };
+    SlotObs {
+        record: Some(record.clone()),
+        files: files
+            .iter()
+            .map(|f| (f.rel, Some(f.content.as_bytes().to_vec())))
+            .collect(),
+        has_down: !up,
+    }
+}
+
+fn create_of(p: &Plan, name: &str) -> Option<bool> {
+    p.profiles
+        .iter()
+        .find(|pp| pp.name.as_str() == name)?
+        .steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Create { up, .. } => Some(*up),
+            _ => None,
+        })
+}
+
+#[test]
+fn intent_table_on_create() {
+    let gateway_states = [
+        None,
+        Some("running"),
+        Some("draining"),
+        Some("degraded"),
+        Some("starting"),
+        Some("startup_failed"),
+        Some("stopped"),
+        Some("weird"),
+    ];
+    for multiplex in [false, true] {
+        let cfg = config(multiplex, 400);
+        for desired in [None, Some("running"), Some("stopped"), Some("paused")] {
+            for g in gateway_states {
+                let i = intent(desired, g);
+                let runs = match desired {
+                    Some(d) => d == "running",
+                    None => matches!(g, Some("running" | "draining" | "degraded")),
+                };
+                let obs = observed(vec![profile("default", i.clone()), profile("bot", i)]);
+                let p = plan(&obs, &cfg, PassKind::Boot);
+                assert_eq!(
+                    create_of(&p, "default"),
+                    Some(runs),
+                    "root {desired:?} {g:?}"
+                );
+                assert_eq!(
+                    create_of(&p, "bot"),
+                    Some(runs && !multiplex),
+                    "bot {desired:?} {g:?} mux={multiplex}"
+                );
+                let d = p
+                    .profiles
+                    .iter()
+                    .find(|pp| pp.name.as_str() == "bot")
+                    .unwrap()
+                    .decision
+                    .clone()
+                    .unwrap();
+                let want = if runs && !multiplex {
+                    ActionKind::Started
+                } else {
+                    ActionKind::Registered
+                };
+                assert_eq!(d.action, want);
+                assert_eq!(
+                    d.reason.as_deref(),
+                    (runs && multiplex).then_some("multiplexed")
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn boot_pass_sweeps_only_for_created_unsymlinked_profiles() {
+    let cfg = config(false, 400);
+    let mut linked = profile("linked", intent(None, None));
+    linked.via_symlink = true;
+    let mut obs = observed(vec![
+        profile("default", intent(None, None)),
+        profile("a", intent(None, None)),
+        linked,
+    ]);
+    let existing = slot_as_created(&obs, &cfg, "a");
+    obs.scandir
+        .slots
+        .insert(ProfileName::parse_named("a").unwrap(), existing);
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    let sweeps: Vec<&str> = p
+        .profiles
+        .iter()
+        .filter(|pp| {
+            pp.steps
+                .iter()
+                .any(|s| matches!(s, Step::SweepPidFiles { .. }))
+        })
+        .map(|pp| pp.name.as_str())
+        .collect();
+    assert_eq!(sweeps, vec!["default"]);
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    assert!(p.profiles.iter().all(|pp| {
+        pp.steps
+            .iter()
+            .all(|s| !matches!(s, Step::SweepPidFiles { .. }))
+    }));
+}
+
+#[test]
+fn second_pass_over_its_own_result_does_nothing() {
+    let cfg = config(false, 400);
+    let mut obs = observed(vec![
+        profile("default", intent(Some("running"), None)),
+        profile("a", intent(None, Some("stopped"))),
+        profile("b", intent(Some("stopped"), Some("running"))),
+    ]);
+    let first = plan(&obs, &cfg, PassKind::Boot);
+    for name in ["default", "a", "b"] {
+        let slot = slot_as_created(&obs, &cfg, name);
+        obs.scandir
+            .slots
+            .insert(ProfileName::parse_any(name).unwrap(), slot);
+    }
+    obs.previous_ports = first.ports.clone();
+    let second = plan(&obs, &cfg, PassKind::Boot);
+    assert_eq!(second.step_count(), 0, "{second:#?}");
+    assert_eq!(second.decisions().count(), 0);
+}
+
+#[test]
+fn adopting_a_foreign_slot_records_without_command() {
+    let cfg = config(false, 400);
+    let mut obs = observed(vec![profile("default", intent(Some("running"), None))]);
+    let mut slot = slot_as_created(&obs, &cfg, "default");
+    slot.record = None;
+    slot.has_down = true;
+    obs.scandir.slots.insert(ProfileName::root(), slot);
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    let pp = &p.profiles[0];
+    assert!(pp.decision.is_none());
+    match pp.steps.as_slice() {
+        [Step::WriteRecord { record, .. }] => {
+            assert_eq!(record.applied_desired.as_deref(), Some("running"));
+            assert!(!record.applied_up);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn only_a_new_desired_state_value_commands() {
+    let cfg = config(false, 400);
+    let base = observed(vec![profile("default", intent(Some("running"), None))]);
+    let slot = slot_as_created(&base, &cfg, "default");
+    // (new desired, new gateway) -> expected command
+    let cases: [(Option<&str>, Option<&str>, Option<bool>); 6] = [
+        (Some("running"), Some("stopped"), None), // gateway reports alone never command
+        (Some("running"), Some("startup_failed"), None),
+        (Some("stopped"), None, Some(false)),
+        (Some("paused"), Some("running"), Some(false)),
+        (None, Some("stopped"), None), // desired removed: not a new intent
+        (None, None, None),
+    ];
+    for (d, g, want) in cases {
+        let mut obs = observed(vec![profile("default", intent(d, g))]);
+        obs.scandir.slots.insert(ProfileName::root(), slot.clone());
+        let p = plan(&obs, &cfg, PassKind::Continuous);
+        let cmd = p
+            .profiles
+            .iter()
+            .flat_map(|pp| &pp.steps)
+            .find_map(|s| match s {
+                Step::Command { up, .. } => Some(*up),
+                _ => None,
+            });
+        assert_eq!(cmd, want, "{d:?} {g:?}");
+    }
+}
+
+#[test]
+fn desired_state_back_after_removal_commands_again() {
+    let cfg = config(false, 400);
+    let obs0 = observed(vec![profile("default", intent(Some("running"), None))]);
+    let mut slot = slot_as_created(&obs0, &cfg, "default");
+    slot.record.as_mut().unwrap().applied_desired = None;
+    let mut obs = observed(vec![profile("default", intent(Some("running"), None))]);
+    obs.scandir.slots.insert(ProfileName::root(), slot);
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    assert!(p.profiles[0].steps.contains(&Step::Command {
+        name: ProfileName::root(),
+        up: true
+    }));
+    assert_eq!(
+        p.profiles[0].decision.as_ref().unwrap().action,
+        ActionKind::Started
+    );
+}
+
+#[test]
+fn multiplex_never_brings_named_up_but_applies_stops() {
+    let cfg = config(true, 400);
+    let obs0 = observed(vec![profile("bot", intent(Some("stopped"), None))]);
+    let slot = slot_as_created(&obs0, &cfg, "bot");
+    let mut obs = observed(vec![profile("bot", intent(Some("running"), None))]);
+    obs.scandir
+        .slots
+        .insert(ProfileName::parse_named("bot").unwrap(), slot.clone());
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    let pp = p
+        .profiles
+        .iter()
+        .find(|pp| pp.name.as_str() == "bot")
+        .unwrap();
+    assert!(!pp.steps.iter().any(|s| matches!(s, Step::Command { .. })));
+    assert_eq!(
+        pp.decision.as_ref().unwrap().reason.as_deref(),
+        Some("multiplexed")
+    );
+
+    let mut up_slot = slot;
+    up_slot.record.as_mut().unwrap().applied_desired = Some("running".into());
+    let mut obs = observed(vec![profile("bot", intent(Some("stopped"), None))]);
+    obs.scandir
+        .slots
+        .insert(ProfileName::parse_named("bot").unwrap(), up_slot);
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    let pp = p
+        .profiles
+        .iter()
+        .find(|pp| pp.name.as_str() == "bot")
+        .unwrap();
+    assert!(pp.steps.contains(&Step::Command {
+        name: pp.name.clone(),
+        up: false
+    }));
+}
+
+#[test]
+fn edited_file_is_rewritten_without_command() {
+    let cfg = config(false, 400);
+    let mut obs = observed(vec![profile("default", intent(Some("running"), None))]);
+    let mut slot = slot_as_created(&obs, &cfg, "default");
+    slot.files
+        .insert("run", Some(b"#!/bin/sh\nexec evil\n".to_vec()));
+    slot.files.insert("finish", None);
+    obs.scandir.slots.insert(ProfileName::root(), slot);
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    let pp = &p.profiles[0];
+    match pp.steps.as_slice() {
+        [Step::WriteFiles { files, .. }] => {
+            let rels: Vec<&str> = files.iter().map(|f| f.rel).collect();
+            assert_eq!(rels, vec!["run", "finish"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pp.decision.as_ref().unwrap().action, ActionKind::Updated);
+}
+
+#[test]
+fn capacity_guard_counts_existing_slots_and_goes_by_name() {
+    let cfg = config(false, 2);
+    let names = ["default", "a", "b", "c", "d"];
+    let mut obs = observed(
+        names
+            .iter()
+            .map(|n| profile(n, intent(None, None)))
+            .collect(),
+    );
+    let slot_d = slot_as_created(&obs, &cfg, "a"); // any slot content will do for "d"
+    obs.scandir
+        .slots
+        .insert(ProfileName::parse_named("d").unwrap(), slot_d);
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    let created: Vec<&str> = p
+        .profiles
+        .iter()
+        .filter(|pp| pp.steps.iter().any(|s| matches!(s, Step::Create { .. })))
+        .map(|pp| pp.name.as_str())
+        .collect();
+    assert_eq!(created, vec!["default", "a"]);
+    let skipped: Vec<&str> = p
+        .decisions()
+        .filter(|d| d.reason.as_deref() == Some("capacity"))
+        .map(|d| d.profile.as_str())
+        .collect();
+    assert_eq!(skipped, vec!["b", "c"]);
+}
+
+#[test]
+fn decisions_are_root_first_then_names_then_skipped_entries() {
+    let cfg = config(false, 1);
+    let mut obs = observed(vec![
+        profile("default", intent(None, None)),
+        profile("b", intent(None, None)),
+        profile("c", intent(None, None)),
+    ]);
+    obs.skipped.push(SkippedDir {
+        raw: "Bad Name".into(),
+        reason: "bad".into(),
+    });
+    obs.skipped.push(SkippedDir {
+        raw: "default".into(),
+        reason: "reserved".into(),
+    });
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    let order: Vec<(&str, Option<&str>)> = p
+        .decisions()
+        .map(|d| (d.profile.as_str(), d.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("default", None),
+            ("b", None),
+            ("c", Some("capacity")),
+            ("Bad Name", Some("invalid-name")),
+            ("default", Some("reserved-name")),
+        ]
+    );
+}
+
+#[test]
+fn legacy_migration_only_at_boot_without_state_file() {
+    let cfg = config(false, 400);
+    let mut obs = observed(vec![profile("default", intent(None, None))]);
+    obs.mode = ContainerMode::LegacyGatewayRun;
+    obs.root_state_file_exists = false;
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    assert!(p.migrate_legacy);
+    assert_eq!(create_of(&p, "default"), Some(true));
+    assert!(!plan(&obs, &cfg, PassKind::Continuous).migrate_legacy);
+    let mut no_sup = cfg.clone();
+    no_sup.no_supervise = true;
+    assert!(!plan(&obs, &no_sup, PassKind::Boot).migrate_legacy);
+    obs.root_state_file_exists = true;
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    assert!(!p.migrate_legacy);
+    assert_eq!(create_of(&p, "default"), Some(false));
+}
+
+#[test]
+fn dashboard_does_nothing_but_report() {
+    let cfg = config(false, 400);
+    let mut obs = observed(vec![profile("default", intent(Some("running"), None))]);
+    obs.mode = ContainerMode::Dashboard;
+    obs.scandir.hidden.push(".gateway-x.new".into());
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    assert_eq!(p.step_count(), 0);
+    let d: Vec<_> = p.decisions().collect();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].reason.as_deref(), Some("dashboard-container"));
+}
+
+#[test]
+fn env_port_override_gets_no_port() {
+    let cfg = config(false, 400);
+    let mut own = profile("own", intent(None, None));
+    own.env_sets_port = true;
+    let obs = observed(vec![profile("default", intent(None, None)), own]);
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    assert!(p.ports.contains_key("default"));
+    assert!(!p.ports.contains_key("own"));
+    assert!(p.ports_changed);
+}
+
+proptest! {
+    /// Whatever the volume and scandir hold, planning is total and its own result is a fixed
+    /// point: applying a boot pass's creations leaves a second pass with nothing to do.
+    #[test]
+    fn plan_is_total_and_converges(
+        specs in proptest::collection::btree_map(
+            "[a-z][a-z0-9]{0,5}",
+            (proptest::option::of(prop_oneof![Just("running"), Just("stopped"), Just("x")]),
+             proptest::option::of(prop_oneof![Just("running"), Just("draining"), Just("starting")])),
+            0..20),
+        multiplex in any::<bool>(),
+        max in 0usize..25,
+    ) {
+        let cfg = config(multiplex, max);
+        let mut profiles = vec![profile("default", intent(Some("running"), None))];
+        profiles.extend(specs.iter().filter(|(n, _)| n.as_str() != "default").map(|(n, (d, g))| profile(n, intent(*d, *g))));
+        let mut obs = observed(profiles);
+        let first = plan(&obs, &cfg, PassKind::Boot);
+        let named_created = first.profiles.iter()
+            .filter(|pp| !pp.name.is_root() && pp.steps.iter().any(|s| matches!(s, Step::Create { .. })))
+            .count();
+        prop_assert!(named_created <= max);
+        for pp in &first.profiles {
+            if pp.steps.iter().any(|s| matches!(s, Step::Create { .. })) {
+                let slot = slot_as_created(&obs, &cfg, pp.name.as_str());
+                obs.scandir.slots.insert(pp.name.clone(), slot);
+            }
+        }
+        obs.previous_ports = first.ports.clone();
+        let second = plan(&obs, &cfg, PassKind::Continuous);
+        let actionable = second.profiles.iter().filter(|pp| !pp.steps.is_empty()).count();
+        prop_assert_eq!(actionable, 0);
+        prop_assert!(!second.ports_changed);
+    }
+}
