@@ -29,56 +29,23 @@ pub struct Setting {
     pub default: &'static str,
 }
 
-pub const HOME: Setting = Setting {
-    var: "HERMES_HOME",
-    flag: "--home",
-    default: "/opt/data",
-};
-pub const SCANDIR: Setting = Setting {
-    var: "S6_PROFILE_GATEWAY_SCANDIR",
-    flag: "--scandir",
-    default: "/run/service",
-};
-pub const MULTIPLEX: Setting = Setting {
-    var: "GATEWAY_MULTIPLEX_PROFILES",
-    flag: "--multiplex",
-    default: "false",
-};
-pub const NO_SUPERVISE: Setting = Setting {
-    var: "HERMES_GATEWAY_NO_SUPERVISE",
-    flag: "--no-supervise",
-    default: "false",
-};
-pub const GATEWAY_COMMAND: Setting = Setting {
-    var: "HERMES_GATEWAY_COMMAND",
-    flag: "--gateway-command",
-    default: "hermes",
-};
-pub const RUN_AS: Setting = Setting {
-    var: "HERMES_RUN_AS",
-    flag: "--run-as",
-    default: "hermes",
-};
-pub const RESYNC: Setting = Setting {
-    var: "HERMES_RECONCILER_RESYNC_SECS",
-    flag: "--resync-secs",
-    default: "30",
-};
-pub const REMOVE_GRACE: Setting = Setting {
-    var: "HERMES_RECONCILER_REMOVE_GRACE_MS",
-    flag: "--remove-grace-ms",
-    default: "2000",
-};
-pub const MAX_PROFILES: Setting = Setting {
-    var: "HERMES_RECONCILER_MAX_PROFILES",
-    flag: "--max-profiles",
-    default: "400",
-};
-pub const LOG: Setting = Setting {
-    var: "HERMES_RECONCILER_LOG",
-    flag: "--log",
-    default: "info",
-};
+pub const HOME: Setting = Setting { var: "HERMES_HOME", flag: "--home", default: "/opt/data" };
+pub const SCANDIR: Setting =
+    Setting { var: "S6_PROFILE_GATEWAY_SCANDIR", flag: "--scandir", default: "/run/service" };
+pub const MULTIPLEX: Setting =
+    Setting { var: "GATEWAY_MULTIPLEX_PROFILES", flag: "--multiplex", default: "false" };
+pub const NO_SUPERVISE: Setting =
+    Setting { var: "HERMES_GATEWAY_NO_SUPERVISE", flag: "--no-supervise", default: "false" };
+pub const GATEWAY_COMMAND: Setting =
+    Setting { var: "HERMES_GATEWAY_COMMAND", flag: "--gateway-command", default: "hermes" };
+pub const RUN_AS: Setting = Setting { var: "HERMES_RUN_AS", flag: "--run-as", default: "hermes" };
+pub const RESYNC: Setting =
+    Setting { var: "HERMES_RECONCILER_RESYNC_SECS", flag: "--resync-secs", default: "30" };
+pub const REMOVE_GRACE: Setting =
+    Setting { var: "HERMES_RECONCILER_REMOVE_GRACE_MS", flag: "--remove-grace-ms", default: "2000" };
+pub const MAX_PROFILES: Setting =
+    Setting { var: "HERMES_RECONCILER_MAX_PROFILES", flag: "--max-profiles", default: "400" };
+pub const LOG: Setting = Setting { var: "HERMES_RECONCILER_LOG", flag: "--log", default: "info" };
 
 /// Every setting, in the order of SPEC §3 (used by `--help` texts and the README table).
 pub const ALL: [&Setting; 10] = [
@@ -113,14 +80,9 @@ pub struct RawSettings {
 impl RawSettings {
     /// Captures the process environment (only the variables named in [`ALL`]).
     pub fn from_process_env() -> Self {
-        let env = ALL
-            .iter()
-            .filter_map(|s| std::env::var(s.var).ok().map(|v| (s.var.to_string(), v)))
-            .collect();
-        RawSettings {
-            flags: HashMap::new(),
-            env,
-        }
+        let env =
+            ALL.iter().filter_map(|s| std::env::var(s.var).ok().map(|v| (s.var.to_string(), v))).collect();
+        RawSettings { flags: HashMap::new(), env }
     }
 
     fn get(&self, s: &Setting) -> (String, &'static str) {
@@ -150,33 +112,17 @@ fn bool_of(
         Err(ConfigError {
             var: s.var,
             value,
-            why: format!(
-                "expected one of {} (true) or {} (false)",
-                truthy.join(" "),
-                falsy.join(" ")
-            ),
+            why: format!("expected one of {} (true) or {} (false)", truthy.join(" "), falsy.join(" ")),
             source_kind,
         })
     }
 }
 
-fn number_of(
-    raw: &RawSettings,
-    s: &'static Setting,
-    min: u64,
-    max: u64,
-) -> Result<u64, ConfigError> {
+fn number_of(raw: &RawSettings, s: &'static Setting, min: u64, max: u64) -> Result<u64, ConfigError> {
     let (value, source_kind) = raw.get(s);
-    let err = |why: String| ConfigError {
-        var: s.var,
-        value: value.clone(),
-        why,
-        source_kind,
-    };
-    let n: u64 = value
-        .trim()
-        .parse()
-        .map_err(|_| err(format!("expected a whole number from {min} to {max}")))?;
+    let err = |why: String| ConfigError { var: s.var, value: value.clone(), why, source_kind };
+    let n: u64 =
+        value.trim().parse().map_err(|_| err(format!("expected a whole number from {min} to {max}")))?;
     if n < min || n > max {
         return Err(err(format!("expected a whole number from {min} to {max}")));
     }
@@ -186,25 +132,12 @@ fn number_of(
 fn path_of(raw: &RawSettings, s: &'static Setting) -> Result<PathBuf, ConfigError> {
     let (value, source_kind) = raw.get(s);
     if !value.starts_with('/') {
-        return Err(ConfigError {
-            var: s.var,
-            value,
-            why: "expected an absolute path".into(),
-            source_kind,
-        });
+        return Err(ConfigError { var: s.var, value, why: "expected an absolute path".into(), source_kind });
     }
     let path = PathBuf::from(&value);
     // Normalise away `.` and trailing slashes; refuse `..` so the path means what it says.
-    if path
-        .components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(ConfigError {
-            var: s.var,
-            value,
-            why: "must not contain '..'".into(),
-            source_kind,
-        });
+    if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(ConfigError { var: s.var, value, why: "must not contain '..'".into(), source_kind });
     }
     Ok(path.components().collect())
 }
@@ -214,23 +147,12 @@ impl Config {
     pub fn resolve(raw: &RawSettings) -> Result<Config, ConfigError> {
         let home = path_of(raw, &HOME)?;
         let scandir = path_of(raw, &SCANDIR)?;
-        let multiplex = bool_of(
-            raw,
-            &MULTIPLEX,
-            &["1", "true", "yes", "on"],
-            &["0", "false", "no", "off", ""],
-        )?;
-        let no_supervise = bool_of(
-            raw,
-            &NO_SUPERVISE,
-            &["1", "true", "yes"],
-            &["0", "false", "no", "off", ""],
-        )?;
+        let multiplex =
+            bool_of(raw, &MULTIPLEX, &["1", "true", "yes", "on"], &["0", "false", "no", "off", ""])?;
+        let no_supervise =
+            bool_of(raw, &NO_SUPERVISE, &["1", "true", "yes"], &["0", "false", "no", "off", ""])?;
         let (gateway_command, src) = raw.get(&GATEWAY_COMMAND);
-        if gateway_command.is_empty()
-            || gateway_command.contains('\0')
-            || gateway_command.contains('\n')
-        {
+        if gateway_command.is_empty() || gateway_command.contains('\0') || gateway_command.contains('\n') {
             return Err(ConfigError {
                 var: GATEWAY_COMMAND.var,
                 value: gateway_command,
@@ -241,9 +163,7 @@ impl Config {
         let (run_as, src) = raw.get(&RUN_AS);
         let run_as = if run_as.is_empty() {
             None
-        } else if run_as
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        } else if run_as.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             && !run_as.starts_with('-')
         {
             Some(run_as)
@@ -289,10 +209,7 @@ mod tests {
     fn env(pairs: &[(&str, &str)]) -> RawSettings {
         RawSettings {
             flags: HashMap::new(),
-            env: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
 
@@ -312,18 +229,10 @@ mod tests {
     #[test]
     fn truthy_values() {
         for v in ["1", "true", "YES", "On"] {
-            assert!(
-                Config::resolve(&env(&[("GATEWAY_MULTIPLEX_PROFILES", v)]))
-                    .unwrap()
-                    .multiplex
-            );
+            assert!(Config::resolve(&env(&[("GATEWAY_MULTIPLEX_PROFILES", v)])).unwrap().multiplex);
         }
         for v in ["1", "TRUE", "yes"] {
-            assert!(
-                Config::resolve(&env(&[("HERMES_GATEWAY_NO_SUPERVISE", v)]))
-                    .unwrap()
-                    .no_supervise
-            );
+            assert!(Config::resolve(&env(&[("HERMES_GATEWAY_NO_SUPERVISE", v)])).unwrap().no_supervise);
         }
         let e = Config::resolve(&env(&[("HERMES_GATEWAY_NO_SUPERVISE", "on")])).unwrap_err();
         assert_eq!(e.var, "HERMES_GATEWAY_NO_SUPERVISE");

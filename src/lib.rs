@@ -8,6 +8,7 @@ pub mod apply;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod model;
 pub mod observe;
 pub mod plan;

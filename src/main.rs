@@ -2,17 +2,21 @@
 
 use clap::Parser;
 use hermes_reconciler::cli::{Cli, Command};
-use hermes_reconciler::commands::{self, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use hermes_reconciler::commands::{self, EXIT_CONFIG, EXIT_OK, EXIT_USAGE};
 use hermes_reconciler::config::Config;
 
-fn init_tracing(filter: &str) {
+/// Diagnostics to stderr through a non-blocking writer (SPEC §8.2): a slow log pipe never
+/// stalls reconciling. The guard flushes what is queued when dropped.
+fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(false)
         .with_target(false)
         .init();
+    guard
 }
 
 fn main() {
@@ -31,7 +35,6 @@ fn main() {
             std::process::exit(EXIT_CONFIG);
         }
     };
-    init_tracing(&config.log_filter);
     let applier = match commands::applier(&config) {
         Ok(a) => a,
         Err(e) => {
@@ -39,12 +42,12 @@ fn main() {
             std::process::exit(EXIT_CONFIG);
         }
     };
+    let guard = init_tracing(&config.log_filter);
     let code = match cli.command {
         Command::Once { dry_run, json } => commands::once::run(&config, &applier, dry_run, json),
-        Command::Run { .. } | Command::Status { .. } => {
-            eprintln!("hermes-reconciler: not implemented yet");
-            EXIT_FAILURE
-        }
+        Command::Run { notify_fd } => commands::run::run(config.clone(), applier, notify_fd),
+        Command::Status { json } => commands::status::run(&config, json),
     };
+    drop(guard);
     std::process::exit(code);
 }

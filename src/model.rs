@@ -48,9 +48,7 @@ pub enum NameError {
     BadCharacters,
     #[error("the name is {len} bytes long; the longest allowed is {max}")]
     TooLong { len: usize, max: usize },
-    #[error(
-        "'default' is the root profile's slot; a profiles/default directory would collide with it"
-    )]
+    #[error("'default' is the root profile's slot; a profiles/default directory would collide with it")]
     Reserved,
 }
 
@@ -76,18 +74,12 @@ impl ProfileName {
         let Some(&first) = bytes.first() else {
             return Err(NameError::Empty);
         };
-        let body_ok =
-            |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
-        if !(first.is_ascii_lowercase() || first.is_ascii_digit())
-            || !bytes.iter().all(|&b| body_ok(b))
-        {
+        let body_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
+        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) || !bytes.iter().all(|&b| body_ok(b)) {
             return Err(NameError::BadCharacters);
         }
         if bytes.len() > MAX_NAME_LEN {
-            return Err(NameError::TooLong {
-                len: bytes.len(),
-                max: MAX_NAME_LEN,
-            });
+            return Err(NameError::TooLong { len: bytes.len(), max: MAX_NAME_LEN });
         }
         Ok(ProfileName(raw.to_string()))
     }
@@ -142,10 +134,7 @@ impl fmt::Display for ProfileName {
 
 /// Is this scandir entry one of the daemon's own hidden staging or removal directories?
 pub fn is_own_hidden_entry(entry: &str) -> bool {
-    let Some(rest) = entry
-        .strip_prefix('.')
-        .and_then(|e| e.strip_prefix(SLOT_PREFIX))
-    else {
+    let Some(rest) = entry.strip_prefix('.').and_then(|e| e.strip_prefix(SLOT_PREFIX)) else {
         return false;
     };
     if let Some(name) = rest.strip_suffix(STAGING_SUFFIX) {
@@ -219,6 +208,26 @@ pub struct SlotRecord {
     pub applied_up: bool,
     /// SHA-256 (hex) of the rendered files as last written.
     pub digest: String,
+    /// The last action taken on the slot and its local time, for `status` (informational:
+    /// never part of a decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action_at: Option<String>,
+}
+
+impl SlotRecord {
+    /// A record for a decision; the informational fields are filled in by the apply layer.
+    pub fn new(applied_desired: Option<String>, applied_up: bool, digest: String) -> Self {
+        SlotRecord { applied_desired, applied_up, digest, last_action: None, last_action_at: None }
+    }
+
+    /// Do two records describe the same applied state (ignoring the informational fields)?
+    pub fn same_state(&self, other: &SlotRecord) -> bool {
+        self.applied_desired == other.applied_desired
+            && self.applied_up == other.applied_up
+            && self.digest == other.digest
+    }
 }
 
 #[cfg(test)]
@@ -230,15 +239,10 @@ mod tests {
         for ok in ["a", "0", "work", "my-bot_2", "9z"] {
             assert!(ProfileName::parse_named(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "", "-a", "_a", "A", "Work", "a.b", "a b", "a/b", ".x", "é", "a\n",
-        ] {
+        for bad in ["", "-a", "_a", "A", "Work", "a.b", "a b", "a/b", ".x", "é", "a\n"] {
             assert!(ProfileName::parse_named(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            ProfileName::parse_named("default"),
-            Err(NameError::Reserved)
-        );
+        assert_eq!(ProfileName::parse_named("default"), Err(NameError::Reserved));
         assert!(ProfileName::parse_any("default").is_ok());
     }
 
@@ -253,10 +257,7 @@ mod tests {
         let over = "a".repeat(MAX_NAME_LEN + 1);
         assert_eq!(
             ProfileName::parse_named(&over),
-            Err(NameError::TooLong {
-                len: MAX_NAME_LEN + 1,
-                max: MAX_NAME_LEN
-            })
+            Err(NameError::TooLong { len: MAX_NAME_LEN + 1, max: MAX_NAME_LEN })
         );
     }
 
@@ -280,12 +281,7 @@ mod tests {
             desired_state: d.map(String::from),
             gateway_state: g.map(String::from),
         };
-        for g in [
-            None,
-            Some("running"),
-            Some("stopped"),
-            Some("startup_failed"),
-        ] {
+        for g in [None, Some("running"), Some("stopped"), Some("startup_failed")] {
             assert!(i(Some("running"), g).runs());
             assert!(!i(Some("stopped"), g).runs());
         }
@@ -302,9 +298,6 @@ mod tests {
         }
         assert!(!i(None, None).runs());
         assert_eq!(i(None, Some("draining")).effective(), Some("running"));
-        assert_eq!(
-            i(Some("paused"), Some("running")).effective(),
-            Some("paused")
-        );
+        assert_eq!(i(Some("paused"), Some("running")).effective(), Some("paused"));
     }
 }

@@ -11,9 +11,7 @@ pub const ROTATE_AT: u64 = 256 * 1024;
 /// A value as written: itself if it matches `^[A-Za-z0-9_.-]{1,64}$`, else `invalid`.
 pub fn sanitize(value: &str) -> &str {
     let ok = (1..=64).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok { value } else { "invalid" }
 }
 
@@ -36,9 +34,7 @@ pub fn format_line(timestamp: &str, d: &Decision) -> String {
 
 /// The local time in the log's format.
 pub fn now_timestamp() -> String {
-    chrono::Local::now()
-        .format("%Y-%m-%dT%H:%M:%S%z")
-        .to_string()
+    chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%z").to_string()
 }
 
 #[cfg(test)]

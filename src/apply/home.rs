@@ -19,10 +19,7 @@ pub type Owner = Option<(Uid, Gid)>;
 #[derive(Debug, thiserror::Error)]
 pub enum HomeError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: is not a regular file; refusing to write it")]
     NotRegular { path: PathBuf },
     #[error("{path}: is outside HERMES_HOME")]
@@ -30,10 +27,7 @@ pub enum HomeError {
 }
 
 fn io_err(path: &Path, e: impl Into<std::io::Error>) -> HomeError {
-    HomeError::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    }
+    HomeError::Io { path: path.to_path_buf(), source: e.into() }
 }
 
 /// Handle-based writer rooted at `$HERMES_HOME`.
@@ -43,10 +37,8 @@ pub struct HomeWriter {
     pub owner: Owner,
 }
 
-const DIR_FLAGS: OFlag = OFlag::O_DIRECTORY
-    .union(OFlag::O_RDONLY)
-    .union(OFlag::O_NOFOLLOW)
-    .union(OFlag::O_CLOEXEC);
+const DIR_FLAGS: OFlag =
+    OFlag::O_DIRECTORY.union(OFlag::O_RDONLY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
 
 impl HomeWriter {
     pub fn new(home: PathBuf, owner: Owner) -> Self {
@@ -57,8 +49,7 @@ impl HomeWriter {
     /// reached through symlinks; everything below it is not.
     fn open_home(&self) -> Result<OwnedFd, HomeError> {
         let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-        openat(nix::fcntl::AT_FDCWD, &self.home, flags, Mode::empty())
-            .map_err(|e| io_err(&self.home, e))
+        openat(nix::fcntl::AT_FDCWD, &self.home, flags, Mode::empty()).map_err(|e| io_err(&self.home, e))
     }
 
     /// Opens the directory `rel` (relative to the home) one component at a time without
@@ -68,9 +59,7 @@ impl HomeWriter {
         let mut path = self.home.clone();
         for comp in rel.components() {
             let Component::Normal(name) = comp else {
-                return Err(HomeError::Outside {
-                    path: self.home.join(rel),
-                });
+                return Err(HomeError::Outside { path: self.home.join(rel) });
             };
             path.push(name);
             let next = match openat(fd.as_fd(), name, DIR_FLAGS, Mode::empty()) {
@@ -79,8 +68,8 @@ impl HomeWriter {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => return Err(io_err(&path, e)),
                     }
-                    let sub = openat(fd.as_fd(), name, DIR_FLAGS, Mode::empty())
-                        .map_err(|e| io_err(&path, e))?;
+                    let sub =
+                        openat(fd.as_fd(), name, DIR_FLAGS, Mode::empty()).map_err(|e| io_err(&path, e))?;
                     self.chown(&sub, &path)?;
                     sub
                 }
@@ -100,10 +89,7 @@ impl HomeWriter {
 
     /// The directory of `path` relative to the home (the home itself gives an empty path).
     pub fn relative<'a>(&self, path: &'a Path) -> Result<&'a Path, HomeError> {
-        path.strip_prefix(&self.home)
-            .map_err(|_| HomeError::Outside {
-                path: path.to_path_buf(),
-            })
+        path.strip_prefix(&self.home).map_err(|_| HomeError::Outside { path: path.to_path_buf() })
     }
 
     /// Appends `text` to `logs/<name>`, first renaming a file of `rotate_at` bytes or more to
@@ -111,12 +97,11 @@ impl HomeWriter {
     pub fn append_log(&self, name: &str, text: &str, rotate_at: u64) -> Result<(), HomeError> {
         let dir = self.open_dir(Path::new("logs"), true)?;
         let path = self.home.join("logs").join(name);
-        if let Ok(st) = fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            if st.st_size as u64 >= rotate_at {
-                let rotated = format!("{name}.1");
-                renameat(dir.as_fd(), name, dir.as_fd(), rotated.as_str())
-                    .map_err(|e| io_err(&path, e))?;
-            }
+        if let Ok(st) = fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            && st.st_size as u64 >= rotate_at
+        {
+            let rotated = format!("{name}.1");
+            renameat(dir.as_fd(), name, dir.as_fd(), rotated.as_str()).map_err(|e| io_err(&path, e))?;
         }
         let flags = OFlag::O_WRONLY
             | OFlag::O_APPEND
@@ -130,38 +115,26 @@ impl HomeWriter {
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
             return Err(HomeError::NotRegular { path });
         }
-        if let Some((uid, gid)) = self.owner {
-            if st.st_uid != uid.as_raw() || st.st_gid != gid.as_raw() {
-                self.chown(&fd, &path)?;
-            }
+        if let Some((uid, gid)) = self.owner
+            && (st.st_uid != uid.as_raw() || st.st_gid != gid.as_raw())
+        {
+            self.chown(&fd, &path)?;
         }
         let mut file = std::fs::File::from(fd);
-        file.write_all(text.as_bytes())
-            .map_err(|e| io_err(&path, e))
+        file.write_all(text.as_bytes()).map_err(|e| io_err(&path, e))
     }
 
     /// Replaces `<rel_dir>/<name>` atomically: a new file next to it, then `renameat` over it.
     /// The target name is never opened, so a symlink there is replaced, not followed.
-    pub fn write_atomic(
-        &self,
-        rel_dir: &Path,
-        name: &str,
-        content: &[u8],
-    ) -> Result<(), HomeError> {
+    pub fn write_atomic(&self, rel_dir: &Path, name: &str, content: &[u8]) -> Result<(), HomeError> {
         let dir = self.open_dir(rel_dir, false)?;
         let path = self.home.join(rel_dir).join(name);
         let tmp = format!(".{name}.hermes-reconciler-{}", std::process::id());
-        let flags =
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         // A stale temp file of ours (a crash mid-write) is in the way of O_EXCL: remove it.
         let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        let fd = openat(
-            dir.as_fd(),
-            tmp.as_str(),
-            flags,
-            Mode::from_bits_truncate(0o644),
-        )
-        .map_err(|e| io_err(&path, e))?;
+        let fd = openat(dir.as_fd(), tmp.as_str(), flags, Mode::from_bits_truncate(0o644))
+            .map_err(|e| io_err(&path, e))?;
         let result = (|| {
             self.chown(&fd, &path)?;
             let mut file = std::fs::File::from(fd);
@@ -203,19 +176,10 @@ mod tests {
         let (t, w) = writer();
         w.append_log("x.log", "a\n", 4).unwrap();
         w.append_log("x.log", "b\n", 4).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(t.path().join("logs/x.log")).unwrap(),
-            "a\nb\n"
-        );
+        assert_eq!(std::fs::read_to_string(t.path().join("logs/x.log")).unwrap(), "a\nb\n");
         w.append_log("x.log", "c\n", 4).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(t.path().join("logs/x.log")).unwrap(),
-            "c\n"
-        );
-        assert_eq!(
-            std::fs::read_to_string(t.path().join("logs/x.log.1")).unwrap(),
-            "a\nb\n"
-        );
+        assert_eq!(std::fs::read_to_string(t.path().join("logs/x.log")).unwrap(), "c\n");
+        assert_eq!(std::fs::read_to_string(t.path().join("logs/x.log.1")).unwrap(), "a\nb\n");
     }
 
     #[test]
@@ -238,11 +202,7 @@ mod tests {
     fn fifo_log_is_refused_without_blocking() {
         let (t, w) = writer();
         std::fs::create_dir(t.path().join("logs")).unwrap();
-        nix::unistd::mkfifo(
-            &t.path().join("logs/x.log"),
-            Mode::from_bits_truncate(0o644),
-        )
-        .unwrap();
+        nix::unistd::mkfifo(&t.path().join("logs/x.log"), Mode::from_bits_truncate(0o644)).unwrap();
         // O_NONBLOCK on a FIFO with no reader fails with ENXIO instead of blocking.
         assert!(w.append_log("x.log", "a\n", 1 << 20).is_err());
     }
@@ -256,10 +216,7 @@ mod tests {
         symlink(&target, t.path().join("ports.json")).unwrap();
         w.write_atomic(Path::new(""), "ports.json", b"{}").unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
-        assert_eq!(
-            std::fs::read_to_string(t.path().join("ports.json")).unwrap(),
-            "{}"
-        );
+        assert_eq!(std::fs::read_to_string(t.path().join("ports.json")).unwrap(), "{}");
     }
 
     #[test]

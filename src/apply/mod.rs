@@ -3,8 +3,10 @@
 
 pub mod boot_log;
 pub mod home;
+pub mod removal;
 pub mod slot;
 
+use crate::model::ProfileName;
 use crate::plan::{Decision, Plan, Step};
 use crate::s6::{self, ControlError};
 use home::HomeWriter;
@@ -19,23 +21,38 @@ pub struct Applier {
 }
 
 /// What applying a plan did.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Outcome {
     /// Decisions whose steps all succeeded, in log order.
     pub applied: Vec<Decision>,
-    /// Profiles whose steps failed, one sentence each naming the profile.
-    pub errors: Vec<String>,
+    /// Profiles whose steps failed.
+    pub errors: Vec<ProfileError>,
     /// Problems that did not stop a profile.
     pub warnings: Vec<String>,
     /// Slots published in this pass.
     pub created: usize,
+    /// Slots hidden in this pass, waiting for their supervisors to exit.
+    pub removals: Vec<removal::PendingRemoval>,
+}
+
+/// A profile whose steps failed; the rest of its steps were not run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileError {
+    pub profile: ProfileName,
+    pub message: String,
+}
+
+impl std::fmt::Display for ProfileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "profile {}: {}", self.profile, self.message)
+    }
 }
 
 /// The legacy migration record (SPEC §5.4).
 pub const LEGACY_RECORD: &str = "{\"gateway_state\":\"running\",\"desired_state\":\"running\",\"migrated_from\":\"legacy-container-cmd\"}\n";
 
 impl Applier {
-    fn run_step(&self, step: &Step, created: &mut usize) -> Result<(), String> {
+    fn run_step(&self, step: &Step, out: &mut Outcome) -> Result<(), String> {
         match step {
             Step::SweepPidFiles { dir } => {
                 let rel = self.home.relative(dir).map_err(|e| e.to_string())?;
@@ -46,27 +63,22 @@ impl Applier {
                 }
                 Ok(())
             }
-            Step::Create {
-                name,
-                files,
-                up,
-                record,
-            } => {
-                self.slots
-                    .create(name, files, *up, record)
-                    .map_err(|e| e.to_string())?;
-                *created += 1;
+            Step::Create { name, files, up, record } => {
+                self.slots.create(name, files, *up, record).map_err(|e| e.to_string())?;
+                out.created += 1;
                 Ok(())
             }
-            Step::WriteFiles { name, files } => self
-                .slots
-                .write_files(name, files)
-                .map_err(|e| e.to_string()),
+            Step::WriteFiles { name, files } => {
+                self.slots.write_files(name, files).map_err(|e| e.to_string())
+            }
             Step::Command { name, up } => self.slots.command(name, *up).map_err(|e| e.to_string()),
-            Step::WriteRecord { name, record } => self
-                .slots
-                .write_record(name, record)
-                .map_err(|e| e.to_string()),
+            Step::WriteRecord { name, record } => {
+                self.slots.write_record(name, record).map_err(|e| e.to_string())
+            }
+            Step::Remove { name } => {
+                out.removals.push(self.slots.hide(name).map_err(|e| e.to_string())?);
+                Ok(())
+            }
         }
     }
 
@@ -75,32 +87,24 @@ impl Applier {
         let mut out = Outcome::default();
         let mut root_failed = false;
         if plan.migrate_legacy {
-            match self.home.write_atomic(
-                Path::new(""),
-                "gateway_state.json",
-                LEGACY_RECORD.as_bytes(),
-            ) {
-                Ok(()) => tracing::info!(
-                    "legacy `gateway run` container: recorded the root gateway as running"
-                ),
+            match self.home.write_atomic(Path::new(""), "gateway_state.json", LEGACY_RECORD.as_bytes()) {
+                Ok(()) => {
+                    tracing::info!("legacy `gateway run` container: recorded the root gateway as running")
+                }
                 Err(e) => {
                     root_failed = true;
-                    out.errors.push(format!(
-                        "profile default: legacy migration record not written: {e}"
-                    ));
+                    out.errors.push(ProfileError {
+                        profile: ProfileName::root(),
+                        message: format!("legacy migration record not written: {e}"),
+                    });
                 }
             }
         }
         if plan.ports_changed {
-            let mut json =
-                serde_json::to_vec_pretty(&plan.ports).expect("a map of ports serialises");
+            let mut json = serde_json::to_vec_pretty(&plan.ports).expect("a map of ports serialises");
             json.push(b'\n');
-            if let Err(e) = self
-                .home
-                .write_atomic(Path::new(""), crate::observe::PORTS_FILE, &json)
-            {
-                out.warnings
-                    .push(format!("port assignments not saved: {e}"));
+            if let Err(e) = self.home.write_atomic(Path::new(""), crate::observe::PORTS_FILE, &json) {
+                out.warnings.push(format!("port assignments not saved: {e}"));
             }
         }
         for entry in &plan.clear_hidden {
@@ -117,18 +121,16 @@ impl Applier {
             if root_failed && pp.name.is_root() {
                 continue;
             }
-            let failed = pp
-                .steps
-                .iter()
-                .find_map(|s| self.run_step(s, &mut out.created).err());
+            let stamped = stamp(&pp.steps, pp.decision.as_ref());
+            let failed = stamped.iter().find_map(|s| self.run_step(s, &mut out).err());
             match failed {
-                Some(e) => out.errors.push(format!("profile {}: {e}", pp.name)),
+                Some(message) => out.errors.push(ProfileError { profile: pp.name.clone(), message }),
                 None => out.applied.extend(pp.decision.clone()),
             }
         }
         out.applied.extend(plan.skipped.iter().cloned());
-        if out.created > 0 {
-            match s6::rescan(&self.slots.scandir, false) {
+        if out.created > 0 || !out.removals.is_empty() {
+            match s6::rescan(&self.slots.scandir, !out.removals.is_empty()) {
                 Ok(()) => {}
                 Err(ControlError::NoSupervisor(_)) => out.warnings.push(format!(
                     "s6-svscan is not running on {}; the new slots start when it does",
@@ -146,11 +148,22 @@ impl Applier {
             return Ok(());
         }
         let ts = boot_log::now_timestamp();
-        let text: String = decisions
-            .iter()
-            .map(|d| boot_log::format_line(&ts, d))
-            .collect();
-        self.home
-            .append_log(boot_log::BOOT_LOG, &text, boot_log::ROTATE_AT)
+        let text: String = decisions.iter().map(|d| boot_log::format_line(&ts, d)).collect();
+        self.home.append_log(boot_log::BOOT_LOG, &text, boot_log::ROTATE_AT)
     }
+}
+
+/// Fills the records' informational fields with the decision about to be carried out.
+fn stamp(steps: &[Step], decision: Option<&Decision>) -> Vec<Step> {
+    let mut steps = steps.to_vec();
+    if let Some(d) = decision {
+        let at = boot_log::now_timestamp();
+        for s in &mut steps {
+            if let Step::Create { record, .. } | Step::WriteRecord { record, .. } = s {
+                record.last_action = Some(d.action.as_str().to_string());
+                record.last_action_at = Some(at.clone());
+            }
+        }
+    }
+    steps
 }

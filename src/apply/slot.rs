@@ -24,10 +24,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0} already exists; a live slot is never replaced")]
     Exists(PathBuf),
     #[error(transparent)]
@@ -35,10 +32,7 @@ pub enum SlotError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SlotError + '_ {
-    move |source| SlotError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| SlotError::Io { path: path.to_path_buf(), source }
 }
 
 /// Writes slots into one scandir.
@@ -51,10 +45,7 @@ pub struct SlotWriter {
 
 /// Writes `content` to `path` atomically: a sibling temp file, then rename over.
 fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.hermes-reconciler.tmp"));
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
@@ -66,8 +57,7 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
         .map_err(io(&tmp))?;
     f.write_all(content).map_err(io(&tmp))?;
     // The mode given to open is masked by the umask; scripts must be exactly what we say.
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io(&tmp))?;
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
     drop(f);
     fs::rename(&tmp, path).map_err(io(path))
 }
@@ -116,14 +106,7 @@ impl SlotWriter {
         }
         let built = self.build(&staging, files, up, record);
         let published = built.and_then(|()| {
-            renameat2(
-                AT_FDCWD,
-                &staging,
-                AT_FDCWD,
-                &target,
-                RenameFlags::RENAME_NOREPLACE,
-            )
-            .map_err(|e| {
+            renameat2(AT_FDCWD, &staging, AT_FDCWD, &target, RenameFlags::RENAME_NOREPLACE).map_err(|e| {
                 if e == nix::errno::Errno::EEXIST {
                     SlotError::Exists(target.clone())
                 } else {
@@ -137,13 +120,7 @@ impl SlotWriter {
         published
     }
 
-    fn build(
-        &self,
-        dir: &Path,
-        files: &[SlotFile],
-        up: bool,
-        record: &SlotRecord,
-    ) -> Result<(), SlotError> {
+    fn build(&self, dir: &Path, files: &[SlotFile], up: bool, record: &SlotRecord) -> Result<(), SlotError> {
         self.mkdir(dir, 0o755, false)?;
         self.mkdir(&dir.join("log"), 0o755, false)?;
         self.mkdir(&dir.join("data"), 0o755, false)?;
@@ -169,10 +146,10 @@ impl SlotWriter {
         let dir = self.slot_dir(name);
         for f in files {
             let path = dir.join(f.rel);
-            if let Some(parent) = path.parent() {
-                if !parent.is_dir() {
-                    self.mkdir(parent, 0o755, false)?;
-                }
+            if let Some(parent) = path.parent()
+                && !parent.is_dir()
+            {
+                self.mkdir(parent, 0o755, false)?;
             }
             write_file(&path, f.content.as_bytes(), f.mode)?;
         }
@@ -193,11 +170,7 @@ impl SlotWriter {
     /// supervisor will read.
     pub fn command(&self, name: &ProfileName, up: bool) -> Result<(), SlotError> {
         let dir = self.slot_dir(name);
-        let cmd = if up {
-            SupervisorCommand::UpPersist
-        } else {
-            SupervisorCommand::DownPersist
-        };
+        let cmd = if up { SupervisorCommand::UpPersist } else { SupervisorCommand::DownPersist };
         match s6::send_command(&dir, cmd) {
             Ok(()) => Ok(()),
             Err(ControlError::NoSupervisor(_)) => {

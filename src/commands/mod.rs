@@ -1,6 +1,8 @@
 //! The CLI's verbs, on top of the library layers. Each returns the process exit status.
 
 pub mod once;
+pub mod run;
+pub mod status;
 
 use crate::apply::Applier;
 use crate::apply::home::HomeWriter;
@@ -41,10 +43,7 @@ pub fn applier(config: &Config) -> Result<Applier, ConfigError> {
         _ => None,
     };
     Ok(Applier {
-        slots: SlotWriter {
-            scandir: config.scandir.clone(),
-            group: owner.map(|(_, g)| g),
-        },
+        slots: SlotWriter { scandir: config.scandir.clone(), group: owner.map(|(_, g)| g) },
         home: HomeWriter::new(config.home.clone(), owner),
     })
 }

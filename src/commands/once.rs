@@ -3,8 +3,9 @@
 use super::{EXIT_FAILURE, EXIT_OK};
 use crate::apply::Applier;
 use crate::config::Config;
+use crate::daemon::status_file;
 use crate::observe::{self, container::ContainerMode};
-use crate::plan::{self, Decision, PassKind, Plan, Step};
+use crate::plan::{self, ActionKind, Decision, PassKind, Plan, Step};
 use serde::Serialize;
 use std::path::Path;
 
@@ -37,26 +38,16 @@ pub fn describe_steps(plan: &Plan, config: &Config) -> Vec<String> {
         ));
     }
     if plan.ports_changed {
-        out.push(format!(
-            "write {}/{}",
-            config.home.display(),
-            observe::PORTS_FILE
-        ));
+        out.push(format!("write {}/{}", config.home.display(), observe::PORTS_FILE));
     }
     for h in &plan.clear_hidden {
-        out.push(format!(
-            "clear leftover {}",
-            config.scandir.join(h).display()
-        ));
+        out.push(format!("clear leftover {}", config.scandir.join(h).display()));
     }
     for pp in &plan.profiles {
         for s in &pp.steps {
             out.push(match s {
                 Step::SweepPidFiles { dir } => {
-                    format!(
-                        "remove {0}/gateway.pid and {0}/processes.json if present",
-                        dir.display()
-                    )
+                    format!("remove {0}/gateway.pid and {0}/processes.json if present", dir.display())
                 }
                 Step::Create { name, up, .. } => format!(
                     "create slot {} ({})",
@@ -69,15 +60,12 @@ pub fn describe_steps(plan: &Plan, config: &Config) -> Vec<String> {
                     name.slot_name()
                 ),
                 Step::Command { name, up } => {
-                    format!(
-                        "want slot {} {}",
-                        name.slot_name(),
-                        if *up { "up" } else { "down" }
-                    )
+                    format!("want slot {} {}", name.slot_name(), if *up { "up" } else { "down" })
                 }
                 Step::WriteRecord { name, .. } => {
                     format!("record applied intent in slot {}", name.slot_name())
                 }
+                Step::Remove { name } => format!("remove slot {}", name.slot_name()),
             });
         }
     }
@@ -120,10 +108,7 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
                 warnings: &plan.warnings,
                 errors: &[],
             };
-            println!(
-                "{}",
-                serde_json::to_string(&report).expect("report serialises")
-            );
+            println!("{}", serde_json::to_string(&report).expect("report serialises"));
         } else {
             for s in &steps {
                 println!("would {s}");
@@ -143,7 +128,22 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
     }
     let mut warnings = plan.warnings.clone();
     warnings.extend(outcome.warnings.iter().cloned());
-    let mut errors = outcome.errors.clone();
+    let mut errors: Vec<String> = outcome.errors.iter().map(ToString::to_string).collect();
+    let mut report = status_file::StatusReport {
+        errors: outcome.errors.iter().map(|e| (e.profile.to_string(), e.message.clone())).collect(),
+        skipped: outcome
+            .applied
+            .iter()
+            .filter(|d| d.action == ActionKind::Skipped)
+            .map(|d| (d.profile.clone(), d.reason.clone().unwrap_or_default()))
+            .collect(),
+        written: None,
+    };
+    if plan.mode != ContainerMode::Dashboard
+        && let Err(e) = status_file::write(&config.scandir, &mut report)
+    {
+        tracing::debug!("status file not written: {e}");
+    }
     if let Err(e) = applier.log_decisions(&outcome.applied) {
         tracing::error!("container-boot.log not written: {e}");
         errors.push(format!("container-boot.log not written: {e}"));
@@ -157,18 +157,11 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
             warnings: &warnings,
             errors: &errors,
         };
-        println!(
-            "{}",
-            serde_json::to_string(&report).expect("report serialises")
-        );
+        println!("{}", serde_json::to_string(&report).expect("report serialises"));
     } else {
         for d in &outcome.applied {
             println!("{}", decision_text(d));
         }
     }
-    if errors.is_empty() {
-        EXIT_OK
-    } else {
-        EXIT_FAILURE
-    }
+    if errors.is_empty() { EXIT_OK } else { EXIT_FAILURE }
 }

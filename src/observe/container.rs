@@ -50,20 +50,14 @@ pub fn main_command(cmdline: &[u8]) -> Option<Vec<String>> {
     if args.last().is_some_and(|a| a.is_empty()) {
         args.pop();
     }
-    let wrapper = args
-        .iter()
-        .position(|a| a.ends_with(WRAPPER_SUFFIX.as_bytes()))?;
+    let wrapper = args.iter().position(|a| a.ends_with(WRAPPER_SUFFIX.as_bytes()))?;
     let mut rest = &args[wrapper + 1..];
     if let Some((first, tail)) = rest.split_first()
         && is_hermes_program(first)
     {
         rest = tail;
     }
-    Some(
-        rest.iter()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect(),
-    )
+    Some(rest.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect())
 }
 
 fn is_hermes_program(arg: &[u8]) -> bool {
@@ -168,28 +162,15 @@ mod tests {
     #[test]
     fn leading_hermes_is_dropped_once() {
         let c = |a: &[&str]| main_command(&argv(a));
+        assert_eq!(c(&["main-wrapper.sh", "hermes", "gateway", "run"]), Some(strings(&["gateway", "run"])));
         assert_eq!(
-            c(&["main-wrapper.sh", "hermes", "gateway", "run"]),
-            Some(strings(&["gateway", "run"]))
-        );
-        assert_eq!(
-            c(&[
-                "main-wrapper.sh",
-                "/opt/hermes/.venv/bin/hermes",
-                "dashboard"
-            ]),
+            c(&["main-wrapper.sh", "/opt/hermes/.venv/bin/hermes", "dashboard"]),
             Some(strings(&["dashboard"]))
         );
-        assert_eq!(
-            c(&["main-wrapper.sh", "hermes", "hermes", "x"]),
-            Some(strings(&["hermes", "x"]))
-        );
+        assert_eq!(c(&["main-wrapper.sh", "hermes", "hermes", "x"]), Some(strings(&["hermes", "x"])));
         assert_eq!(c(&["main-wrapper.sh", "hermes"]), Some(vec![]));
         // Only a leading one, and only that exact program name.
-        assert_eq!(
-            c(&["main-wrapper.sh", "gateway", "hermes"]),
-            Some(strings(&["gateway", "hermes"]))
-        );
+        assert_eq!(c(&["main-wrapper.sh", "gateway", "hermes"]), Some(strings(&["gateway", "hermes"])));
         assert_eq!(
             c(&["main-wrapper.sh", "hermes-agent", "dashboard"]),
             Some(strings(&["hermes-agent", "dashboard"]))
@@ -206,10 +187,7 @@ mod tests {
         assert_eq!(main_command(b"\0"), None);
         assert_eq!(main_command(&argv(&["/init"])), None);
         assert_eq!(main_command(&argv(&["hermes", "gateway", "run"])), None);
-        assert_eq!(
-            main_command(&argv(&["main-wrapper.sh.bak", "dashboard"])),
-            None
-        );
+        assert_eq!(main_command(&argv(&["main-wrapper.sh.bak", "dashboard"])), None);
         assert_eq!(main_command(&argv(&["main-wrapper", "dashboard"])), None);
     }
 
@@ -221,36 +199,19 @@ mod tests {
 
     #[test]
     fn missing_final_nul_and_inner_empty_arguments() {
-        assert_eq!(
-            main_command(b"sh\0main-wrapper.sh\0gateway\0run"),
-            Some(strings(&["gateway", "run"]))
-        );
-        assert_eq!(
-            main_command(b"main-wrapper.sh\0\0x\0"),
-            Some(strings(&["", "x"]))
-        );
+        assert_eq!(main_command(b"sh\0main-wrapper.sh\0gateway\0run"), Some(strings(&["gateway", "run"])));
+        assert_eq!(main_command(b"main-wrapper.sh\0\0x\0"), Some(strings(&["", "x"])));
         // Only one trailing empty piece is the terminator.
-        assert_eq!(
-            main_command(b"main-wrapper.sh\0x\0\0"),
-            Some(strings(&["x", ""]))
-        );
+        assert_eq!(main_command(b"main-wrapper.sh\0x\0\0"), Some(strings(&["x", ""])));
     }
 
     #[test]
     fn first_wrapper_token_wins_and_matching_is_by_suffix() {
         assert_eq!(
-            main_command(&argv(&[
-                "a/main-wrapper.sh",
-                "dashboard",
-                "b/main-wrapper.sh",
-                "gateway"
-            ])),
+            main_command(&argv(&["a/main-wrapper.sh", "dashboard", "b/main-wrapper.sh", "gateway"])),
             Some(strings(&["dashboard", "b/main-wrapper.sh", "gateway"]))
         );
-        assert_eq!(
-            main_command(&argv(&["my-main-wrapper.sh", "dashboard"])),
-            Some(strings(&["dashboard"]))
-        );
+        assert_eq!(main_command(&argv(&["my-main-wrapper.sh", "dashboard"])), Some(strings(&["dashboard"])));
     }
 
     #[test]
@@ -295,10 +256,7 @@ mod tests {
             (&["gateway", "run", "--verbose"][..], LegacyGatewayRun),
             (&["gateway", "run", "--no-supervise"][..], Normal),
             (&["gateway", "run", "-v", "--no-supervise", "x"][..], Normal),
-            (
-                &["gateway", "run", "--no-supervise=1"][..],
-                LegacyGatewayRun,
-            ),
+            (&["gateway", "run", "--no-supervise=1"][..], LegacyGatewayRun),
             (&["gateway"][..], Normal),
             (&["gateway", "start"][..], Normal),
             (&["run", "gateway"][..], Normal),
@@ -321,9 +279,7 @@ mod tests {
 
     impl FakeProc {
         fn new() -> Self {
-            FakeProc {
-                dir: tempfile::tempdir().unwrap(),
-            }
+            FakeProc { dir: tempfile::tempdir().unwrap() }
         }
         fn root(&self) -> &Path {
             self.dir.path()
@@ -341,15 +297,7 @@ mod tests {
     #[test]
     fn detect_picks_the_lowest_pid_numerically() {
         let p = FakeProc::new();
-        p.process(
-            "1",
-            &[
-                "/package/admin/s6/command/s6-svscan",
-                "-d4",
-                "--",
-                "/run/service",
-            ],
-        );
+        p.process("1", &["/package/admin/s6/command/s6-svscan", "-d4", "--", "/run/service"]);
         // Lexicographically "100" < "12" < "7": numeric order must win.
         p.process("100", &["sh", "main-wrapper.sh", "dashboard"]);
         p.process("12", &["sh", "main-wrapper.sh", "hermes", "gateway", "run"]);
@@ -361,10 +309,7 @@ mod tests {
     fn detect_dashboard() {
         let p = FakeProc::new();
         p.process("1", &["s6-svscan"]);
-        p.process(
-            "20",
-            &["/bin/sh", "/opt/hermes/docker/main-wrapper.sh", "dashboard"],
-        );
+        p.process("20", &["/bin/sh", "/opt/hermes/docker/main-wrapper.sh", "dashboard"]);
         assert_eq!(detect(p.root()), ContainerMode::Dashboard);
     }
 
@@ -387,10 +332,7 @@ mod tests {
         p.process("1", &["/init"]);
         p.process("2", &[]);
         assert_eq!(detect(p.root()), ContainerMode::Normal);
-        assert_eq!(
-            detect(&p.root().join("no-such-proc")),
-            ContainerMode::Normal
-        );
+        assert_eq!(detect(&p.root().join("no-such-proc")), ContainerMode::Normal);
     }
 
     #[test]
@@ -411,11 +353,8 @@ mod tests {
         p.pid_dir("2");
         // cmdline is a directory, a FIFO (must not hang), a symlink, oversized.
         std::fs::create_dir(p.pid_dir("3").join("cmdline")).unwrap();
-        nix::unistd::mkfifo(
-            &p.pid_dir("4").join("cmdline"),
-            nix::sys::stat::Mode::from_bits_truncate(0o644),
-        )
-        .unwrap();
+        nix::unistd::mkfifo(&p.pid_dir("4").join("cmdline"), nix::sys::stat::Mode::from_bits_truncate(0o644))
+            .unwrap();
         let target = p.root().join("target");
         std::fs::write(&target, argv(&["main-wrapper.sh", "dashboard"])).unwrap();
         std::os::unix::fs::symlink(&target, p.pid_dir("5").join("cmdline")).unwrap();
@@ -424,10 +363,7 @@ mod tests {
         std::fs::write(p.pid_dir("6").join("cmdline"), huge).unwrap();
         // A pid entry that is a plain file.
         std::fs::write(p.root().join("7"), "x").unwrap();
-        p.process(
-            "8",
-            &["sh", "main-wrapper.sh", "gateway", "run", "--no-supervise"],
-        );
+        p.process("8", &["sh", "main-wrapper.sh", "gateway", "run", "--no-supervise"]);
         p.process("9", &["sh", "main-wrapper.sh", "dashboard"]);
         assert_eq!(detect(p.root()), ContainerMode::Normal);
     }

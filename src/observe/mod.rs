@@ -6,6 +6,7 @@ pub mod container;
 pub mod safe_read;
 pub mod scandir;
 pub mod volume;
+pub mod watch;
 
 use crate::config::Config;
 use crate::model::{Intent, PriorExit, ProfileName};
@@ -52,6 +53,22 @@ pub struct Observed {
     pub with_contenv: bool,
 }
 
+impl Observed {
+    /// Nothing observed yet.
+    pub fn empty() -> Self {
+        Observed {
+            mode: ContainerMode::Normal,
+            root_state_file_exists: false,
+            profiles: Vec::new(),
+            skipped: Vec::new(),
+            scandir: ScandirObs::default(),
+            previous_ports: BTreeMap::new(),
+            warnings: Vec::new(),
+            with_contenv: false,
+        }
+    }
+}
+
 /// Reads one profile's files.
 pub fn observe_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> ProfileObs {
     let reading = volume::read_intent(&dir);
@@ -75,18 +92,22 @@ pub fn read_ports(home: &Path) -> (BTreeMap<String, u16>, Option<String>) {
             Ok(map) => (map, None),
             Err(e) => (
                 BTreeMap::new(),
-                Some(format!(
-                    "{} is not a JSON object of ports ({e}); ports are re-derived",
-                    path.display()
-                )),
+                Some(format!("{} is not a JSON object of ports ({e}); ports are re-derived", path.display())),
             ),
         },
         Err(safe_read::ReadError::Missing) => (BTreeMap::new(), None),
-        Err(e) => (
-            BTreeMap::new(),
-            Some(format!("{} {e}; ports are re-derived", path.display())),
-        ),
+        Err(e) => (BTreeMap::new(), Some(format!("{} {e}; ports are re-derived", path.display()))),
     }
+}
+
+/// Observes one named profile (`Ok(None)`: it is not, or no longer, a profile).
+pub fn observe_named(home: &Path, name: &ProfileName) -> Result<Option<ProfileObs>, String> {
+    Ok(volume::probe(home, name)?.map(|d| observe_profile(d.name, d.dir, d.via_symlink)))
+}
+
+/// Observes the root profile.
+pub fn observe_root(home: &Path) -> ProfileObs {
+    observe_profile(ProfileName::root(), home.to_path_buf(), false)
 }
 
 /// Observes the whole world for a full pass.
@@ -94,13 +115,9 @@ pub fn observe_all(config: &Config, proc_root: &Path) -> Observed {
     let home = &config.home;
     let mut warnings = Vec::new();
     let discovery = volume::discover(home);
-    let mut profiles = vec![observe_profile(ProfileName::root(), home.clone(), false)];
-    profiles.extend(
-        discovery
-            .named
-            .into_iter()
-            .map(|d| observe_profile(d.name, d.dir, d.via_symlink)),
-    );
+    let mut profiles = vec![observe_root(home)];
+    profiles.extend(discovery.named.into_iter().map(|d| observe_profile(d.name, d.dir, d.via_symlink)));
+    warnings.extend(discovery.warnings);
     let (previous_ports, ports_warning) = read_ports(home);
     warnings.extend(ports_warning);
     Observed {

@@ -92,11 +92,7 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
 /// with `fstat` that what was opened is a regular file. Safe on any entry type: it never blocks.
 fn open_no_follow(path: &Path) -> Result<File, ReadError> {
     let flags = OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits())
-        .open(path)
-        .map_err(map_open_error)?;
+    let file = OpenOptions::new().read(true).custom_flags(flags.bits()).open(path).map_err(map_open_error)?;
     refuse_non_regular(&file.metadata()?)?;
     Ok(file)
 }
@@ -130,20 +126,13 @@ fn refuse_non_regular(meta: &Metadata) -> Result<(), ReadError> {
 }
 
 fn is_missing(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error().map(Errno::from_raw),
-        Some(Errno::ENOENT) | Some(Errno::ENOTDIR)
-    )
+    matches!(e.raw_os_error().map(Errno::from_raw), Some(Errno::ENOENT) | Some(Errno::ENOTDIR))
 }
 
 /// `lstat` does not follow the last component, so `ELOOP` here means a loop in a directory
 /// component: an I/O problem, not "the file is a symlink".
 fn map_lstat_error(e: io::Error) -> ReadError {
-    if is_missing(&e) {
-        ReadError::Missing
-    } else {
-        ReadError::Io(e)
-    }
+    if is_missing(&e) { ReadError::Missing } else { ReadError::Io(e) }
 }
 
 /// `ELOOP` from an `O_NOFOLLOW` open means the last component is a symlink.
@@ -192,14 +181,8 @@ mod tests {
         let p = d.path().join("f");
         std::fs::write(&p, b"12345").unwrap();
         assert_eq!(read_bounded(&p, 5).unwrap(), b"12345");
-        assert!(matches!(
-            read_bounded(&p, 4),
-            Err(ReadError::TooLarge { limit: 4 })
-        ));
-        assert!(matches!(
-            read_bounded(&p, 0),
-            Err(ReadError::TooLarge { limit: 0 })
-        ));
+        assert!(matches!(read_bounded(&p, 4), Err(ReadError::TooLarge { limit: 4 })));
+        assert!(matches!(read_bounded(&p, 0), Err(ReadError::TooLarge { limit: 0 })));
     }
 
     #[test]
@@ -221,10 +204,7 @@ mod tests {
         ));
         let one_mib = d.path().join("exact");
         std::fs::write(&one_mib, vec![b' '; 1 << 20]).unwrap();
-        assert_eq!(
-            read_bounded(&one_mib, MAX_STATE_FILE).unwrap().len(),
-            1 << 20
-        );
+        assert_eq!(read_bounded(&one_mib, MAX_STATE_FILE).unwrap().len(), 1 << 20);
     }
 
     #[test]
@@ -234,23 +214,14 @@ mod tests {
         let p = d.path().join("sparse");
         let f = File::create(&p).unwrap();
         f.set_len(1 << 40).unwrap();
-        assert!(matches!(
-            read_bounded(&p, MAX_STATE_FILE),
-            Err(ReadError::TooLarge { .. })
-        ));
+        assert!(matches!(read_bounded(&p, MAX_STATE_FILE), Err(ReadError::TooLarge { .. })));
     }
 
     #[test]
     fn missing_file_and_missing_parent() {
         let d = tmp();
-        assert!(matches!(
-            read_bounded(&d.path().join("nope"), 10),
-            Err(ReadError::Missing)
-        ));
-        assert!(matches!(
-            read_bounded(&d.path().join("nodir/nope"), 10),
-            Err(ReadError::Missing)
-        ));
+        assert!(matches!(read_bounded(&d.path().join("nope"), 10), Err(ReadError::Missing)));
+        assert!(matches!(read_bounded(&d.path().join("nodir/nope"), 10), Err(ReadError::Missing)));
     }
 
     #[test]
@@ -258,10 +229,7 @@ mod tests {
         let d = tmp();
         let f = d.path().join("file");
         std::fs::write(&f, b"x").unwrap();
-        assert!(matches!(
-            read_bounded(&f.join("child"), 10),
-            Err(ReadError::Missing)
-        ));
+        assert!(matches!(read_bounded(&f.join("child"), 10), Err(ReadError::Missing)));
     }
 
     #[test]
@@ -269,15 +237,9 @@ mod tests {
         let d = tmp();
         let sub = d.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
-        assert!(matches!(
-            read_bounded(&sub, 10),
-            Err(ReadError::NotRegular("directory"))
-        ));
+        assert!(matches!(read_bounded(&sub, 10), Err(ReadError::NotRegular("directory"))));
         // Opening a directory O_RDONLY succeeds on Linux: the fstat check must catch it.
-        assert!(matches!(
-            open_no_follow(&sub),
-            Err(ReadError::NotRegular("directory"))
-        ));
+        assert!(matches!(open_no_follow(&sub), Err(ReadError::NotRegular("directory"))));
     }
 
     #[test]
@@ -285,16 +247,10 @@ mod tests {
         let d = tmp();
         let p = d.path().join("fifo");
         nix::unistd::mkfifo(&p, Mode::from_bits_truncate(0o644)).unwrap();
-        assert!(matches!(
-            read_bounded(&p, 10),
-            Err(ReadError::NotRegular("FIFO"))
-        ));
+        assert!(matches!(read_bounded(&p, 10), Err(ReadError::NotRegular("FIFO"))));
         // Even if the lstat check were raced, the open itself must not block on a FIFO with no
         // writer, and fstat must refuse it.
-        assert!(matches!(
-            open_no_follow(&p),
-            Err(ReadError::NotRegular("FIFO"))
-        ));
+        assert!(matches!(open_no_follow(&p), Err(ReadError::NotRegular("FIFO"))));
     }
 
     #[test]
@@ -303,14 +259,8 @@ mod tests {
         if !p.exists() {
             return;
         }
-        assert!(matches!(
-            read_bounded(p, 10),
-            Err(ReadError::NotRegular("character device"))
-        ));
-        assert!(matches!(
-            open_no_follow(p),
-            Err(ReadError::NotRegular("character device"))
-        ));
+        assert!(matches!(read_bounded(p, 10), Err(ReadError::NotRegular("character device"))));
+        assert!(matches!(open_no_follow(p), Err(ReadError::NotRegular("character device"))));
     }
 
     #[test]
@@ -318,10 +268,7 @@ mod tests {
         let d = tmp();
         let p = d.path().join("sock");
         let _l = UnixListener::bind(&p).unwrap();
-        assert!(matches!(
-            read_bounded(&p, 10),
-            Err(ReadError::NotRegular("socket"))
-        ));
+        assert!(matches!(read_bounded(&p, 10), Err(ReadError::NotRegular("socket"))));
     }
 
     #[test]
@@ -340,15 +287,9 @@ mod tests {
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
         symlink(&fifo, &to_fifo).unwrap();
         for p in [&to_file, &dangling, &to_dir, &to_fifo] {
-            assert!(
-                matches!(read_bounded(p, 100), Err(ReadError::Symlink)),
-                "{p:?}"
-            );
+            assert!(matches!(read_bounded(p, 100), Err(ReadError::Symlink)), "{p:?}");
             // The open path on its own maps ELOOP from O_NOFOLLOW to Symlink.
-            assert!(
-                matches!(open_no_follow(p), Err(ReadError::Symlink)),
-                "{p:?}"
-            );
+            assert!(matches!(open_no_follow(p), Err(ReadError::Symlink)), "{p:?}");
         }
     }
 
@@ -386,10 +327,7 @@ mod tests {
         // A symlink loop in a directory component is an I/O error, not "is a symlink".
         let a = d.path().join("a");
         symlink(&a, &a).unwrap();
-        assert!(matches!(
-            read_bounded(&a.join("f"), 10),
-            Err(ReadError::Io(_))
-        ));
+        assert!(matches!(read_bounded(&a.join("f"), 10), Err(ReadError::Io(_))));
     }
 
     #[test]
@@ -403,18 +341,9 @@ mod tests {
 
     #[test]
     fn messages_read_as_sentences_after_a_path() {
-        assert_eq!(
-            ReadError::NotRegular("FIFO").to_string(),
-            "is a FIFO, not a regular file"
-        );
-        assert_eq!(
-            ReadError::TooLarge { limit: 5 }.to_string(),
-            "is larger than 5 bytes"
-        );
-        assert_eq!(
-            ReadError::Symlink.to_string(),
-            "is a symbolic link, which is not followed"
-        );
+        assert_eq!(ReadError::NotRegular("FIFO").to_string(), "is a FIFO, not a regular file");
+        assert_eq!(ReadError::TooLarge { limit: 5 }.to_string(), "is larger than 5 bytes");
+        assert_eq!(ReadError::Symlink.to_string(), "is a symbolic link, which is not followed");
         assert_eq!(ReadError::Missing.to_string(), "does not exist");
     }
 }

@@ -42,16 +42,9 @@ pub fn observe_slot(dir: &Path) -> SlotObs {
     let record = read_bounded(&dir.join(RECORD_FILE), MAX_SLOT_FILE)
         .ok()
         .and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
-    let files = RENDERED
-        .iter()
-        .map(|rel| (*rel, read_bounded(&dir.join(rel), MAX_SLOT_FILE).ok()))
-        .collect();
+    let files = RENDERED.iter().map(|rel| (*rel, read_bounded(&dir.join(rel), MAX_SLOT_FILE).ok())).collect();
     let has_down = std::fs::symlink_metadata(dir.join("down")).is_ok();
-    SlotObs {
-        record,
-        files,
-        has_down,
-    }
+    SlotObs { record, files, has_down }
 }
 
 /// Lists the scandir. A scandir that cannot be listed is reported as absent.
@@ -59,10 +52,7 @@ pub fn observe_scandir(scandir: &Path) -> ScandirObs {
     let Ok(entries) = std::fs::read_dir(scandir) else {
         return ScandirObs::default();
     };
-    let mut obs = ScandirObs {
-        exists: true,
-        ..Default::default()
-    };
+    let mut obs = ScandirObs { exists: true, ..Default::default() };
     for entry in entries.flatten() {
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;

@@ -65,26 +65,16 @@ pub fn parse_intent(bytes: &[u8]) -> Result<Intent, String> {
         match map.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(format!(
-                "has a {key} that is {}, not a string",
-                type_with_article(other)
-            )),
+            Some(other) => Err(format!("has a {key} that is {}, not a string", type_with_article(other))),
         }
     };
-    Ok(Intent {
-        desired_state: field("desired_state")?,
-        gateway_state: field("gateway_state")?,
-    })
+    Ok(Intent { desired_state: field("desired_state")?, gateway_state: field("gateway_state")? })
 }
 
 /// Decodes UTF-8 (one leading BOM allowed) and parses one JSON value.
 fn parse_json(bytes: &[u8]) -> Result<Value, String> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        format!(
-            "is not UTF-8 (invalid byte sequence at offset {})",
-            e.valid_up_to()
-        )
-    })?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| format!("is not UTF-8 (invalid byte sequence at offset {})", e.valid_up_to()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     serde_json::from_str(text).map_err(|e| format!("is not valid JSON ({e})"))
 }
@@ -124,20 +114,14 @@ pub fn read_intent(profile_dir: &Path) -> IntentReading {
         Err(e) => e.to_string(),
         Ok(bytes) => match parse_intent(&bytes) {
             Ok(intent) => {
-                return IntentReading {
-                    intent,
-                    warning: None,
-                };
+                return IntentReading { intent, warning: None };
             }
             Err(why) => why,
         },
     };
     IntentReading {
         intent: Intent::default(),
-        warning: Some(format!(
-            "{} {problem}; treating it as no intent",
-            path.display()
-        )),
+        warning: Some(format!("{} {problem}; treating it as no intent", path.display())),
     }
 }
 
@@ -202,11 +186,7 @@ fn line_sets_port(line: &[u8]) -> bool {
     let Some(after_key) = rest.strip_prefix(b"API_SERVER_PORT") else {
         return false;
     };
-    let Some(value) = after_key
-        .trim_ascii_start()
-        .strip_prefix(b"=")
-        .map(<[u8]>::trim_ascii)
-    else {
+    let Some(value) = after_key.trim_ascii_start().strip_prefix(b"=").map(<[u8]>::trim_ascii) else {
         return false;
     };
     match value.first() {
@@ -263,11 +243,7 @@ pub struct SkippedDir {
 impl fmt::Display for SkippedDir {
     /// `profiles/"Work" is skipped: <reason>`, the raw name quoted so it cannot forge a line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{PROFILES_DIR}/{:?} is skipped: {}",
-            self.raw, self.reason
-        )
+        write!(f, "{PROFILES_DIR}/{:?} is skipped: {}", self.raw, self.reason)
     }
 }
 
@@ -318,16 +294,13 @@ pub fn discover(home: &Path) -> Discovery {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return out,
         Err(e) => {
-            out.warnings.push(format!(
-                "{} cannot be listed: {e}; no named profiles seen",
-                profiles.display()
-            ));
+            out.warnings
+                .push(format!("{} cannot be listed: {e}; no named profiles seen", profiles.display()));
             return out;
         }
     };
-    let profiles_is_symlink = std::fs::symlink_metadata(&profiles)
-        .map(|m| m.file_type().is_symlink())
-        .unwrap_or(false);
+    let profiles_is_symlink =
+        std::fs::symlink_metadata(&profiles).map(|m| m.file_type().is_symlink()).unwrap_or(false);
     let tombstones = profiles.join(TOMBSTONE_DIR);
 
     for entry in entries {
@@ -335,10 +308,7 @@ pub fn discover(home: &Path) -> Discovery {
             Ok(entry) => entry,
             Err(e) => {
                 // A failing readdir may fail again forever: stop rather than spin.
-                out.warnings.push(format!(
-                    "{} could not be listed completely: {e}",
-                    profiles.display()
-                ));
+                out.warnings.push(format!("{} could not be listed completely: {e}", profiles.display()));
                 break;
             }
         };
@@ -365,10 +335,7 @@ pub fn discover(home: &Path) -> Discovery {
         let name = match ProfileName::parse_named(raw) {
             Ok(name) => name,
             Err(e) => {
-                out.skipped.push(SkippedDir {
-                    raw: raw.to_string(),
-                    reason: e.to_string(),
-                });
+                out.skipped.push(SkippedDir { raw: raw.to_string(), reason: e.to_string() });
                 continue;
             }
         };
@@ -376,20 +343,29 @@ pub fn discover(home: &Path) -> Discovery {
             Ok(ft) => ft.is_symlink(),
             Err(e) if is_absent(&e) => continue, // vanished since
             Err(e) => {
-                out.warnings
-                    .push(format!("{} cannot be examined: {e}", dir.display()));
+                out.warnings.push(format!("{} cannot be examined: {e}", dir.display()));
                 continue;
             }
         };
-        out.named.push(NamedDir {
-            name,
-            dir,
-            via_symlink: entry_is_symlink || profiles_is_symlink,
-        });
+        out.named.push(NamedDir { name, dir, via_symlink: entry_is_symlink || profiles_is_symlink });
     }
     out.named.sort_by(|a, b| a.name.cmp(&b.name));
     out.skipped.sort_by(|a, b| a.raw.cmp(&b.raw));
     out
+}
+
+/// Looks at one named profile only, with the same rules as [`discover`]: `Ok(None)` when
+/// `profiles/<name>` is not (or no longer) a profile. Used by partial passes after events.
+pub fn probe(home: &Path, name: &ProfileName) -> Result<Option<NamedDir>, String> {
+    let profiles = home.join(PROFILES_DIR);
+    let dir = profiles.join(name.as_str());
+    if !classify_entry(&dir, &profiles.join(TOMBSTONE_DIR), OsStr::new(name.as_str()))? {
+        return Ok(None);
+    }
+    let is_link =
+        |p: &Path| std::fs::symlink_metadata(p).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+    let via_symlink = is_link(&dir) || is_link(&profiles);
+    Ok(Some(NamedDir { name: name.clone(), dir, via_symlink }))
 }
 
 /// Is this (non-hidden) entry a profile candidate: a directory holding `SOUL.md`, not
@@ -411,10 +387,9 @@ fn classify_entry(dir: &Path, tombstones: &Path, file_name: &OsStr) -> Result<bo
     match std::fs::symlink_metadata(&tombstone) {
         Ok(_) => Ok(false),
         Err(e) if is_absent(&e) => Ok(true),
-        Err(e) => Err(format!(
-            "{} cannot be examined: {e}; ignoring the profile until it can",
-            tombstone.display()
-        )),
+        Err(e) => {
+            Err(format!("{} cannot be examined: {e}; ignoring the profile until it can", tombstone.display()))
+        }
     }
 }
 
@@ -427,10 +402,7 @@ mod tests {
     use tempfile::TempDir;
 
     fn intent(d: Option<&str>, g: Option<&str>) -> Intent {
-        Intent {
-            desired_state: d.map(String::from),
-            gateway_state: g.map(String::from),
-        }
+        Intent { desired_state: d.map(String::from), gateway_state: g.map(String::from) }
     }
 
     fn fifo(p: &Path) {
@@ -445,14 +417,8 @@ mod tests {
             parse_intent(br#"{"desired_state":"running","gateway_state":"stopped"}"#),
             Ok(intent(Some("running"), Some("stopped")))
         );
-        assert_eq!(
-            parse_intent(br#"{"gateway_state":"draining"}"#),
-            Ok(intent(None, Some("draining")))
-        );
-        assert_eq!(
-            parse_intent(br#"{"desired_state":"stopped"}"#),
-            Ok(intent(Some("stopped"), None))
-        );
+        assert_eq!(parse_intent(br#"{"gateway_state":"draining"}"#), Ok(intent(None, Some("draining"))));
+        assert_eq!(parse_intent(br#"{"desired_state":"stopped"}"#), Ok(intent(Some("stopped"), None)));
         assert_eq!(parse_intent(b"{}"), Ok(intent(None, None)));
         assert_eq!(
             parse_intent(br#"{"desired_state":"running\n2026-01-01 x=y"," gateway_state":1}"#),
@@ -480,10 +446,7 @@ mod tests {
             parse_intent(br#"{"desired_state":null,"gateway_state":"running"}"#),
             Ok(intent(None, Some("running")))
         );
-        assert_eq!(
-            parse_intent(br#"{"desired_state":null,"gateway_state":null}"#),
-            Ok(intent(None, None))
-        );
+        assert_eq!(parse_intent(br#"{"desired_state":null,"gateway_state":null}"#), Ok(intent(None, None)));
     }
 
     #[test]
@@ -502,11 +465,7 @@ mod tests {
         // Only one BOM, and only at the start.
         let mut two = "\u{feff}\u{feff}".as_bytes().to_vec();
         two.extend_from_slice(b"{}");
-        assert!(
-            parse_intent(&two)
-                .unwrap_err()
-                .starts_with("is not valid JSON")
-        );
+        assert!(parse_intent(&two).unwrap_err().starts_with("is not valid JSON"));
         assert!(parse_intent("\u{feff}".as_bytes()).is_err());
     }
 
@@ -522,11 +481,7 @@ mod tests {
     fn not_utf8_is_refused() {
         let err = parse_intent(b"{\"desired_state\":\"run\xffning\"}").unwrap_err();
         assert!(err.starts_with("is not UTF-8"), "{err}");
-        assert!(
-            parse_intent(b"\xfe\xff{}")
-                .unwrap_err()
-                .starts_with("is not UTF-8")
-        );
+        assert!(parse_intent(b"\xfe\xff{}").unwrap_err().starts_with("is not UTF-8"));
         // A UTF-16 BOM is not a UTF-8 one.
         assert!(parse_intent(b"\xff\xfe{\0}\0").is_err());
     }
@@ -559,10 +514,7 @@ mod tests {
     fn not_an_object_is_refused_with_its_type() {
         for (bytes, msg) in [
             (&b"[]"[..], "is a JSON array, not an object"),
-            (
-                b"[{\"desired_state\":\"running\"}]",
-                "is a JSON array, not an object",
-            ),
+            (b"[{\"desired_state\":\"running\"}]", "is a JSON array, not an object"),
             (b"\"running\"", "is a JSON string, not an object"),
             (b"42", "is a JSON number, not an object"),
             (b"-1.5e3", "is a JSON number, not an object"),
@@ -576,26 +528,11 @@ mod tests {
     #[test]
     fn fields_that_are_not_strings_are_refused() {
         for (bytes, msg) in [
-            (
-                &br#"{"desired_state":1}"#[..],
-                "has a desired_state that is a number, not a string",
-            ),
-            (
-                br#"{"desired_state":true}"#,
-                "has a desired_state that is a boolean, not a string",
-            ),
-            (
-                br#"{"desired_state":["running"]}"#,
-                "has a desired_state that is an array, not a string",
-            ),
-            (
-                br#"{"desired_state":{}}"#,
-                "has a desired_state that is an object, not a string",
-            ),
-            (
-                br#"{"gateway_state":0}"#,
-                "has a gateway_state that is a number, not a string",
-            ),
+            (&br#"{"desired_state":1}"#[..], "has a desired_state that is a number, not a string"),
+            (br#"{"desired_state":true}"#, "has a desired_state that is a boolean, not a string"),
+            (br#"{"desired_state":["running"]}"#, "has a desired_state that is an array, not a string"),
+            (br#"{"desired_state":{}}"#, "has a desired_state that is an object, not a string"),
+            (br#"{"gateway_state":0}"#, "has a gateway_state that is a number, not a string"),
             // A fine field does not rescue a bad one.
             (
                 br#"{"desired_state":"running","gateway_state":[]}"#,
@@ -614,11 +551,7 @@ mod tests {
     fn deep_nesting_does_not_overflow() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(parse_intent(deep.as_bytes()).is_err());
-        let deep_obj = format!(
-            "{{\"x\":{}{}}}",
-            "{\"a\":".repeat(50_000),
-            "}".repeat(50_000)
-        );
+        let deep_obj = format!("{{\"x\":{}{}}}", "{\"a\":".repeat(50_000), "}".repeat(50_000));
         assert!(parse_intent(deep_obj.as_bytes()).is_err());
         assert_eq!(parse_prior_exit(deep.as_bytes()), PriorExit::Unknown);
     }
@@ -657,10 +590,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             read_intent(d.path()),
-            IntentReading {
-                intent: intent(Some("running"), Some("running")),
-                warning: None
-            }
+            IntentReading { intent: intent(Some("running"), Some("running")), warning: None }
         );
     }
 
@@ -672,10 +602,7 @@ mod tests {
         std::fs::write(d.path().join(INTENT_FILE), bytes).unwrap();
         assert_eq!(
             read_intent(d.path()),
-            IntentReading {
-                intent: intent(Some("stopped"), None),
-                warning: None
-            }
+            IntentReading { intent: intent(Some("stopped"), None), warning: None }
         );
     }
 
@@ -683,10 +610,7 @@ mod tests {
     fn read_intent_missing_file_or_dir_is_silent() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(read_intent(d.path()), IntentReading::default());
-        assert_eq!(
-            read_intent(&d.path().join("no-such-profile")),
-            IntentReading::default()
-        );
+        assert_eq!(read_intent(&d.path().join("no-such-profile")), IntentReading::default());
     }
 
     #[test]
@@ -696,10 +620,7 @@ mod tests {
         fifo(&p);
         assert_eq!(
             warning_of(d.path()),
-            format!(
-                "{} is a FIFO, not a regular file; treating it as no intent",
-                p.display()
-            )
+            format!("{} is a FIFO, not a regular file; treating it as no intent", p.display())
         );
     }
 
@@ -710,10 +631,7 @@ mod tests {
         std::fs::create_dir(&p).unwrap();
         assert_eq!(
             warning_of(d.path()),
-            format!(
-                "{} is a directory, not a regular file; treating it as no intent",
-                p.display()
-            )
+            format!("{} is a directory, not a regular file; treating it as no intent", p.display())
         );
     }
 
@@ -727,10 +645,7 @@ mod tests {
         std::fs::write(&p, bytes).unwrap();
         assert_eq!(
             warning_of(d.path()),
-            format!(
-                "{} is larger than 1048576 bytes; treating it as no intent",
-                p.display()
-            )
+            format!("{} is larger than 1048576 bytes; treating it as no intent", p.display())
         );
     }
 
@@ -744,10 +659,7 @@ mod tests {
         symlink(&target, &p).unwrap();
         assert_eq!(
             warning_of(d.path()),
-            format!(
-                "{} is a symbolic link, which is not followed; treating it as no intent",
-                p.display()
-            )
+            format!("{} is a symbolic link, which is not followed; treating it as no intent", p.display())
         );
         // A symlink to a FIFO is refused as a symlink, never opened.
         let f = outside.path().join("fifo");
@@ -760,11 +672,7 @@ mod tests {
     #[test]
     fn read_intent_symlinked_profile_dir_is_read_through() {
         let real = tempfile::tempdir().unwrap();
-        std::fs::write(
-            real.path().join(INTENT_FILE),
-            br#"{"desired_state":"running"}"#,
-        )
-        .unwrap();
+        std::fs::write(real.path().join(INTENT_FILE), br#"{"desired_state":"running"}"#).unwrap();
         let d = tempfile::tempdir().unwrap();
         let link = d.path().join("p");
         symlink(real.path(), &link).unwrap();
@@ -777,14 +685,8 @@ mod tests {
             (b"{\"desired_state\":\"\xff\"}", "is not UTF-8"),
             (b"[1,2]", "is a JSON array, not an object"),
             (b"\"running\"", "is a JSON string, not an object"),
-            (
-                b"{\"desired_state\":7}",
-                "has a desired_state that is a number, not a string",
-            ),
-            (
-                b"not json",
-                "is not valid JSON (expected ident at line 1 column 2)",
-            ),
+            (b"{\"desired_state\":7}", "has a desired_state that is a number, not a string"),
+            (b"not json", "is not valid JSON (expected ident at line 1 column 2)"),
         ];
         for (bytes, problem) in cases {
             let d = tempfile::tempdir().unwrap();
@@ -934,9 +836,7 @@ mod tests {
 
     impl Home {
         fn new() -> Self {
-            let h = Home {
-                dir: tempfile::tempdir().unwrap(),
-            };
+            let h = Home { dir: tempfile::tempdir().unwrap() };
             std::fs::create_dir(h.profiles()).unwrap();
             h
         }
@@ -1076,11 +976,7 @@ mod tests {
         h.tombstone("Bad-gone");
         // A tombstone of any type counts, even a dangling symlink.
         h.profile("linked-gone");
-        symlink(
-            "/nonexistent",
-            h.profiles().join(TOMBSTONE_DIR).join("linked-gone"),
-        )
-        .unwrap();
+        symlink("/nonexistent", h.profiles().join(TOMBSTONE_DIR).join("linked-gone")).unwrap();
         let got = h.discover();
         assert_eq!(names(&got), ["kept"]);
         assert!(got.skipped.is_empty() && got.warnings.is_empty());
@@ -1098,11 +994,7 @@ mod tests {
         let unmarked = outside.path().join("unmarked");
         std::fs::create_dir(&unmarked).unwrap();
         symlink(&unmarked, h.profiles().join("unmarked")).unwrap();
-        symlink(
-            outside.path().join("nowhere"),
-            h.profiles().join("dangling"),
-        )
-        .unwrap();
+        symlink(outside.path().join("nowhere"), h.profiles().join("dangling")).unwrap();
         std::fs::write(outside.path().join("file"), "").unwrap();
         symlink(outside.path().join("file"), h.profiles().join("to-file")).unwrap();
         symlink(h.profiles().join("loop"), h.profiles().join("loop")).unwrap();
@@ -1142,14 +1034,7 @@ mod tests {
         assert_eq!(names(&got), ["ok"]);
         let raws: Vec<&str> = got.skipped.iter().map(|s| s.raw.as_str()).collect();
         assert_eq!(raws, ["-x", "Work", "default", "has space"]);
-        let reason = |raw: &str| {
-            got.skipped
-                .iter()
-                .find(|s| s.raw == raw)
-                .unwrap()
-                .reason
-                .clone()
-        };
+        let reason = |raw: &str| got.skipped.iter().find(|s| s.raw == raw).unwrap().reason.clone();
         assert_eq!(reason("default"), NameError::Reserved.to_string());
         assert_eq!(reason("Work"), NameError::BadCharacters.to_string());
         assert_eq!(reason("has space"), NameError::BadCharacters.to_string());
@@ -1169,11 +1054,8 @@ mod tests {
         assert_eq!(got.skipped[0].raw, over);
         assert_eq!(
             got.skipped[0].reason,
-            NameError::TooLong {
-                len: crate::model::MAX_NAME_LEN + 1,
-                max: crate::model::MAX_NAME_LEN
-            }
-            .to_string()
+            NameError::TooLong { len: crate::model::MAX_NAME_LEN + 1, max: crate::model::MAX_NAME_LEN }
+                .to_string()
         );
     }
 
@@ -1188,25 +1070,15 @@ mod tests {
         assert_eq!(got.skipped.len(), 1);
         assert_eq!(got.skipped[0].raw, "bot\u{fffd}");
         assert!(got.skipped[0].reason.contains("not UTF-8"));
-        assert!(
-            got.skipped[0]
-                .reason
-                .contains(&NameError::BadCharacters.to_string())
-        );
+        assert!(got.skipped[0].reason.contains(&NameError::BadCharacters.to_string()));
     }
 
     #[test]
     fn skipped_display_quotes_the_raw_name() {
-        let s = SkippedDir {
-            raw: "evil\nprofile=x action=started".to_string(),
-            reason: "bad".to_string(),
-        };
+        let s = SkippedDir { raw: "evil\nprofile=x action=started".to_string(), reason: "bad".to_string() };
         let line = s.to_string();
         assert!(!line.contains('\n'));
-        assert_eq!(
-            line,
-            "profiles/\"evil\\nprofile=x action=started\" is skipped: bad"
-        );
+        assert_eq!(line, "profiles/\"evil\\nprofile=x action=started\" is skipped: bad");
     }
 
     #[test]

@@ -68,24 +68,15 @@ pub enum Step {
     /// Delete `gateway.pid` and `processes.json` from the profile directory.
     SweepPidFiles { dir: std::path::PathBuf },
     /// Build the slot under its staging name and publish it by rename.
-    Create {
-        name: ProfileName,
-        files: Vec<SlotFile>,
-        up: bool,
-        record: SlotRecord,
-    },
+    Create { name: ProfileName, files: Vec<SlotFile>, up: bool, record: SlotRecord },
     /// Rewrite these files of an existing slot in place, each atomically.
-    WriteFiles {
-        name: ProfileName,
-        files: Vec<SlotFile>,
-    },
+    WriteFiles { name: ProfileName, files: Vec<SlotFile> },
     /// Want the slot up (`U`) or down (`D`), keeping `./down` in agreement.
     Command { name: ProfileName, up: bool },
     /// Rewrite the slot's bookkeeping.
-    WriteRecord {
-        name: ProfileName,
-        record: SlotRecord,
-    },
+    WriteRecord { name: ProfileName, record: SlotRecord },
+    /// Take the slot out of the scan, stop it and delete it (SPEC §7.3).
+    Remove { name: ProfileName },
 }
 
 /// What to do for one profile.
@@ -117,10 +108,7 @@ pub struct Plan {
 impl Plan {
     /// Every decision in log order: root, then names; skipped entries last.
     pub fn decisions(&self) -> impl Iterator<Item = &Decision> {
-        self.profiles
-            .iter()
-            .filter_map(|p| p.decision.as_ref())
-            .chain(self.skipped.iter())
+        self.profiles.iter().filter_map(|p| p.decision.as_ref()).chain(self.skipped.iter())
     }
 
     pub fn step_count(&self) -> usize {
@@ -133,14 +121,29 @@ impl Plan {
 
 /// The intent written by the legacy migration (SPEC §5.4).
 pub fn legacy_intent() -> Intent {
-    Intent {
-        desired_state: Some("running".into()),
-        gateway_state: Some("running".into()),
-    }
+    Intent { desired_state: Some("running".into()), gateway_state: Some("running".into()) }
+}
+
+/// What a pass covers.
+#[derive(Clone, Copy, Debug)]
+pub struct PassOptions<'a> {
+    pub kind: PassKind,
+    /// Plan steps only for these profiles (a partial pass after events); `None`: all.
+    /// Ports and the capacity guard are still computed over everything observed.
+    pub only: Option<&'a BTreeSet<ProfileName>>,
+    /// Slots whose profile is gone but still within the removal grace: keep them.
+    pub hold: &'a BTreeSet<ProfileName>,
+}
+
+/// Decides one full pass. Pure.
+pub fn plan(obs: &Observed, cfg: &Config, kind: PassKind) -> Plan {
+    plan_with(obs, cfg, &PassOptions { kind, only: None, hold: &BTreeSet::new() })
 }
 
 /// Decides one pass. Pure.
-pub fn plan(obs: &Observed, cfg: &Config, kind: PassKind) -> Plan {
+pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
+    let kind = opts.kind;
+    let in_scope = |name: &ProfileName| opts.only.is_none_or(|o| o.contains(name));
     let mut plan = Plan {
         mode: obs.mode,
         migrate_legacy: false,
@@ -170,11 +173,8 @@ pub fn plan(obs: &Observed, cfg: &Config, kind: PassKind) -> Plan {
 
     // Capacity (SPEC §6.6): named profiles that already have a slot keep it; new slots are
     // created in name order while the total stays within the cap.
-    let existing_named = obs
-        .profiles
-        .iter()
-        .filter(|p| !p.name.is_root() && obs.scandir.slots.contains_key(&p.name))
-        .count();
+    let existing_named =
+        obs.profiles.iter().filter(|p| !p.name.is_root() && obs.scandir.slots.contains_key(&p.name)).count();
     let mut budget = cfg.max_profiles.saturating_sub(existing_named);
     let mut admitted: Vec<&ProfileObs> = Vec::new();
     for p in &obs.profiles {
@@ -183,7 +183,7 @@ pub fn plan(obs: &Observed, cfg: &Config, kind: PassKind) -> Plan {
         } else if budget > 0 {
             budget -= 1;
             admitted.push(p);
-        } else {
+        } else if in_scope(&p.name) {
             plan.warnings.push(format!(
                 "profile {}: not given a slot: HERMES_RECONCILER_MAX_PROFILES={} named slots exist or are planned",
                 p.name, cfg.max_profiles
@@ -204,23 +204,19 @@ pub fn plan(obs: &Observed, cfg: &Config, kind: PassKind) -> Plan {
     }
 
     // Ports for every admitted profile whose .env does not set its own.
-    let port_names: BTreeSet<String> = admitted
-        .iter()
-        .filter(|p| !p.env_sets_port)
-        .map(|p| p.name.to_string())
-        .collect();
+    let port_names: BTreeSet<String> =
+        admitted.iter().filter(|p| !p.env_sets_port).map(|p| p.name.to_string()).collect();
     plan.ports = ports::assign(&port_names, &obs.previous_ports);
     plan.ports_changed = plan.ports != obs.previous_ports;
 
     for p in admitted {
+        if !in_scope(&p.name) {
+            continue;
+        }
         if let Some(w) = &p.intent_warning {
             plan.warnings.push(format!("profile {}: {w}", p.name));
         }
-        let intent = if p.name.is_root() && plan.migrate_legacy {
-            legacy_intent()
-        } else {
-            p.intent.clone()
-        };
+        let intent = if p.name.is_root() && plan.migrate_legacy { legacy_intent() } else { p.intent.clone() };
         let files = render::render(&RenderInput {
             name: &p.name,
             home: &cfg.home,
@@ -237,24 +233,48 @@ pub fn plan(obs: &Observed, cfg: &Config, kind: PassKind) -> Plan {
             plan.profiles.push(pp);
         }
     }
+    // Slots whose profile is gone: removed by continuous passes once the grace has passed.
+    let known: BTreeSet<&ProfileName> = obs.profiles.iter().map(|p| &p.name).collect();
+    for name in obs.scandir.slots.keys() {
+        if known.contains(name) || name.is_root() || !in_scope(name) {
+            continue;
+        }
+        if kind == PassKind::Boot {
+            plan.warnings.push(format!(
+                "slot {} has no profile; the daemon removes it after the removal grace",
+                name.slot_name()
+            ));
+        } else if !opts.hold.contains(name) {
+            plan.profiles.push(ProfilePlan {
+                name: name.clone(),
+                steps: vec![Step::Remove { name: name.clone() }],
+                decision: Some(Decision {
+                    profile: name.to_string(),
+                    slot: Some(name.slot_name()),
+                    action: ActionKind::Unregistered,
+                    prior_state: None,
+                    prior_exit: PriorExit::Unknown,
+                    reason: Some("profile-gone".into()),
+                }),
+            });
+        }
+    }
     // Keep log order: root first, then names (capacity skips were pushed early).
-    plan.profiles
-        .sort_by(|a, b| (!a.name.is_root(), &a.name).cmp(&(!b.name.is_root(), &b.name)));
+    plan.profiles.sort_by(|a, b| (!a.name.is_root(), &a.name).cmp(&(!b.name.is_root(), &b.name)));
 
-    for s in &obs.skipped {
-        plan.warnings
-            .push(format!("profiles/{}: skipped: {}", s.raw, s.reason));
+    for s in obs.skipped.iter().filter(|_| opts.only.is_none()) {
+        plan.warnings.push(format!(
+            "{}: skipped: {}",
+            cfg.home.join("profiles").join(&s.raw).display(),
+            s.reason
+        ));
         plan.skipped.push(Decision {
             profile: s.raw.clone(),
             slot: None,
             action: ActionKind::Skipped,
             prior_state: None,
             prior_exit: PriorExit::Unknown,
-            reason: Some(if s.raw == "default" {
-                "reserved-name".into()
-            } else {
-                "invalid-name".into()
-            }),
+            reason: Some(if s.raw == "default" { "reserved-name".into() } else { "invalid-name".into() }),
         });
     }
     plan
@@ -277,17 +297,8 @@ fn plan_create(
     if kind == PassKind::Boot && !p.via_symlink {
         steps.push(Step::SweepPidFiles { dir: p.dir.clone() });
     }
-    let record = SlotRecord {
-        applied_desired: intent.desired_state.clone(),
-        applied_up: up,
-        digest: render::digest(&files),
-    };
-    steps.push(Step::Create {
-        name: p.name.clone(),
-        files,
-        up,
-        record,
-    });
+    let record = SlotRecord::new(intent.desired_state.clone(), up, render::digest(&files));
+    steps.push(Step::Create { name: p.name.clone(), files, up, record });
     let reason = (intent.runs() && !up).then(|| "multiplexed".to_string());
     ProfilePlan {
         name: p.name.clone(),
@@ -295,11 +306,7 @@ fn plan_create(
         decision: Some(decision(
             p,
             intent,
-            if up {
-                ActionKind::Started
-            } else {
-                ActionKind::Registered
-            },
+            if up { ActionKind::Started } else { ActionKind::Registered },
             reason,
         )),
     }
@@ -321,24 +328,14 @@ fn plan_adopt(
     let mut action = None;
     let mut reason = None;
     if !changed.is_empty() {
-        steps.push(Step::WriteFiles {
-            name: p.name.clone(),
-            files: changed,
-        });
+        steps.push(Step::WriteFiles { name: p.name.clone(), files: changed });
         action = Some(ActionKind::Updated);
     }
     let record = match &slot.record {
         // Made by another tool (or an older daemon): adopt its current want-state as applied.
-        None => SlotRecord {
-            applied_desired: intent.desired_state.clone(),
-            applied_up: !slot.has_down,
-            digest,
-        },
+        None => SlotRecord::new(intent.desired_state.clone(), !slot.has_down, digest),
         Some(r) => {
-            let mut next = SlotRecord {
-                digest,
-                ..r.clone()
-            };
+            let mut next = SlotRecord { digest, ..r.clone() };
             if intent.desired_state != r.applied_desired {
                 next.applied_desired = intent.desired_state.clone();
                 // A new desired_state value is a new operator intent; its removal is not.
@@ -348,41 +345,22 @@ fn plan_adopt(
                         reason = Some("multiplexed".to_string());
                         action = action.or(Some(ActionKind::Skipped));
                     } else {
-                        steps.push(Step::Command {
-                            name: p.name.clone(),
-                            up,
-                        });
+                        steps.push(Step::Command { name: p.name.clone(), up });
                         next.applied_up = up;
-                        action = Some(if up {
-                            ActionKind::Started
-                        } else {
-                            ActionKind::Stopped
-                        });
+                        action = Some(if up { ActionKind::Started } else { ActionKind::Stopped });
                     }
                 }
             }
             next
         }
     };
-    if slot.record.as_ref() != Some(&record) {
-        steps.push(Step::WriteRecord {
-            name: p.name.clone(),
-            record,
-        });
+    if !slot.record.as_ref().is_some_and(|r| r.same_state(&record)) {
+        steps.push(Step::WriteRecord { name: p.name.clone(), record });
     }
-    ProfilePlan {
-        name: p.name.clone(),
-        steps,
-        decision: action.map(|a| decision(p, intent, a, reason)),
-    }
+    ProfilePlan { name: p.name.clone(), steps, decision: action.map(|a| decision(p, intent, a, reason)) }
 }
 
-fn decision(
-    p: &ProfileObs,
-    intent: &Intent,
-    action: ActionKind,
-    reason: Option<String>,
-) -> Decision {
+fn decision(p: &ProfileObs, intent: &Intent, action: ActionKind, reason: Option<String>) -> Decision {
     Decision {
         profile: p.name.to_string(),
         slot: Some(p.name.slot_name()),

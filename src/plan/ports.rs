@@ -25,19 +25,17 @@ pub fn hashed_port(name: &str) -> u16 {
 /// `previous` is what `.gateway-ports.json` recorded; entries for profiles not listed are
 /// dropped, entries out of range or already taken by an earlier profile are re-assigned.
 /// A profile gets no port only when the whole range is taken.
-pub fn assign(
-    profiles: &BTreeSet<String>,
-    previous: &BTreeMap<String, u16>,
-) -> BTreeMap<String, u16> {
+pub fn assign(profiles: &BTreeSet<String>, previous: &BTreeMap<String, u16>) -> BTreeMap<String, u16> {
     let mut taken = BTreeSet::new();
     let mut out = BTreeMap::new();
     // Keep recorded ports first, so a newcomer never takes a port that an existing profile
     // already owns, whatever their name order.
     for name in profiles {
-        if let Some(&port) = previous.get(name) {
-            if (PORT_BASE..PORT_END).contains(&port) && taken.insert(port) {
-                out.insert(name.clone(), port);
-            }
+        if let Some(&port) = previous.get(name)
+            && (PORT_BASE..PORT_END).contains(&port)
+            && taken.insert(port)
+        {
+            out.insert(name.clone(), port);
         }
     }
     for name in profiles {
@@ -45,9 +43,7 @@ pub fn assign(
             continue;
         }
         let start = hashed_port(name) - PORT_BASE;
-        let free = (0..RANGE)
-            .map(|i| PORT_BASE + (start + i) % RANGE)
-            .find(|p| !taken.contains(p));
+        let free = (0..RANGE).map(|i| PORT_BASE + (start + i) % RANGE).find(|p| !taken.contains(p));
         if let Some(port) = free {
             taken.insert(port);
             out.insert(name.clone(), port);
@@ -85,20 +81,13 @@ mod tests {
         let got = assign(&set(&[&first, &second]), &BTreeMap::new());
         let p = hashed_port(&first);
         assert_eq!(got[&first], p);
-        assert_eq!(
-            got[&second],
-            if p + 1 == PORT_END { PORT_BASE } else { p + 1 }
-        );
+        assert_eq!(got[&second], if p + 1 == PORT_END { PORT_BASE } else { p + 1 });
     }
 
     #[test]
     fn recorded_ports_are_kept_and_departed_released() {
-        let prev: BTreeMap<String, u16> = [
-            ("a".to_string(), 9300),
-            ("gone".to_string(), 9301),
-            ("bad".to_string(), 80),
-        ]
-        .into();
+        let prev: BTreeMap<String, u16> =
+            [("a".to_string(), 9300), ("gone".to_string(), 9301), ("bad".to_string(), 80)].into();
         let got = assign(&set(&["a", "bad", "new"]), &prev);
         assert_eq!(got["a"], 9300);
         assert!(!got.contains_key("gone"));
@@ -127,9 +116,7 @@ mod tests {
 
     #[test]
     fn range_exhaustion_leaves_the_rest_without_a_port() {
-        let names: BTreeSet<String> = (0..(RANGE as usize + 5))
-            .map(|i| format!("n{i:04}"))
-            .collect();
+        let names: BTreeSet<String> = (0..(RANGE as usize + 5)).map(|i| format!("n{i:04}")).collect();
         let got = assign(&names, &BTreeMap::new());
         assert_eq!(got.len(), RANGE as usize);
     }

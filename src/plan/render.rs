@@ -40,26 +40,10 @@ pub fn sh_quote(s: &str) -> String {
 /// Renders `type`, `run`, `finish` and `log/run`, in the order of [`RENDERED`].
 pub fn render(input: &RenderInput<'_>) -> Vec<SlotFile> {
     vec![
-        SlotFile {
-            rel: "type",
-            content: "longrun\n".into(),
-            mode: 0o644,
-        },
-        SlotFile {
-            rel: "run",
-            content: run_script(input),
-            mode: 0o755,
-        },
-        SlotFile {
-            rel: "finish",
-            content: FINISH.into(),
-            mode: 0o755,
-        },
-        SlotFile {
-            rel: "log/run",
-            content: log_script(input),
-            mode: 0o755,
-        },
+        SlotFile { rel: "type", content: "longrun\n".into(), mode: 0o644 },
+        SlotFile { rel: "run", content: run_script(input), mode: 0o755 },
+        SlotFile { rel: "finish", content: FINISH.into(), mode: 0o755 },
+        SlotFile { rel: "log/run", content: log_script(input), mode: 0o755 },
     ]
 }
 
@@ -79,10 +63,9 @@ pub fn digest(files: &[SlotFile]) -> String {
 /// The lines that re-execute the script as `user` when it was started as root.
 fn drop_privileges(run_as: Option<&str>) -> String {
     match run_as {
-        Some(user) => format!(
-            "if [ \"$(id -u)\" -eq 0 ]; then\n  exec s6-setuidgid {} \"$0\"\nfi\n",
-            sh_quote(user)
-        ),
+        Some(user) => {
+            format!("if [ \"$(id -u)\" -eq 0 ]; then\n  exec s6-setuidgid {} \"$0\"\nfi\n", sh_quote(user))
+        }
         None => String::new(),
     }
 }
@@ -92,11 +75,7 @@ fn header(name: &ProfileName) -> String {
 }
 
 fn run_script(input: &RenderInput<'_>) -> String {
-    let shebang = if input.with_contenv {
-        "#!/command/with-contenv sh"
-    } else {
-        "#!/bin/sh"
-    };
+    let shebang = if input.with_contenv { "#!/command/with-contenv sh" } else { "#!/bin/sh" };
     let home = sh_quote(&input.home.to_string_lossy());
     let mut s = format!("{shebang}\n{}", header(input.name));
     s.push_str(&drop_privileges(input.run_as));
@@ -112,10 +91,7 @@ fn run_script(input: &RenderInput<'_>) -> String {
     if input.name.is_root() {
         s.push_str(&format!("exec {command} gateway run --replace\n"));
     } else {
-        s.push_str(&format!(
-            "exec {command} -p {} gateway run --replace\n",
-            sh_quote(input.name.as_str())
-        ));
+        s.push_str(&format!("exec {command} -p {} gateway run --replace\n", sh_quote(input.name.as_str())));
     }
     s
 }
@@ -132,11 +108,7 @@ exit 0
 ";
 
 fn log_script(input: &RenderInput<'_>) -> String {
-    let dir = input
-        .home
-        .join("logs")
-        .join("gateways")
-        .join(input.name.as_str());
+    let dir = input.home.join("logs").join("gateways").join(input.name.as_str());
     let dir = sh_quote(&dir.to_string_lossy());
     let mut s = format!("#!/bin/sh\n{}", header(input.name));
     s.push_str(&drop_privileges(input.run_as));
@@ -150,11 +122,7 @@ fn log_script(input: &RenderInput<'_>) -> String {
 mod tests {
     use super::*;
 
-    fn input<'a>(
-        name: &'a ProfileName,
-        port: Option<u16>,
-        run_as: Option<&'a str>,
-    ) -> RenderInput<'a> {
+    fn input<'a>(name: &'a ProfileName, port: Option<u16>, run_as: Option<&'a str>) -> RenderInput<'a> {
         RenderInput {
             name,
             home: Path::new("/opt/da'ta"),
@@ -170,10 +138,7 @@ mod tests {
         let root = ProfileName::root();
         let files = render(&input(&root, Some(9300), None));
         let run = &files[1].content;
-        assert!(
-            run.contains("exec 'hermes' gateway run --replace\n"),
-            "{run}"
-        );
+        assert!(run.contains("exec 'hermes' gateway run --replace\n"), "{run}");
         assert!(!run.contains("-p"));
         assert!(run.contains("API_SERVER_PORT=9300\n"));
         assert!(run.contains("HOME='/opt/da'\\''ta'\n"));
@@ -193,11 +158,7 @@ mod tests {
         let n = ProfileName::root();
         let mut i = input(&n, None, None);
         i.with_contenv = true;
-        assert!(
-            render(&i)[1]
-                .content
-                .starts_with("#!/command/with-contenv sh\n")
-        );
+        assert!(render(&i)[1].content.starts_with("#!/command/with-contenv sh\n"));
     }
 
     #[test]

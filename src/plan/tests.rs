@@ -16,18 +16,11 @@ fn config(multiplex: bool, max: usize) -> Config {
 }
 
 fn intent(d: Option<&str>, g: Option<&str>) -> Intent {
-    Intent {
-        desired_state: d.map(String::from),
-        gateway_state: g.map(String::from),
-    }
+    Intent { desired_state: d.map(String::from), gateway_state: g.map(String::from) }
 }
 
 fn profile(name: &str, i: Intent) -> ProfileObs {
-    let name = if name == "default" {
-        ProfileName::root()
-    } else {
-        ProfileName::parse_named(name).unwrap()
-    };
+    let name = if name == "default" { ProfileName::root() } else { ProfileName::parse_named(name).unwrap() };
     let dir = if name.is_root() {
         PathBuf::from("/opt/data")
     } else {
@@ -50,10 +43,7 @@ fn observed(profiles: Vec<ProfileObs>) -> Observed {
         root_state_file_exists: true,
         profiles,
         skipped: vec![],
-        scandir: ScandirObs {
-            exists: true,
-            ..Default::default()
-        },
+        scandir: ScandirObs { exists: true, ..Default::default() },
         previous_ports: BTreeMap::new(),
         warnings: vec![],
         with_contenv: false,
@@ -63,37 +53,24 @@ fn observed(profiles: Vec<ProfileObs>) -> Observed {
 /// The slot the planner would have created, as the observe layer would read it back.
 fn slot_as_created(obs: &Observed, cfg: &Config, name: &str) -> SlotObs {
     let p = plan(obs, cfg, PassKind::Boot);
-    let pp = p
-        .profiles
-        .iter()
-        .find(|pp| pp.name.as_str() == name)
-        .unwrap();
-    let Some(Step::Create {
-        files, up, record, ..
-    }) = pp.steps.iter().find(|s| matches!(s, Step::Create { .. }))
+    let pp = p.profiles.iter().find(|pp| pp.name.as_str() == name).unwrap();
+    let Some(Step::Create { files, up, record, .. }) =
+        pp.steps.iter().find(|s| matches!(s, Step::Create { .. }))
     else {
         panic!("no create step for {name}")
     };
     SlotObs {
         record: Some(record.clone()),
-        files: files
-            .iter()
-            .map(|f| (f.rel, Some(f.content.as_bytes().to_vec())))
-            .collect(),
+        files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().to_vec()))).collect(),
         has_down: !up,
     }
 }
 
 fn create_of(p: &Plan, name: &str) -> Option<bool> {
-    p.profiles
-        .iter()
-        .find(|pp| pp.name.as_str() == name)?
-        .steps
-        .iter()
-        .find_map(|s| match s {
-            Step::Create { up, .. } => Some(*up),
-            _ => None,
-        })
+    p.profiles.iter().find(|pp| pp.name.as_str() == name)?.steps.iter().find_map(|s| match s {
+        Step::Create { up, .. } => Some(*up),
+        _ => None,
+    })
 }
 
 #[test]
@@ -119,34 +96,17 @@ fn intent_table_on_create() {
                 };
                 let obs = observed(vec![profile("default", i.clone()), profile("bot", i)]);
                 let p = plan(&obs, &cfg, PassKind::Boot);
-                assert_eq!(
-                    create_of(&p, "default"),
-                    Some(runs),
-                    "root {desired:?} {g:?}"
-                );
+                assert_eq!(create_of(&p, "default"), Some(runs), "root {desired:?} {g:?}");
                 assert_eq!(
                     create_of(&p, "bot"),
                     Some(runs && !multiplex),
                     "bot {desired:?} {g:?} mux={multiplex}"
                 );
-                let d = p
-                    .profiles
-                    .iter()
-                    .find(|pp| pp.name.as_str() == "bot")
-                    .unwrap()
-                    .decision
-                    .clone()
-                    .unwrap();
-                let want = if runs && !multiplex {
-                    ActionKind::Started
-                } else {
-                    ActionKind::Registered
-                };
+                let d =
+                    p.profiles.iter().find(|pp| pp.name.as_str() == "bot").unwrap().decision.clone().unwrap();
+                let want = if runs && !multiplex { ActionKind::Started } else { ActionKind::Registered };
                 assert_eq!(d.action, want);
-                assert_eq!(
-                    d.reason.as_deref(),
-                    (runs && multiplex).then_some("multiplexed")
-                );
+                assert_eq!(d.reason.as_deref(), (runs && multiplex).then_some("multiplexed"));
             }
         }
     }
@@ -157,33 +117,22 @@ fn boot_pass_sweeps_only_for_created_unsymlinked_profiles() {
     let cfg = config(false, 400);
     let mut linked = profile("linked", intent(None, None));
     linked.via_symlink = true;
-    let mut obs = observed(vec![
-        profile("default", intent(None, None)),
-        profile("a", intent(None, None)),
-        linked,
-    ]);
+    let mut obs =
+        observed(vec![profile("default", intent(None, None)), profile("a", intent(None, None)), linked]);
     let existing = slot_as_created(&obs, &cfg, "a");
-    obs.scandir
-        .slots
-        .insert(ProfileName::parse_named("a").unwrap(), existing);
+    obs.scandir.slots.insert(ProfileName::parse_named("a").unwrap(), existing);
     let p = plan(&obs, &cfg, PassKind::Boot);
     let sweeps: Vec<&str> = p
         .profiles
         .iter()
-        .filter(|pp| {
-            pp.steps
-                .iter()
-                .any(|s| matches!(s, Step::SweepPidFiles { .. }))
-        })
+        .filter(|pp| pp.steps.iter().any(|s| matches!(s, Step::SweepPidFiles { .. })))
         .map(|pp| pp.name.as_str())
         .collect();
     assert_eq!(sweeps, vec!["default"]);
     let p = plan(&obs, &cfg, PassKind::Continuous);
-    assert!(p.profiles.iter().all(|pp| {
-        pp.steps
-            .iter()
-            .all(|s| !matches!(s, Step::SweepPidFiles { .. }))
-    }));
+    assert!(
+        p.profiles.iter().all(|pp| { pp.steps.iter().all(|s| !matches!(s, Step::SweepPidFiles { .. })) })
+    );
 }
 
 #[test]
@@ -197,9 +146,7 @@ fn second_pass_over_its_own_result_does_nothing() {
     let first = plan(&obs, &cfg, PassKind::Boot);
     for name in ["default", "a", "b"] {
         let slot = slot_as_created(&obs, &cfg, name);
-        obs.scandir
-            .slots
-            .insert(ProfileName::parse_any(name).unwrap(), slot);
+        obs.scandir.slots.insert(ProfileName::parse_any(name).unwrap(), slot);
     }
     obs.previous_ports = first.ports.clone();
     let second = plan(&obs, &cfg, PassKind::Boot);
@@ -245,14 +192,10 @@ fn only_a_new_desired_state_value_commands() {
         let mut obs = observed(vec![profile("default", intent(d, g))]);
         obs.scandir.slots.insert(ProfileName::root(), slot.clone());
         let p = plan(&obs, &cfg, PassKind::Continuous);
-        let cmd = p
-            .profiles
-            .iter()
-            .flat_map(|pp| &pp.steps)
-            .find_map(|s| match s {
-                Step::Command { up, .. } => Some(*up),
-                _ => None,
-            });
+        let cmd = p.profiles.iter().flat_map(|pp| &pp.steps).find_map(|s| match s {
+            Step::Command { up, .. } => Some(*up),
+            _ => None,
+        });
         assert_eq!(cmd, want, "{d:?} {g:?}");
     }
 }
@@ -266,14 +209,8 @@ fn desired_state_back_after_removal_commands_again() {
     let mut obs = observed(vec![profile("default", intent(Some("running"), None))]);
     obs.scandir.slots.insert(ProfileName::root(), slot);
     let p = plan(&obs, &cfg, PassKind::Continuous);
-    assert!(p.profiles[0].steps.contains(&Step::Command {
-        name: ProfileName::root(),
-        up: true
-    }));
-    assert_eq!(
-        p.profiles[0].decision.as_ref().unwrap().action,
-        ActionKind::Started
-    );
+    assert!(p.profiles[0].steps.contains(&Step::Command { name: ProfileName::root(), up: true }));
+    assert_eq!(p.profiles[0].decision.as_ref().unwrap().action, ActionKind::Started);
 }
 
 #[test]
@@ -282,37 +219,19 @@ fn multiplex_never_brings_named_up_but_applies_stops() {
     let obs0 = observed(vec![profile("bot", intent(Some("stopped"), None))]);
     let slot = slot_as_created(&obs0, &cfg, "bot");
     let mut obs = observed(vec![profile("bot", intent(Some("running"), None))]);
-    obs.scandir
-        .slots
-        .insert(ProfileName::parse_named("bot").unwrap(), slot.clone());
+    obs.scandir.slots.insert(ProfileName::parse_named("bot").unwrap(), slot.clone());
     let p = plan(&obs, &cfg, PassKind::Continuous);
-    let pp = p
-        .profiles
-        .iter()
-        .find(|pp| pp.name.as_str() == "bot")
-        .unwrap();
+    let pp = p.profiles.iter().find(|pp| pp.name.as_str() == "bot").unwrap();
     assert!(!pp.steps.iter().any(|s| matches!(s, Step::Command { .. })));
-    assert_eq!(
-        pp.decision.as_ref().unwrap().reason.as_deref(),
-        Some("multiplexed")
-    );
+    assert_eq!(pp.decision.as_ref().unwrap().reason.as_deref(), Some("multiplexed"));
 
     let mut up_slot = slot;
     up_slot.record.as_mut().unwrap().applied_desired = Some("running".into());
     let mut obs = observed(vec![profile("bot", intent(Some("stopped"), None))]);
-    obs.scandir
-        .slots
-        .insert(ProfileName::parse_named("bot").unwrap(), up_slot);
+    obs.scandir.slots.insert(ProfileName::parse_named("bot").unwrap(), up_slot);
     let p = plan(&obs, &cfg, PassKind::Continuous);
-    let pp = p
-        .profiles
-        .iter()
-        .find(|pp| pp.name.as_str() == "bot")
-        .unwrap();
-    assert!(pp.steps.contains(&Step::Command {
-        name: pp.name.clone(),
-        up: false
-    }));
+    let pp = p.profiles.iter().find(|pp| pp.name.as_str() == "bot").unwrap();
+    assert!(pp.steps.contains(&Step::Command { name: pp.name.clone(), up: false }));
 }
 
 #[test]
@@ -320,8 +239,7 @@ fn edited_file_is_rewritten_without_command() {
     let cfg = config(false, 400);
     let mut obs = observed(vec![profile("default", intent(Some("running"), None))]);
     let mut slot = slot_as_created(&obs, &cfg, "default");
-    slot.files
-        .insert("run", Some(b"#!/bin/sh\nexec evil\n".to_vec()));
+    slot.files.insert("run", Some(b"#!/bin/sh\nexec evil\n".to_vec()));
     slot.files.insert("finish", None);
     obs.scandir.slots.insert(ProfileName::root(), slot);
     let p = plan(&obs, &cfg, PassKind::Continuous);
@@ -340,16 +258,9 @@ fn edited_file_is_rewritten_without_command() {
 fn capacity_guard_counts_existing_slots_and_goes_by_name() {
     let cfg = config(false, 2);
     let names = ["default", "a", "b", "c", "d"];
-    let mut obs = observed(
-        names
-            .iter()
-            .map(|n| profile(n, intent(None, None)))
-            .collect(),
-    );
+    let mut obs = observed(names.iter().map(|n| profile(n, intent(None, None))).collect());
     let slot_d = slot_as_created(&obs, &cfg, "a"); // any slot content will do for "d"
-    obs.scandir
-        .slots
-        .insert(ProfileName::parse_named("d").unwrap(), slot_d);
+    obs.scandir.slots.insert(ProfileName::parse_named("d").unwrap(), slot_d);
     let p = plan(&obs, &cfg, PassKind::Boot);
     let created: Vec<&str> = p
         .profiles
@@ -374,19 +285,11 @@ fn decisions_are_root_first_then_names_then_skipped_entries() {
         profile("b", intent(None, None)),
         profile("c", intent(None, None)),
     ]);
-    obs.skipped.push(SkippedDir {
-        raw: "Bad Name".into(),
-        reason: "bad".into(),
-    });
-    obs.skipped.push(SkippedDir {
-        raw: "default".into(),
-        reason: "reserved".into(),
-    });
+    obs.skipped.push(SkippedDir { raw: "Bad Name".into(), reason: "bad".into() });
+    obs.skipped.push(SkippedDir { raw: "default".into(), reason: "reserved".into() });
     let p = plan(&obs, &cfg, PassKind::Boot);
-    let order: Vec<(&str, Option<&str>)> = p
-        .decisions()
-        .map(|d| (d.profile.as_str(), d.reason.as_deref()))
-        .collect();
+    let order: Vec<(&str, Option<&str>)> =
+        p.decisions().map(|d| (d.profile.as_str(), d.reason.as_deref())).collect();
     assert_eq!(
         order,
         vec![

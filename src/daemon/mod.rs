@@ -1,0 +1,323 @@
+//! The long-running reconciler (SPEC §6.2–6.5): event-driven partial passes, periodic full
+//! re-lists, removal grace, per-profile backoff, and removals that finish in the background.
+//!
+//! Invariants:
+//! - the watcher only marks profiles dirty; every pass reads the current files (level
+//!   triggered), so the result never depends on which events arrived;
+//! - `world` is the last observation, kept current for every profile a pass touched; a full
+//!   re-list replaces it, so drift the watcher cannot see is repaired within one resync period;
+//! - a slot whose profile is gone is held for the removal grace before it is removed; a profile
+//!   that comes back within it leaves its running gateway untouched;
+//! - one profile's failure delays only that profile (exponential backoff).
+
+pub mod backoff;
+pub mod status_file;
+
+use crate::apply::removal::{PendingRemoval, RemovalState};
+use crate::apply::{Applier, Outcome};
+use crate::config::Config;
+use crate::model::ProfileName;
+use crate::observe::scandir::{observe_slot, slot_dir};
+use crate::observe::watch::{WatchError, Watcher};
+use crate::observe::{self, Observed};
+use crate::plan::{self, PassKind, PassOptions};
+use backoff::Backoff;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Re-list period while inotify cannot watch everything (limit exhausted).
+pub const FALLBACK_RELIST: Duration = Duration::from_secs(2);
+/// How often pending removals are checked; only while one is pending.
+pub const REMOVAL_POLL: Duration = Duration::from_millis(2);
+
+/// The reconciler's state between passes.
+pub struct Daemon {
+    pub cfg: Config,
+    pub applier: Applier,
+    pub world: Observed,
+    pub watcher: Option<Watcher>,
+    /// inotify is not (fully) available: re-list every [`FALLBACK_RELIST`].
+    pub polling_fallback: bool,
+    /// Slots whose profile is gone, and since when.
+    absent: BTreeMap<ProfileName, Instant>,
+    retries: BTreeMap<ProfileName, Backoff>,
+    removals: Vec<PendingRemoval>,
+    /// Warnings already emitted (re-lists do not repeat them while the cause persists).
+    warned: HashSet<String>,
+    /// Last error per profile, and skipped profiles, for `status`.
+    pub report: status_file::StatusReport,
+    pub last_full: Instant,
+}
+
+impl Daemon {
+    pub fn new(cfg: Config, applier: Applier) -> Self {
+        let watcher = match Watcher::new(&cfg.home) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "inotify unavailable ({e}); falling back to re-listing every {FALLBACK_RELIST:?}"
+                );
+                None
+            }
+        };
+        let report = status_file::read(&cfg.scandir);
+        Daemon {
+            polling_fallback: watcher.is_none(),
+            world: Observed::empty(),
+            watcher,
+            cfg,
+            applier,
+            absent: BTreeMap::new(),
+            retries: BTreeMap::new(),
+            removals: Vec::new(),
+            warned: HashSet::new(),
+            // Carry over what `once` (or a previous run) reported, so skips already logged at
+            // boot are not logged again.
+            report,
+            last_full: Instant::now(),
+        }
+    }
+
+    /// When the next timer-driven work is due.
+    pub fn next_deadline(&self) -> Instant {
+        let period =
+            if self.polling_fallback { FALLBACK_RELIST.min(self.cfg.resync) } else { self.cfg.resync };
+        let mut next = self.last_full + period;
+        for since in self.absent.values() {
+            next = next.min(*since + self.cfg.remove_grace);
+        }
+        for b in self.retries.values() {
+            next = next.min(b.due);
+        }
+        if !self.removals.is_empty() {
+            next = next.min(Instant::now() + REMOVAL_POLL);
+        }
+        next
+    }
+
+    /// Runs whatever timers are due: full re-list, expired graces, retries, removals.
+    pub fn on_timer(&mut self) {
+        let now = Instant::now();
+        self.poll_removals();
+        let period =
+            if self.polling_fallback { FALLBACK_RELIST.min(self.cfg.resync) } else { self.cfg.resync };
+        if now >= self.last_full + period {
+            self.full_pass(PassKind::Continuous);
+            return;
+        }
+        let mut due: BTreeSet<ProfileName> = self
+            .absent
+            .iter()
+            .filter(|(_, since)| now >= **since + self.cfg.remove_grace)
+            .map(|(n, _)| n.clone())
+            .collect();
+        due.extend(self.retries.iter().filter(|(_, b)| now >= b.due).map(|(n, _)| n.clone()));
+        if !due.is_empty() {
+            self.partial_pass(due);
+        }
+    }
+
+    /// Establishes watches (before listing, so nothing created in between is missed), then
+    /// observes everything and converges it.
+    pub fn full_pass(&mut self, kind: PassKind) {
+        if let Some(w) = self.watcher.as_mut() {
+            match w.establish() {
+                Ok(()) => {
+                    if self.polling_fallback {
+                        tracing::info!("inotify watches re-established; periodic re-listing back to normal");
+                    }
+                    self.polling_fallback = false;
+                }
+                Err(WatchError::Limit) => {
+                    if !self.polling_fallback {
+                        tracing::warn!(
+                            "inotify watch limit exhausted; some changes are seen only by re-listing every {FALLBACK_RELIST:?}"
+                        );
+                    }
+                    self.polling_fallback = true;
+                }
+                Err(e) => {
+                    tracing::warn!("inotify watch failed: {e}; re-listing every {FALLBACK_RELIST:?}");
+                    self.polling_fallback = true;
+                }
+            }
+        }
+        self.last_full = Instant::now();
+        self.world = observe::observe_all(&self.cfg, Path::new("/proc"));
+        self.track_absent();
+        let hold = self.held();
+        let plan = plan::plan_with(&self.world, &self.cfg, &PassOptions { kind, only: None, hold: &hold });
+        let skipped: BTreeMap<String, String> = plan
+            .decisions()
+            .filter(|d| d.action == plan::ActionKind::Skipped)
+            .map(|d| (d.profile.clone(), d.reason.clone().unwrap_or_default()))
+            .collect();
+        self.emit_warnings(&plan.warnings, true);
+        let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
+        let mut outcome = self.applier.apply(&plan);
+        // A skip is logged when it starts, not at every re-list while it lasts.
+        let previous = std::mem::replace(&mut self.report.skipped, skipped);
+        outcome.applied.retain(|d| {
+            d.action != plan::ActionKind::Skipped
+                || previous.get(&d.profile) != Some(d.reason.as_ref().unwrap_or(&String::new()))
+        });
+        self.after_apply(&plan, outcome, &touched);
+    }
+
+    /// Re-observes the given profiles and converges them alone.
+    pub fn partial_pass(&mut self, dirty: BTreeSet<ProfileName>) {
+        for name in &dirty {
+            self.refresh(name);
+        }
+        self.track_absent();
+        let hold = self.held();
+        let plan = plan::plan_with(
+            &self.world,
+            &self.cfg,
+            &PassOptions { kind: PassKind::Continuous, only: Some(&dirty), hold: &hold },
+        );
+        self.emit_warnings(&plan.warnings, false);
+        let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
+        let outcome = self.applier.apply(&plan);
+        self.after_apply(&plan, outcome, &touched);
+    }
+
+    /// Re-reads one profile and its slot into `world`.
+    fn refresh(&mut self, name: &ProfileName) {
+        let obs = if name.is_root() {
+            Some(observe::observe_root(&self.cfg.home))
+        } else {
+            match observe::observe_named(&self.cfg.home, name) {
+                Ok(o) => o,
+                Err(w) => {
+                    self.emit_warnings(std::slice::from_ref(&w), false);
+                    None
+                }
+            }
+        };
+        let profiles = &mut self.world.profiles;
+        let pos = profiles.iter().position(|p| &p.name == name);
+        match (obs, pos) {
+            (Some(o), Some(i)) => profiles[i] = o,
+            (Some(o), None) => {
+                let at = profiles
+                    .iter()
+                    .position(|p| !p.name.is_root() && p.name > o.name)
+                    .unwrap_or(profiles.len());
+                profiles.insert(at, o);
+            }
+            (None, Some(i)) => {
+                profiles.remove(i);
+            }
+            (None, None) => {}
+        }
+        self.refresh_slot(name);
+    }
+
+    fn refresh_slot(&mut self, name: &ProfileName) {
+        let dir = slot_dir(&self.cfg.scandir, name);
+        if dir.is_dir() {
+            self.world.scandir.slots.insert(name.clone(), observe_slot(&dir));
+        } else {
+            self.world.scandir.slots.remove(name);
+        }
+    }
+
+    /// Starts the grace clock for slots that lost their profile, stops it for the others.
+    fn track_absent(&mut self) {
+        let now = Instant::now();
+        let known: BTreeSet<&ProfileName> = self.world.profiles.iter().map(|p| &p.name).collect();
+        let orphans: BTreeSet<ProfileName> =
+            self.world.scandir.slots.keys().filter(|n| !n.is_root() && !known.contains(n)).cloned().collect();
+        self.absent.retain(|n, _| orphans.contains(n));
+        for n in orphans {
+            self.absent.entry(n).or_insert(now);
+        }
+    }
+
+    fn held(&self) -> BTreeSet<ProfileName> {
+        let now = Instant::now();
+        self.absent
+            .iter()
+            .filter(|(_, since)| now < **since + self.cfg.remove_grace)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn emit_warnings(&mut self, warnings: &[String], full: bool) {
+        for w in warnings {
+            if self.warned.insert(w.clone()) {
+                tracing::warn!("{w}");
+            }
+        }
+        if full {
+            // A cause that went away may come back: warn again then.
+            self.warned.retain(|w| warnings.contains(w));
+        }
+    }
+
+    fn after_apply(&mut self, plan: &plan::Plan, outcome: Outcome, touched: &[ProfileName]) {
+        for w in &outcome.warnings {
+            tracing::warn!("{w}");
+        }
+        let now = Instant::now();
+        let failed: BTreeSet<&ProfileName> = outcome.errors.iter().map(|e| &e.profile).collect();
+        for e in &outcome.errors {
+            let b = Backoff::after_failure(self.retries.get(&e.profile).copied(), now);
+            tracing::error!("{e}; retrying in {:?}", b.due - now);
+            self.retries.insert(e.profile.clone(), b);
+            self.report.errors.insert(e.profile.to_string(), e.message.clone());
+        }
+        for name in touched {
+            if !failed.contains(name) {
+                self.retries.remove(name);
+                self.report.errors.remove(name.as_str());
+            }
+            self.refresh_slot(name);
+        }
+        if plan.ports_changed && !outcome.warnings.iter().any(|w| w.starts_with("port assignments")) {
+            self.world.previous_ports = plan.ports.clone();
+        }
+        if plan.migrate_legacy {
+            self.world.root_state_file_exists = true;
+        }
+        for d in &outcome.applied {
+            tracing::info!(
+                profile = %d.profile,
+                action = d.action.as_str(),
+                reason = d.reason.as_deref().unwrap_or(""),
+                "decision"
+            );
+        }
+        if let Err(e) = self.applier.log_decisions(&outcome.applied) {
+            tracing::error!("container-boot.log not written: {e}");
+        }
+        self.removals.extend(outcome.removals);
+        if let Err(e) = status_file::write(&self.cfg.scandir, &mut self.report) {
+            tracing::debug!("status file not written: {e}");
+        }
+    }
+
+    /// Finishes removals whose supervisors are gone.
+    pub fn poll_removals(&mut self) {
+        let scandir = self.cfg.scandir.clone();
+        self.removals.retain_mut(|r| match r.poll(&scandir) {
+            RemovalState::Waiting => true,
+            RemovalState::Done => {
+                tracing::debug!(slot = %r.name.slot_name(), "slot removed");
+                false
+            }
+            RemovalState::Stuck(why) => {
+                tracing::error!(slot = %r.name.slot_name(), "removal stuck: {why}");
+                false
+            }
+        });
+    }
+
+    /// Called on SIGTERM: removals in flight are abandoned (their hidden directories are
+    /// cleared by the next start once their supervisors are gone).
+    pub fn pending_removals(&self) -> usize {
+        self.removals.len()
+    }
+}
