@@ -162,7 +162,7 @@ impl Daemon {
             d.action != plan::ActionKind::Skipped
                 || previous.get(&d.profile) != Some(d.reason.as_ref().unwrap_or(&String::new()))
         });
-        self.after_apply(&plan, outcome, &touched);
+        self.after_apply(&plan, outcome, &touched, None);
     }
 
     /// Re-observes the given profiles and converges them alone.
@@ -180,7 +180,7 @@ impl Daemon {
         self.emit_warnings(&plan.warnings, false);
         let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
         let outcome = self.applier.apply(&plan);
-        self.after_apply(&plan, outcome, &touched);
+        self.after_apply(&plan, outcome, &touched, Some(&dirty));
     }
 
     /// Re-reads one profile and its slot into `world`.
@@ -257,7 +257,14 @@ impl Daemon {
         }
     }
 
-    fn after_apply(&mut self, plan: &plan::Plan, outcome: Outcome, touched: &[ProfileName]) {
+    /// Books the outcome of a pass. `scope` is the set a partial pass covered (`None`: all).
+    fn after_apply(
+        &mut self,
+        plan: &plan::Plan,
+        outcome: Outcome,
+        touched: &[ProfileName],
+        scope: Option<&BTreeSet<ProfileName>>,
+    ) {
         for w in &outcome.warnings {
             tracing::warn!("{w}");
         }
@@ -269,13 +276,16 @@ impl Daemon {
             self.retries.insert(e.profile.clone(), b);
             self.report.errors.insert(e.profile.to_string(), e.message.clone());
         }
+        // Success clears a profile's backoff, whether or not it needed steps this time (a
+        // retried profile that converged by other means must not stay due forever).
+        let succeeded = |n: &ProfileName| !failed.contains(n) && scope.is_none_or(|s| s.contains(n));
+        self.retries.retain(|n, _| !succeeded(n));
+        self.report.errors.retain(|n, _| ProfileName::parse_any(n).map_or(true, |n| !succeeded(&n)));
         for name in touched {
-            if !failed.contains(name) {
-                self.retries.remove(name);
-                self.report.errors.remove(name.as_str());
-            }
             self.refresh_slot(name);
         }
+        // Leftovers are only ever cleared by full passes, which list them afresh.
+        self.world.scandir.hidden.clear();
         if plan.ports_changed && !outcome.warnings.iter().any(|w| w.starts_with("port assignments")) {
             self.world.previous_ports = plan.ports.clone();
         }

@@ -149,7 +149,8 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         migrate_legacy: false,
         ports: BTreeMap::new(),
         ports_changed: false,
-        clear_hidden: obs.scandir.hidden.clone(),
+        // Only a full pass has listed the scandir afresh.
+        clear_hidden: if opts.only.is_none() { obs.scandir.hidden.clone() } else { Vec::new() },
         profiles: Vec::new(),
         skipped: Vec::new(),
         warnings: obs.warnings.clone(),
