@@ -11,6 +11,11 @@ pub const ROOT_PROFILE: &str = "default";
 /// Prefix of every slot the daemon owns in the scandir.
 pub const SLOT_PREFIX: &str = "gateway-";
 
+/// The throwaway scandir entry the daemon publishes to make an s6 >= 2.12 scanner start slots
+/// that an aborted scan left unstarted. No profile slot can take this name (profile names
+/// never start with `-`).
+pub const KICK_ENTRY: &str = "gateway--kick";
+
 /// s6-svscan refuses service names longer than this many bytes.
 pub const S6_NAME_MAX: usize = 251;
 
@@ -137,13 +142,12 @@ pub fn is_own_hidden_entry(entry: &str) -> bool {
     let Some(rest) = entry.strip_prefix('.').and_then(|e| e.strip_prefix(SLOT_PREFIX)) else {
         return false;
     };
+    let valid = |name: &str| name == "-kick" || ProfileName::parse_any(name).is_ok();
     if let Some(name) = rest.strip_suffix(STAGING_SUFFIX) {
-        return ProfileName::parse_any(name).is_ok();
+        return valid(name);
     }
     if let Some((name, nonce)) = rest.rsplit_once(REMOVAL_INFIX) {
-        return nonce.len() == 8
-            && nonce.bytes().all(|b| b.is_ascii_hexdigit())
-            && ProfileName::parse_any(name).is_ok();
+        return nonce.len() == 8 && nonce.bytes().all(|b| b.is_ascii_hexdigit()) && valid(name);
     }
     false
 }

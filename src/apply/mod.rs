@@ -4,6 +4,7 @@
 pub mod boot_log;
 pub mod home;
 pub mod removal;
+pub mod scan;
 pub mod slot;
 
 use crate::model::ProfileName;
@@ -33,6 +34,8 @@ pub struct Outcome {
     pub created: usize,
     /// Slots hidden in this pass, waiting for their supervisors to exit.
     pub removals: Vec<removal::PendingRemoval>,
+    /// Slots that must be supervised once s6-svscan has scanned.
+    pub to_confirm: Vec<ProfileName>,
 }
 
 /// A profile whose steps failed; the rest of its steps were not run.
@@ -66,6 +69,7 @@ impl Applier {
             Step::Create { name, files, up, record } => {
                 self.slots.create(name, files, *up, record).map_err(|e| e.to_string())?;
                 out.created += 1;
+                out.to_confirm.push(name.clone());
                 Ok(())
             }
             Step::WriteFiles { name, files } => {
@@ -74,6 +78,10 @@ impl Applier {
             Step::Command { name, up } => self.slots.command(name, *up).map_err(|e| e.to_string()),
             Step::WriteRecord { name, record } => {
                 self.slots.write_record(name, record).map_err(|e| e.to_string())
+            }
+            Step::EnsureSupervised { name } => {
+                out.to_confirm.push(name.clone());
+                Ok(())
             }
             Step::Remove { name } => {
                 out.removals.push(self.slots.hide(name).map_err(|e| e.to_string())?);
@@ -129,9 +137,14 @@ impl Applier {
             }
         }
         out.applied.extend(plan.skipped.iter().cloned());
-        if out.created > 0 || !out.removals.is_empty() {
+        if plan.clear_kick
+            && let Err(e) = self.slots.unkick()
+        {
+            out.warnings.push(format!("leftover {} not cleared: {e}", crate::model::KICK_ENTRY));
+        }
+        if out.created > 0 || !out.removals.is_empty() || !out.to_confirm.is_empty() {
             match s6::rescan(&self.slots.scandir, !out.removals.is_empty()) {
-                Ok(()) => {}
+                Ok(()) => self.confirm(&mut out),
                 Err(ControlError::NoSupervisor(_)) => out.warnings.push(format!(
                     "s6-svscan is not running on {}; the new slots start when it does",
                     self.slots.scandir.display()
@@ -140,6 +153,47 @@ impl Applier {
             }
         }
         out
+    }
+
+    /// Confirms that every slot published (or found unsupervised) in this pass is picked up by
+    /// s6-svscan; kicks the scanner once for those that are not; reports the rest as errors
+    /// naming what blocks the scan. No later pass mutates the scandir before this returns.
+    fn confirm(&self, out: &mut Outcome) {
+        if out.to_confirm.is_empty() {
+            return;
+        }
+        let dirs: Vec<_> = out.to_confirm.iter().map(|n| self.slots.slot_dir(n)).collect();
+        let mut stuck = scan::wait_supervised(&dirs, scan::confirm_deadline(dirs.len()));
+        if !stuck.is_empty() {
+            tracing::warn!(
+                count = stuck.len(),
+                "published slots not picked up by s6-svscan; kicking the scanner"
+            );
+            match self.slots.kick() {
+                Ok(()) => {
+                    stuck = scan::wait_supervised(&stuck, scan::confirm_deadline(stuck.len()));
+                    if let Err(e) = self.slots.unkick() {
+                        out.warnings.push(format!("{} not taken away: {e}", crate::model::KICK_ENTRY));
+                    }
+                }
+                Err(e) => out.warnings.push(format!("could not kick s6-svscan: {e}")),
+            }
+        }
+        if stuck.is_empty() {
+            return;
+        }
+        let why = scan::diagnose_blockers(&self.slots.scandir, out.to_confirm.len());
+        for name in &out.to_confirm {
+            if stuck.contains(&self.slots.slot_dir(name)) {
+                out.errors.push(ProfileError {
+                    profile: name.clone(),
+                    message: format!(
+                        "slot {} is published but s6-svscan does not supervise it: {why}",
+                        name.slot_name()
+                    ),
+                });
+            }
+        }
     }
 
     /// Appends the decisions to `container-boot.log`, all with one timestamp.

@@ -66,6 +66,9 @@ pub fn describe_steps(plan: &Plan, config: &Config) -> Vec<String> {
                     format!("record applied intent in slot {}", name.slot_name())
                 }
                 Step::Remove { name } => format!("remove slot {}", name.slot_name()),
+                Step::EnsureSupervised { name } => {
+                    format!("have s6-svscan supervise slot {}", name.slot_name())
+                }
             });
         }
     }

@@ -5,6 +5,7 @@
 pub mod container;
 pub mod safe_read;
 pub mod scandir;
+pub mod scanner;
 pub mod volume;
 pub mod watch;
 
@@ -46,6 +47,8 @@ pub struct Observed {
     /// Marked directories that cannot be profiles.
     pub skipped: Vec<SkippedDir>,
     pub scandir: ScandirObs,
+    /// s6-svscan's limit and the scandir's other entries.
+    pub scanner: scanner::ScannerObs,
     /// Recorded port assignments.
     pub previous_ports: BTreeMap<String, u16>,
     /// Problems met while observing that belong to no single profile.
@@ -62,6 +65,7 @@ impl Observed {
             profiles: Vec::new(),
             skipped: Vec::new(),
             scandir: ScandirObs::default(),
+            scanner: scanner::ScannerObs::default(),
             previous_ports: BTreeMap::new(),
             warnings: Vec::new(),
             with_contenv: false,
@@ -126,6 +130,7 @@ pub fn observe_all(config: &Config, proc_root: &Path) -> Observed {
         profiles,
         skipped: discovery.skipped,
         scandir: scandir::observe_scandir(&config.scandir),
+        scanner: scanner::observe_scanner(&config.scandir),
         previous_ports,
         warnings,
         with_contenv: Path::new("/command/with-contenv").exists(),

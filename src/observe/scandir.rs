@@ -1,7 +1,7 @@
 //! What the scandir holds: the daemon's `gateway-*` slots, their files and bookkeeping, and
 //! its own hidden staging or removal leftovers. Entries it does not own are not even read.
 
-use crate::model::{ProfileName, SlotRecord, is_own_hidden_entry};
+use crate::model::{KICK_ENTRY, ProfileName, SlotRecord, is_own_hidden_entry};
 use crate::observe::safe_read::read_bounded;
 use crate::plan::render::RENDERED;
 use std::collections::BTreeMap;
@@ -22,6 +22,8 @@ pub struct SlotObs {
     pub files: BTreeMap<&'static str, Option<Vec<u8>>>,
     /// `./down` exists: the slot is not normally up.
     pub has_down: bool,
+    /// An s6-supervise holds the slot's lock (a published slot s6-svscan has picked up).
+    pub supervised: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,6 +33,8 @@ pub struct ScandirObs {
     pub slots: BTreeMap<ProfileName, SlotObs>,
     /// The daemon's own dot-prefixed leftovers (interrupted creations or removals).
     pub hidden: Vec<String>,
+    /// A throwaway kick entry left published by an interrupted daemon.
+    pub kick_leftover: bool,
 }
 
 pub fn slot_dir(scandir: &Path, name: &ProfileName) -> PathBuf {
@@ -44,7 +48,8 @@ pub fn observe_slot(dir: &Path) -> SlotObs {
         .and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
     let files = RENDERED.iter().map(|rel| (*rel, read_bounded(&dir.join(rel), MAX_SLOT_FILE).ok())).collect();
     let has_down = std::fs::symlink_metadata(dir.join("down")).is_ok();
-    SlotObs { record, files, has_down }
+    let supervised = !matches!(crate::s6::supervisor_pid(dir), Ok(None));
+    SlotObs { record, files, has_down, supervised }
 }
 
 /// Lists the scandir. A scandir that cannot be listed is reported as absent.
@@ -59,6 +64,10 @@ pub fn observe_scandir(scandir: &Path) -> ScandirObs {
         };
         if is_own_hidden_entry(&name) {
             obs.hidden.push(name);
+            continue;
+        }
+        if name == KICK_ENTRY {
+            obs.kick_leftover = true;
             continue;
         }
         let Some(profile) = ProfileName::from_slot_name(&name) else {

@@ -75,6 +75,8 @@ pub enum Step {
     Command { name: ProfileName, up: bool },
     /// Rewrite the slot's bookkeeping.
     WriteRecord { name: ProfileName, record: SlotRecord },
+    /// The slot is published but no supervisor runs it: have s6-svscan pick it up.
+    EnsureSupervised { name: ProfileName },
     /// Take the slot out of the scan, stop it and delete it (SPEC §7.3).
     Remove { name: ProfileName },
 }
@@ -98,6 +100,8 @@ pub struct Plan {
     pub ports_changed: bool,
     /// The daemon's own hidden leftovers in the scandir, to be cleared.
     pub clear_hidden: Vec<String>,
+    /// Take a leftover kick entry out of the scan.
+    pub clear_kick: bool,
     /// Root first, then named profiles in name order. Only profiles with steps or a decision.
     pub profiles: Vec<ProfilePlan>,
     /// Skipped entries that have no valid name (decisions without steps).
@@ -116,6 +120,7 @@ impl Plan {
             + usize::from(self.migrate_legacy)
             + usize::from(self.ports_changed)
             + self.clear_hidden.len()
+            + usize::from(self.clear_kick)
     }
 }
 
@@ -151,12 +156,14 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         ports_changed: false,
         // Only a full pass has listed the scandir afresh.
         clear_hidden: if opts.only.is_none() { obs.scandir.hidden.clone() } else { Vec::new() },
+        clear_kick: opts.only.is_none() && obs.scandir.kick_leftover,
         profiles: Vec::new(),
         skipped: Vec::new(),
         warnings: obs.warnings.clone(),
     };
     if obs.mode == ContainerMode::Dashboard {
         plan.clear_hidden.clear();
+        plan.clear_kick = false;
         plan.skipped.push(Decision {
             profile: ProfileName::root().to_string(),
             slot: None,
@@ -176,7 +183,12 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
     // created in name order while the total stays within the cap.
     let existing_named =
         obs.profiles.iter().filter(|p| !p.name.is_root() && obs.scandir.slots.contains_key(&p.name)).count();
-    let mut budget = cfg.max_profiles.saturating_sub(existing_named);
+    // s6-svscan's own limit: every slot is two services (it and its logger); leave what other
+    // entries use, the root slot, and one unit for the kick entry.
+    let units_left =
+        (obs.scanner.limit_units as usize).saturating_sub(obs.scanner.foreign_units as usize + 1);
+    let scanner_named = (units_left / 2).saturating_sub(1);
+    let mut budget = cfg.max_profiles.min(scanner_named).saturating_sub(existing_named);
     let mut admitted: Vec<&ProfileObs> = Vec::new();
     for p in &obs.profiles {
         if p.name.is_root() || obs.scandir.slots.contains_key(&p.name) {
@@ -185,10 +197,17 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             budget -= 1;
             admitted.push(p);
         } else if in_scope(&p.name) {
-            plan.warnings.push(format!(
-                "profile {}: not given a slot: HERMES_RECONCILER_MAX_PROFILES={} named slots exist or are planned",
-                p.name, cfg.max_profiles
-            ));
+            plan.warnings.push(if scanner_named < cfg.max_profiles {
+                format!(
+                    "profile {}: not given a slot: s6-svscan's limit of {} services leaves room for {} named slots",
+                    p.name, obs.scanner.limit_units, scanner_named
+                )
+            } else {
+                format!(
+                    "profile {}: not given a slot: HERMES_RECONCILER_MAX_PROFILES={} named slots exist or are planned",
+                    p.name, cfg.max_profiles
+                )
+            });
             plan.profiles.push(ProfilePlan {
                 name: p.name.clone(),
                 steps: vec![],
@@ -228,7 +247,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         });
         let pp = match obs.scandir.slots.get(&p.name) {
             None => plan_create(p, &intent, files, cfg, kind),
-            Some(slot) => plan_adopt(p, &intent, files, slot, cfg),
+            Some(slot) => plan_adopt(p, &intent, files, slot, cfg, obs.scanner.pid.is_some()),
         };
         if !pp.steps.is_empty() || pp.decision.is_some() {
             plan.profiles.push(pp);
@@ -319,6 +338,7 @@ fn plan_adopt(
     files: Vec<SlotFile>,
     slot: &SlotObs,
     cfg: &Config,
+    scanner_runs: bool,
 ) -> ProfilePlan {
     let digest = render::digest(&files);
     let changed: Vec<SlotFile> = files
@@ -355,6 +375,9 @@ fn plan_adopt(
             next
         }
     };
+    if !slot.supervised && scanner_runs {
+        steps.push(Step::EnsureSupervised { name: p.name.clone() });
+    }
     if !slot.record.as_ref().is_some_and(|r| r.same_state(&record)) {
         steps.push(Step::WriteRecord { name: p.name.clone(), record });
     }

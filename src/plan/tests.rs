@@ -44,6 +44,7 @@ fn observed(profiles: Vec<ProfileObs>) -> Observed {
         profiles,
         skipped: vec![],
         scandir: ScandirObs { exists: true, ..Default::default() },
+        scanner: Default::default(),
         previous_ports: BTreeMap::new(),
         warnings: vec![],
         with_contenv: false,
@@ -63,6 +64,7 @@ fn slot_as_created(obs: &Observed, cfg: &Config, name: &str) -> SlotObs {
         record: Some(record.clone()),
         files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().to_vec()))).collect(),
         has_down: !up,
+        supervised: true,
     }
 }
 
@@ -380,4 +382,36 @@ proptest! {
         prop_assert_eq!(actionable, 0);
         prop_assert!(!second.ports_changed);
     }
+}
+
+#[test]
+fn capacity_guard_respects_the_scanner_limit_with_loggers() {
+    // -C 40 with 5 foreign services: (40 - 5 - 1) / 2 = 17 slots, root included: 16 named.
+    let cfg = config(false, 400);
+    let mut profiles = vec![profile("default", intent(None, None))];
+    profiles.extend((0..30).map(|i| profile(&format!("p{i:02}"), intent(None, None))));
+    let mut obs = observed(profiles);
+    obs.scanner.limit_units = 40;
+    obs.scanner.foreign_units = 5;
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    let created =
+        p.profiles.iter().filter(|pp| pp.steps.iter().any(|s| matches!(s, Step::Create { .. }))).count();
+    assert_eq!(created, 17);
+    assert_eq!(p.decisions().filter(|d| d.reason.as_deref() == Some("capacity")).count(), 14);
+    assert!(2 * created + 5 < 40);
+}
+
+#[test]
+fn unsupervised_slot_is_confirmed_only_when_a_scanner_runs() {
+    let cfg = config(false, 400);
+    let mut obs = observed(vec![profile("default", intent(None, None))]);
+    let mut slot = slot_as_created(&obs, &cfg, "default");
+    slot.supervised = false;
+    obs.scandir.slots.insert(ProfileName::root(), slot);
+    obs.previous_ports = plan(&obs, &cfg, PassKind::Boot).ports;
+    assert_eq!(plan(&obs, &cfg, PassKind::Continuous).step_count(), 0);
+    obs.scanner.pid = Some(1);
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    assert_eq!(p.profiles[0].steps, vec![Step::EnsureSupervised { name: ProfileName::root() }]);
+    assert!(p.profiles[0].decision.is_none());
 }

@@ -168,7 +168,16 @@ fn write_control(path: &Path, bytes: &[u8]) -> Result<(), ControlError> {
 /// supervisor is alive, pid unknown" — never treat 0 as a pid to signal. A lock held by the
 /// calling process itself is not reported (POSIX locks never conflict with their owner's).
 pub fn supervisor_pid(service_dir: &Path) -> Result<Option<i32>, ControlError> {
-    let path = lock_path(service_dir);
+    lock_holder(lock_path(service_dir))
+}
+
+/// Pid of the s6-svscan holding `<scandir>/.s6-svscan/lock`, if any (same rules as
+/// [`supervisor_pid`]).
+pub fn scanner_pid(scandir: &Path) -> Result<Option<i32>, ControlError> {
+    lock_holder(scandir.join(".s6-svscan").join("lock"))
+}
+
+fn lock_holder(path: PathBuf) -> Result<Option<i32>, ControlError> {
     let io_err = |source: std::io::Error| ControlError::Io { path: path.clone(), source };
     let file = match File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path)
     {

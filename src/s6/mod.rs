@@ -5,5 +5,5 @@
 pub mod control;
 pub mod status;
 
-pub use control::{ControlError, SupervisorCommand, rescan, send_command, supervisor_pid};
+pub use control::{ControlError, SupervisorCommand, rescan, scanner_pid, send_command, supervisor_pid};
 pub use status::{ServiceStatus, StatusError, decode_status, read_status};
