@@ -935,6 +935,16 @@ pub fn binary_exists() -> bool {
     Path::new(BIN).exists()
 }
 
+/// A want map from pairs.
+pub fn wants(pairs: &[(&str, Want)]) -> BTreeMap<String, Want> {
+    pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect()
+}
+
+/// The `gateway-*` slot names for `profiles`.
+pub fn slot_set<S: AsRef<str>>(profiles: impl IntoIterator<Item = S>) -> BTreeSet<String> {
+    profiles.into_iter().map(|p| slot_name(p.as_ref())).collect()
+}
+
 /// Reads a slot file as text (empty when missing).
 pub fn read(p: &Path) -> String {
     fs::read_to_string(p).unwrap_or_default()
