@@ -1,6 +1,7 @@
 //! Process edges: argument parsing, exit statuses, diagnostics set-up.
 
 use clap::Parser;
+use hermes_reconciler::apply::Applier;
 use hermes_reconciler::cli::{Cli, Command};
 use hermes_reconciler::commands::{self, EXIT_CONFIG, EXIT_OK, EXIT_USAGE};
 use hermes_reconciler::config::Config;
@@ -44,7 +45,9 @@ fn main() {
     };
     let guard = init_tracing(&config.log_filter);
     let code = match cli.command {
-        Command::Once { dry_run, json } => commands::once::run(&config, &applier, dry_run, json),
+        Command::Once { dry_run, json } => {
+            commands::once::run(&config, &Applier { confirm: false, ..applier }, dry_run, json)
+        }
         Command::Run { notify_fd } => commands::run::run(config.clone(), applier, notify_fd),
         Command::Status { json } => commands::status::run(&config, json),
     };

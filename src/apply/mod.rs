@@ -19,6 +19,11 @@ use std::path::Path;
 pub struct Applier {
     pub slots: SlotWriter,
     pub home: HomeWriter,
+    /// Wait, after each rescan, until every published slot is supervised (and kick a stuck
+    /// scanner). The daemon does, so that none of its later mutations can abort a scan that
+    /// has not started them yet; `once` does not: it mutates nothing afterwards, and the
+    /// daemon's first pass confirms whatever is still unsupervised.
+    pub confirm: bool,
 }
 
 /// What applying a plan did.
@@ -144,7 +149,8 @@ impl Applier {
         }
         if out.created > 0 || !out.removals.is_empty() || !out.to_confirm.is_empty() {
             match s6::rescan(&self.slots.scandir, !out.removals.is_empty()) {
-                Ok(()) => self.confirm(&mut out),
+                Ok(()) if self.confirm => self.confirm(&mut out),
+                Ok(()) => {}
                 Err(ControlError::NoSupervisor(_)) => out.warnings.push(format!(
                     "s6-svscan is not running on {}; the new slots start when it does",
                     self.slots.scandir.display()
@@ -163,7 +169,7 @@ impl Applier {
             return;
         }
         let dirs: Vec<_> = out.to_confirm.iter().map(|n| self.slots.slot_dir(n)).collect();
-        let mut stuck = scan::wait_supervised(&dirs, scan::confirm_deadline(dirs.len()));
+        let mut stuck = scan::wait_supervised(&dirs);
         if !stuck.is_empty() {
             tracing::warn!(
                 count = stuck.len(),
@@ -171,7 +177,7 @@ impl Applier {
             );
             match self.slots.kick() {
                 Ok(()) => {
-                    stuck = scan::wait_supervised(&stuck, scan::confirm_deadline(stuck.len()));
+                    stuck = scan::wait_supervised(&stuck);
                     if let Err(e) = self.slots.unkick() {
                         out.warnings.push(format!("{} not taken away: {e}", crate::model::KICK_ENTRY));
                     }

@@ -15,24 +15,34 @@ use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How long a published slot may take to be supervised: a base, plus a little per slot of
-/// the batch (s6-svscan starts supervisors one by one; this machine may be loaded).
-pub fn confirm_deadline(batch: usize) -> Instant {
-    Instant::now() + Duration::from_secs(2) + Duration::from_millis(5) * batch as u32
-}
+/// How long the scanner may go without starting any of the slots still waited for before
+/// they are declared stuck. s6-svscan starts supervisors one by one, and on a loaded machine
+/// a thousand of them take seconds: what matters is whether it still makes progress.
+pub const STALL: Duration = Duration::from_millis(1500);
+
+/// Upper bound on the whole wait, whatever the progress.
+pub const MAX_WAIT: Duration = Duration::from_secs(120);
 
 fn supervised(dir: &Path) -> bool {
     !matches!(s6::supervisor_pid(dir), Ok(None))
 }
 
-/// Waits until every directory is supervised or the deadline passes; returns those that are
-/// not. Polls the locks (a few µs each), sleeping briefly between rounds.
-pub fn wait_supervised(dirs: &[PathBuf], deadline: Instant) -> Vec<PathBuf> {
+/// Waits until every directory is supervised, or until no new one has been for [`STALL`];
+/// returns those that are not. Polls the locks (a few µs each), sleeping briefly in between.
+pub fn wait_supervised(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let start = Instant::now();
     let mut pending: Vec<PathBuf> = dirs.to_vec();
+    let mut last_progress = start;
     let mut pause = Duration::from_micros(100);
     loop {
+        let before = pending.len();
         pending.retain(|d| !supervised(d));
-        if pending.is_empty() || Instant::now() >= deadline {
+        let now = Instant::now();
+        if pending.len() < before {
+            last_progress = now;
+            pause = Duration::from_micros(100);
+        }
+        if pending.is_empty() || now - last_progress >= STALL || now - start >= MAX_WAIT {
             return pending;
         }
         std::thread::sleep(pause);
@@ -88,7 +98,7 @@ impl SlotWriter {
     /// started its supervisor; deletes it when that supervisor is gone (else a later pass does).
     pub fn unkick(&self) -> Result<(), SlotError> {
         let live = self.kick_dir();
-        wait_supervised(std::slice::from_ref(&live), Instant::now() + Duration::from_secs(1));
+        wait_supervised(std::slice::from_ref(&live));
         let hidden = self.scandir.join(format!(".{KICK_ENTRY}.rm-{:08x}", std::process::id()));
         let _ = std::fs::remove_dir_all(&hidden);
         renameat2(AT_FDCWD, &live, AT_FDCWD, &hidden, RenameFlags::RENAME_NOREPLACE)

@@ -43,23 +43,34 @@ pub struct SlotWriter {
     pub group: Option<Gid>,
 }
 
-/// Writes `content` to `path` atomically: a sibling temp file, then rename over.
-fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.hermes-reconciler.tmp"));
-    let _ = fs::remove_file(&tmp);
+/// Creates `path` (which must not exist) with exactly `mode` and `content`. Used inside a
+/// staging directory, which nothing else sees, so no temp file is needed.
+fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(content).map_err(io(&tmp))?;
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(content).map_err(io(path))?;
     // The mode given to open is masked by the umask; scripts must be exactly what we say.
-    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io(path))
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io(path))
+}
+
+/// Replaces `path` atomically: a sibling temp file, then rename over it.
+fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.hermes-reconciler.tmp"));
+    let created = match write_new(&tmp, content, mode) {
+        // A temp file left by an interrupted write: replace it.
+        Err(SlotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&tmp).map_err(io(&tmp))?;
+            write_new(&tmp, content, mode)
+        }
+        other => other,
+    };
+    created.and_then(|()| fs::rename(&tmp, path).map_err(io(path)))
 }
 
 fn record_bytes(record: &SlotRecord) -> Vec<u8> {
@@ -125,11 +136,11 @@ impl SlotWriter {
         self.mkdir(&dir.join("log"), 0o755, false)?;
         self.mkdir(&dir.join("data"), 0o755, false)?;
         for f in files {
-            write_file(&dir.join(f.rel), f.content.as_bytes(), f.mode)?;
+            write_new(&dir.join(f.rel), f.content.as_bytes(), f.mode)?;
         }
-        write_file(&dir.join(RECORD_FILE), &record_bytes(record), 0o644)?;
+        write_new(&dir.join(RECORD_FILE), &record_bytes(record), 0o644)?;
         if !up {
-            write_file(&dir.join("down"), b"", 0o644)?;
+            write_new(&dir.join("down"), b"", 0o644)?;
         }
         let supervise = dir.join("supervise");
         self.mkdir(&supervise, 0o710, true)?;

@@ -45,5 +45,6 @@ pub fn applier(config: &Config) -> Result<Applier, ConfigError> {
     Ok(Applier {
         slots: SlotWriter { scandir: config.scandir.clone(), group: owner.map(|(_, g)| g) },
         home: HomeWriter::new(config.home.clone(), owner),
+        confirm: true,
     })
 }
