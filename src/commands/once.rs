@@ -140,6 +140,7 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
             .filter(|d| d.action == ActionKind::Skipped)
             .map(|d| (d.profile.clone(), d.reason.clone().unwrap_or_default()))
             .collect(),
+        scandir: warnings.iter().filter(|w| w.contains("dangling symlink")).cloned().collect(),
         written: None,
     };
     if plan.mode != ContainerMode::Dashboard

@@ -105,10 +105,21 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 
 pub fn run(config: &Config, json: bool) -> i32 {
     let rows = rows(config);
+    // Scandir problems as the daemon last saw them, plus what is there now.
+    let mut scandir = status_file::read(&config.scandir).scandir;
+    for d in observe::scanner::observe_scanner(&config.scandir).dangling {
+        let w = format!("scandir entry {} is a dangling symlink", config.scandir.join(&d).display());
+        if !scandir.iter().any(|s| s.starts_with(&w)) {
+            scandir.push(w);
+        }
+    }
     if json {
-        let out = serde_json::json!({ "profiles": rows });
+        let out = serde_json::json!({ "profiles": rows, "scandir": scandir });
         println!("{out}");
         return EXIT_OK;
+    }
+    for w in &scandir {
+        println!("warning: {w}");
     }
     println!(
         "{:<24} {:<5} {:<14} {:<6} {:<5} {:<5} {:<8} {:>8} {:<5} {:<12} {:<24} ERROR",

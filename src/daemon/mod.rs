@@ -154,6 +154,8 @@ impl Daemon {
             .map(|d| (d.profile.clone(), d.reason.clone().unwrap_or_default()))
             .collect();
         self.emit_warnings(&plan.warnings, true);
+        self.report.scandir =
+            plan.warnings.iter().filter(|w| w.contains("dangling symlink")).cloned().collect();
         let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
         let mut outcome = self.applier.apply(&plan);
         // A skip is logged when it starts, not at every re-list while it lasts.

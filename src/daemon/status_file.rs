@@ -14,6 +14,9 @@ pub struct StatusReport {
     pub errors: BTreeMap<String, String>,
     /// Profile (or raw directory name) → reason it has no slot.
     pub skipped: BTreeMap<String, String>,
+    /// Problems of the scandir itself (e.g. dangling symlinks that block s6 >= 2.12 scans).
+    #[serde(default)]
+    pub scandir: Vec<String>,
     /// What was last written, so an unchanged report is not rewritten.
     #[serde(skip)]
     pub written: Option<Vec<u8>>,

@@ -179,6 +179,12 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         && !cfg.no_supervise
         && !obs.root_state_file_exists;
 
+    for d in obs.scanner.dangling.iter().filter(|_| opts.only.is_none()) {
+        plan.warnings.push(format!(
+            "scandir entry {} is a dangling symlink: s6-svscan >= 2.12 abandons every scan that meets it, so no slot starts or stops until it is removed",
+            cfg.scandir.join(d).display()
+        ));
+    }
     // Capacity (SPEC §6.6): named profiles that already have a slot keep it; new slots are
     // created in name order while the total stays within the cap.
     let existing_named =

@@ -415,3 +415,23 @@ fn unsupervised_slot_is_confirmed_only_when_a_scanner_runs() {
     assert_eq!(p.profiles[0].steps, vec![Step::EnsureSupervised { name: ProfileName::root() }]);
     assert!(p.profiles[0].decision.is_none());
 }
+
+#[test]
+fn dangling_scandir_symlinks_are_warned_on_full_passes() {
+    let cfg = config(false, 400);
+    let mut obs = observed(vec![profile("default", intent(None, None))]);
+    obs.scanner.dangling.push("broken".into());
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    assert!(
+        p.warnings.iter().any(|w| w.contains("/run/service/broken is a dangling symlink")),
+        "{:?}",
+        p.warnings
+    );
+    let only = BTreeSet::from([ProfileName::root()]);
+    let p = plan_with(
+        &obs,
+        &cfg,
+        &PassOptions { kind: PassKind::Continuous, only: Some(&only), hold: &BTreeSet::new() },
+    );
+    assert!(p.warnings.is_empty());
+}
