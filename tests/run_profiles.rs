@@ -1,0 +1,236 @@
+//! The daemon on real s6: profiles that appear (renamed in, `SOUL.md` written late), disappear
+//! (`rm -rf`, `mv a b`, the whole `profiles/` replaced), a home that does not exist yet and an
+//! s6-svscan that starts after the daemon. Each converges without a restart.
+
+mod common;
+mod daemon;
+
+use common::*;
+use daemon::*;
+use std::fs;
+use std::time::Duration;
+
+/// Waits for the slots, failing with the daemon's stderr.
+fn converge(w: &World, d: &Daemon, pairs: &[(&str, Want)]) {
+    must(d, "convergence", wait_slots(&w.scandir, &wants(pairs)));
+}
+
+/// Waits until `slot` and every hidden name built from it are gone from the scandir, no
+/// s6-supervise names it, and its last gateway process (by the stand-in's record) is gone.
+fn slot_fully_gone(w: &World, d: &Daemon, profile: &str) {
+    let slot = slot_name(profile);
+    let gw_pids: Vec<i64> =
+        w.standin_records(profile).iter().filter_map(|r| r.pid.parse::<i64>().ok()).collect();
+    must(
+        d,
+        &format!("removal of {slot}"),
+        poll(WAIT, || {
+            let left: Vec<String> = entries(&w.scandir)
+                .into_iter()
+                .filter(|e| e == &slot || e.starts_with(&format!(".{slot}.")))
+                .collect();
+            if !left.is_empty() {
+                return Err(format!("scandir still has {left:?}"));
+            }
+            let (main, log) = supervisors_of(w, &slot);
+            if main + log > 0 {
+                return Err(format!("{slot}: {main} s6-supervise left, {log} for its logger"));
+            }
+            if let Some(p) = gw_pids.iter().find(|p| ns_pid_alive(w, **p)) {
+                return Err(format!("{slot}: gateway pid {p} still alive"));
+            }
+            Ok(())
+        }),
+    );
+}
+
+#[test]
+fn profiles_that_appear_get_slots() {
+    let w = World::new();
+    let d = Daemon::start(&w, &[]);
+    converge(&w, &d, &[("default", Want::Down)]);
+
+    // Complete profiles renamed into profiles/ in one step.
+    rename_in_profile(&w, "alpha", Some("running"));
+    rename_in_profile(&w, "beta", None);
+    converge(&w, &d, &[("default", Want::Down), ("alpha", Want::Up), ("beta", Want::Down)]);
+
+    // mkdir first, the marker later: no slot until SOUL.md exists.
+    let gamma = w.home.join("profiles/gamma");
+    fs::create_dir(&gamma).unwrap();
+    set_desired(&gamma, "running");
+    fs::write(gamma.join("notes.txt"), "half-made\n").unwrap();
+    relist_barrier(&w, &d, "beta");
+    assert!(!w.slot("gamma").exists(), "a directory without SOUL.md got a slot\nstderr:\n{}", d.stderr());
+    fs::write(gamma.join("SOUL.md"), "# soul\n").unwrap();
+    converge(&w, &d, &[("alpha", Want::Up), ("beta", Want::Down), ("gamma", Want::Up)]);
+
+    let mut c = Checks::new();
+    c.eq("gateway slots", gateway_slots(&w.scandir), slot_set(["alpha", "beta", "default", "gamma"]));
+    for n in ["alpha", "gamma"] {
+        let recs = w.standin_records(n);
+        c.eq(&format!("{n}: stand-in starts"), recs.len(), 1);
+        if let Some(r) = recs.first() {
+            c.eq(
+                &format!("{n}: argv"),
+                r.args.clone(),
+                vec!["-p".into(), n.into(), "gateway".into(), "run".into(), "--replace".into()],
+            );
+        }
+    }
+    c.eq("beta: stand-in starts", w.standin_records("beta").len(), 0);
+    c.ok(one_supervisor_each(&w));
+    match w.boot_lines() {
+        Ok(lines) => {
+            // The first line of each: how its slot was created. (beta has a later `updated`
+            // line: the relist barrier edited its `run` and the daemon repaired it.)
+            let first = |p: &str| lines.iter().find(|l| l.profile == p).map(|l| l.action.clone());
+            c.eq("alpha: first action", first("alpha"), Some("started".into()));
+            c.eq("beta: first action", first("beta"), Some("registered".into()));
+            c.eq("gamma: first action", first("gamma"), Some("started".into()));
+        }
+        Err(e) => c.check(false, e),
+    }
+    c.finish();
+}
+
+#[test]
+fn rm_rf_and_rename_remove_exactly_their_slots() {
+    let w = World::new();
+    for n in ["aa", "bb", "keep"] {
+        w.profile(n).desired("running");
+    }
+    w.profile("idle");
+    let d = Daemon::start(&w, &[("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS)]);
+    converge(&w, &d, &[("aa", Want::Up), ("bb", Want::Up), ("keep", Want::Up), ("idle", Want::Down)]);
+    let untouched = ["default", "keep", "idle"];
+    let before: Vec<_> = untouched
+        .iter()
+        .map(|p| {
+            (
+                slot_snapshot(&w.slot(p)),
+                svstat(&w.slot(p)).unwrap().pid,
+                svstat(&w.slot(p).join("log")).unwrap().pid,
+            )
+        })
+        .collect();
+
+    // rm -rf of a profile: its slot, supervisors and gateway go.
+    fs::remove_dir_all(w.profile_dir("aa")).unwrap();
+    slot_fully_gone(&w, &d, "aa");
+
+    // mv bb cc: bb's slot goes, cc's comes (and runs: same state file).
+    fs::rename(w.profile_dir("bb"), w.profile_dir("cc")).unwrap();
+    slot_fully_gone(&w, &d, "bb");
+    converge(&w, &d, &[("cc", Want::Up), ("keep", Want::Up), ("idle", Want::Down)]);
+
+    let mut c = Checks::new();
+    c.eq("gateway slots", gateway_slots(&w.scandir), slot_set(["cc", "default", "idle", "keep"]));
+    let after: Vec<_> = untouched
+        .iter()
+        .map(|p| {
+            (
+                slot_snapshot(&w.slot(p)),
+                svstat(&w.slot(p)).unwrap().pid,
+                svstat(&w.slot(p).join("log")).unwrap().pid,
+            )
+        })
+        .collect();
+    for (i, p) in untouched.iter().enumerate() {
+        c.check(before[i] == after[i], format!("{p}: slot files or pids changed"));
+    }
+    c.eq("keep: stand-in starts", w.standin_records("keep").len(), 1);
+    c.eq("cc: stand-in starts", w.standin_records("cc").len(), 1);
+    c.ok(one_supervisor_each(&w));
+    let hidden: Vec<String> =
+        entries(&w.scandir).into_iter().filter(|e| e.starts_with(".gateway-")).collect();
+    c.eq("hidden leftovers", hidden, Vec::<String>::new());
+    match w.boot_lines() {
+        Ok(lines) => {
+            for p in ["aa", "bb"] {
+                c.check(
+                    lines.iter().any(|l| l.profile == p && l.action == "unregistered"),
+                    format!("{p}: no unregistered line in container-boot.log"),
+                );
+            }
+        }
+        Err(e) => c.check(false, e),
+    }
+    c.finish();
+}
+
+#[test]
+fn profiles_dir_deleted_and_recreated() {
+    let w = World::new();
+    w.profile("old1").desired("running");
+    w.profile("old2");
+    let d = Daemon::start(&w, &[("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS)]);
+    converge(&w, &d, &[("old1", Want::Up), ("old2", Want::Down)]);
+
+    fs::remove_dir_all(w.home.join("profiles")).unwrap();
+    fs::create_dir(w.home.join("profiles")).unwrap();
+    w.profile("new1").desired("running");
+    w.profile("new2");
+
+    converge(&w, &d, &[("new1", Want::Up), ("new2", Want::Down), ("default", Want::Down)]);
+    slot_fully_gone(&w, &d, "old1");
+    slot_fully_gone(&w, &d, "old2");
+    let mut c = Checks::new();
+    c.eq("gateway slots", gateway_slots(&w.scandir), slot_set(["default", "new1", "new2"]));
+    c.ok(one_supervisor_each(&w));
+    c.finish();
+    // The watches follow the new directory: a later profile is seen too.
+    w.profile("new3").desired("running");
+    converge(&w, &d, &[("new3", Want::Up)]);
+}
+
+#[test]
+fn home_created_after_the_daemon_started() {
+    let w = World::new();
+    fs::remove_dir_all(&w.home).unwrap();
+    // No periodic re-list within the test: only inotify can make it converge.
+    let d = Daemon::start(&w, &[("HERMES_RECONCILER_RESYNC_SECS", "3600")]);
+    converge(&w, &d, &[("default", Want::Down)]);
+
+    // The root slot's logger (`mkdir -p $HERMES_HOME/logs/gateways/default`, run as root here
+    // because HERMES_RUN_AS is empty) may already have made the home: create what is missing.
+    fs::create_dir_all(w.home.join(".standin")).unwrap();
+    set_desired(&w.home, "running");
+    w.profile("first").desired("running");
+    w.profile("second");
+    converge(&w, &d, &[("default", Want::Up), ("first", Want::Up), ("second", Want::Down)]);
+    let mut c = Checks::new();
+    c.eq("default: stand-in starts", w.standin_records("default").len(), 1);
+    c.eq("first: stand-in starts", w.standin_records("first").len(), 1);
+    c.ok(one_supervisor_each(&w));
+    c.finish();
+}
+
+#[test]
+fn svscan_started_two_seconds_after_the_daemon() {
+    let mut w = World::without_svscan();
+    w.profile("early").desired("running");
+    w.profile("quiet");
+    fs::remove_dir(&w.scandir).unwrap();
+    let d = Daemon::spawn(&w, &[]);
+
+    // Neither the scandir nor s6-svscan: not ready, retrying.
+    std::thread::sleep(Duration::from_secs(1));
+    fs::create_dir(&w.scandir).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let r = d.readiness();
+    assert!(r.bytes.is_empty() && !r.eof, "ready before s6-svscan exists: {r:?}\nstderr:\n{}", d.stderr());
+    w.start_svscan();
+    d.wait_ready();
+    converge(&w, &d, &[("default", Want::Down), ("early", Want::Up), ("quiet", Want::Down)]);
+
+    let mut c = Checks::new();
+    c.check(
+        !d.log_lines_with(&["waiting for s6-svscan"]).is_empty(),
+        format!("no 'waiting for s6-svscan' report:\n{}", d.stderr()),
+    );
+    c.ok(d.readiness_is_one_newline());
+    c.eq("early: stand-in starts", w.standin_records("early").len(), 1);
+    c.ok(one_supervisor_each(&w));
+    c.finish();
+}
