@@ -20,8 +20,4 @@ if [[ ! -x $root/usr/bin/s6-svscan || ! -e $root/.hermes-ready ]]; then
   rm -f "$log"
   touch "$root/.hermes-ready"
 fi
-# The tests' stand-in gateways and the rights test need the same user inside as outside.
-if ! chroot "$root" id hermes >/dev/null 2>&1; then
-  chroot "$root" useradd --system -u 10000 -U -M -s /usr/sbin/nologin hermes 2>/dev/null
-fi
 echo "$root"

@@ -54,7 +54,7 @@ fn hand_made_slot_is_supervised_and_namespace_kill_leaves_nothing() {
     assert!(w.standin_records("hand").is_empty(), "a down slot must not start");
 
     // Up: the stand-in runs and records its arguments.
-    let st = Command::new("s6-svc").args(["-u"]).arg(&slot).status().unwrap();
+    let st = s6_command("s6-svc").args(["-u"]).arg(&slot).status().unwrap();
     assert!(st.success());
     wait_until("stand-in started", WAIT, || w.standin_records("hand").len() == 1);
     let rec = &w.standin_records("hand")[0];
@@ -74,7 +74,7 @@ fn hand_made_slot_is_supervised_and_namespace_kill_leaves_nothing() {
     // Parked: a stand-in exiting with a code is restarted unless finish says 125.
     write_exec(&slot.join("finish"), "#!/bin/sh\n[ \"$1\" = 0 ] && exit 125\nexit 0\n");
     w.standin_exit("hand", 0);
-    Command::new("s6-svc").arg("-t").arg(&slot).status().unwrap();
+    s6_command("s6-svc").arg("-t").arg(&slot).status().unwrap();
     wait_until("stand-in restarted once then parked", WAIT, || {
         w.standin_records("hand").len() == 2 && slot_matches(&slot, Want::Parked).is_ok()
     });

@@ -114,6 +114,50 @@ impl Checks {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Which s6: the host's (Debian bookworm, 2.11) or a chroot's (HERMES_TEST_S6_ROOT, e.g. trixie
+// with 2.13, made by scripts/s6-trixie-root.sh)
+// ---------------------------------------------------------------------------------------------
+
+/// The root directory whose s6 the tests run, if not the host's.
+pub fn s6_root() -> Option<PathBuf> {
+    std::env::var_os("HERMES_TEST_S6_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// The s6 generation under test: `(major, minor)` from the root's (or host's) s6 package.
+pub fn s6_version() -> (u32, u32) {
+    let status = match s6_root() {
+        Some(r) => r.join("var/lib/dpkg/status"),
+        None => PathBuf::from("/var/lib/dpkg/status"),
+    };
+    let text = fs::read_to_string(&status).expect("dpkg status");
+    let block = text.split("\n\n").find(|b| b.starts_with("Package: s6\n")).expect("s6 installed");
+    let version = block.lines().find_map(|l| l.strip_prefix("Version: ")).expect("s6 version");
+    let mut it = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// The temp directory every test world lives under; a chroot'ed s6 sees it at the same path.
+fn shared_tmp() -> PathBuf {
+    std::env::temp_dir().canonicalize().expect("canonical temp dir")
+}
+
+/// A shell snippet that bind-mounts the temp directory into the root `$0`, then runs `"$@"`
+/// chrooted there. Run it inside a private mount namespace (`unshare --mount`).
+const CHROOT_SH: &str = "mount --bind \"$1\" \"$0$1\" && shift && exec chroot \"$0\" \"$@\"";
+
+/// A command running the s6 program `prog` of the generation under test.
+pub fn s6_command(prog: &str) -> Command {
+    match s6_root() {
+        None => Command::new(prog),
+        Some(root) => {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "sh", "-c", CHROOT_SH]).arg(root).arg(shared_tmp()).arg(prog);
+            c
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // s6-svscan in its own pid namespace
 // ---------------------------------------------------------------------------------------------
 
@@ -149,10 +193,21 @@ pub fn fifo_has_reader(fifo: &Path) -> bool {
 impl Svscan {
     /// Starts s6-svscan on `scandir` and waits until it listens on its control FIFO.
     pub fn start(scandir: &Path, log: &Path) -> Svscan {
+        Svscan::start_with(scandir, log, &[])
+    }
+
+    /// Starts s6-svscan with extra options (e.g. `-C 40`) on `scandir`, from the s6
+    /// generation under test, and waits until it listens on its control FIFO.
+    pub fn start_with(scandir: &Path, log: &Path, options: &[&str]) -> Svscan {
         let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("svscan log file");
         let err = out.try_clone().expect("dup svscan log");
         let mut cmd = Command::new("unshare");
-        cmd.args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "s6-svscan"])
+        cmd.args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc"]);
+        if let Some(root) = s6_root() {
+            cmd.args(["sh", "-c", CHROOT_SH]).arg(root).arg(shared_tmp());
+        }
+        cmd.arg("s6-svscan")
+            .args(options)
             .arg(scandir)
             .env_clear()
             .env("PATH", PATH)
@@ -232,7 +287,7 @@ pub struct SvStat {
 
 /// Runs `s6-svstat` on `dir`; `Err` when no supervisor answers.
 pub fn svstat(dir: &Path) -> Result<SvStat, String> {
-    let out = Command::new("s6-svstat")
+    let out = s6_command("s6-svstat")
         .args(["-o", "up,wantedup,normallyup,ready,pid,exitcode"])
         .arg(dir)
         .env_clear()
@@ -342,7 +397,7 @@ pub fn entries(dir: &Path) -> BTreeSet<String> {
 
 /// Runs `argv` as user `user` through `s6-setuidgid`.
 pub fn run_as(user: &str, argv: &[&OsStr]) -> std::process::Output {
-    Command::new("s6-setuidgid")
+    s6_command("s6-setuidgid")
         .arg(user)
         .args(argv)
         .env_clear()
@@ -458,8 +513,13 @@ impl World {
     }
 
     pub fn start_svscan(&mut self) {
+        self.start_svscan_with(&[]);
+    }
+
+    /// Starts s6-svscan with extra options, e.g. a service limit.
+    pub fn start_svscan_with(&mut self, options: &[&str]) {
         assert!(self.svscan.is_none(), "s6-svscan already running");
-        self.svscan = Some(Svscan::start(&self.scandir, &self.root.join("svscan.log")));
+        self.svscan = Some(Svscan::start_with(&self.scandir, &self.root.join("svscan.log"), options));
     }
 
     /// SIGKILLs the namespace (the container dies); the scandir is left as it is.
@@ -903,12 +963,15 @@ pub fn slot_snapshot(slot: &Path) -> BTreeMap<PathBuf, FileId> {
 // Misc
 // ---------------------------------------------------------------------------------------------
 
-/// Creates the system user `hermes` (uid 10000) if it does not exist; tolerates a concurrent
-/// creation.
+/// Creates the user and group `hermes` (10000:10000, as in the image) if they do not exist;
+/// tolerates a concurrent creation. With a chroot'ed s6 under test, the root gets the same
+/// user with the same ids, so `s6-setuidgid hermes` means the same there.
 pub fn ensure_hermes_user() -> (u32, u32) {
+    static SYNC: std::sync::Once = std::sync::Once::new();
     if nix::unistd::User::from_name("hermes").ok().flatten().is_none() {
+        let _ = Command::new("groupadd").args(["-g", "10000", "hermes"]).output();
         let out = Command::new("useradd")
-            .args(["--system", "-u", "10000", "-U", "-M", "-s", "/usr/sbin/nologin", "hermes"])
+            .args(["-u", "10000", "-g", "hermes", "-M", "-s", "/usr/sbin/nologin", "hermes"])
             .output()
             .expect("spawn useradd");
         let exists = nix::unistd::User::from_name("hermes").ok().flatten().is_some();
@@ -919,7 +982,19 @@ pub fn ensure_hermes_user() -> (u32, u32) {
         );
     }
     let u = nix::unistd::User::from_name("hermes").unwrap().expect("user hermes");
-    (u.uid.as_raw(), u.gid.as_raw())
+    let (uid, gid) = (u.uid.as_raw(), u.gid.as_raw());
+    if let Some(root) = s6_root() {
+        SYNC.call_once(|| {
+            let script = format!(
+                "if getent group hermes >/dev/null; then groupmod -g {gid} hermes; else groupadd -g {gid} hermes; fi && \
+                 if id hermes >/dev/null 2>&1; then usermod -u {uid} -g {gid} hermes; \
+                 else useradd -u {uid} -g {gid} -M -s /usr/sbin/nologin hermes; fi"
+            );
+            let out = Command::new("chroot").arg(&root).args(["sh", "-c", &script]).output().expect("chroot");
+            assert!(out.status.success(), "hermes user in {}: {}", root.display(), String::from_utf8_lossy(&out.stderr));
+        });
+    }
+    (uid, gid)
 }
 
 /// The first `API_SERVER_PORT=<n>` assignment of a run script, if any.
