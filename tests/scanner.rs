@@ -1,0 +1,214 @@
+//! The s6 scanner as s6-overlay ships it (issue 6), run against both s6 generations: the host's
+//! (2.11) and, with `HERMES_TEST_S6_ROOT`, 2.13 from a trixie root (scripts/test.sh runs both).
+//!
+//! - publishing and removing slots in quick succession never leaves a published slot
+//!   unsupervised nor a removed one supervised;
+//! - a dangling symlink in the scandir is named in the daemon's report while it is there, and
+//!   the slot created meanwhile is supervised once it is gone;
+//! - with a small service limit, the capacity guard counts loggers and other entries, so s6
+//!   keeps starting and pruning; the profiles over the cap are reported;
+//! - the status decoder reads what this generation of s6 writes.
+
+mod common;
+mod daemon;
+
+use common::*;
+use daemon::*;
+use std::collections::BTreeSet;
+use std::fs;
+use std::time::Duration;
+
+/// The stand-in gateway of `name` has started at least once.
+fn gateway_ran(w: &World, name: &str) -> bool {
+    !w.standin_records(name).is_empty()
+}
+
+#[test]
+fn publish_then_remove_300_rounds_never_strands_a_slot() {
+    const ROUNDS: usize = 300;
+    let mut w = World::without_svscan();
+    // Room for 300 victims, 300 newcomers and the root, loggers counted.
+    let limit = if s6_version() >= (2, 12) { ["-C", "2000"] } else { ["-c", "1000"] };
+    w.start_svscan_with(&limit);
+    let victim = |i: usize| format!("v{i:03}");
+    let fresh = |i: usize| format!("p{i:03}");
+    for i in 0..ROUNDS {
+        w.profile(&victim(i));
+    }
+    let mut d = Daemon::start(
+        &w,
+        &[("HERMES_RECONCILER_REMOVE_GRACE_MS", "0"), ("HERMES_RECONCILER_MAX_PROFILES", "700")],
+    );
+    let r = poll(Duration::from_secs(60), || {
+        let missing = (0..ROUNDS).filter(|i| !w.slot(&victim(*i)).exists()).count();
+        if missing == 0 { Ok(()) } else { Err(format!("{missing} victim slots missing")) }
+    });
+    must(&d, "victim slots created", r);
+    for i in 0..ROUNDS {
+        // Publish a profile, and remove another one immediately after.
+        rename_in_profile(&w, &fresh(i), Some("running"));
+        fs::remove_dir_all(w.profile_dir(&victim(i))).unwrap();
+    }
+    let r = poll(Duration::from_secs(120), || {
+        let slots = gateway_slots(&w.scandir);
+        let stranded: Vec<String> =
+            (0..ROUNDS).map(victim).filter(|v| slots.contains(&slot_name(v))).collect();
+        if !stranded.is_empty() {
+            return Err(format!(
+                "{} removed profiles still have a slot, e.g. {}",
+                stranded.len(),
+                stranded[0]
+            ));
+        }
+        let mut not_running = Vec::new();
+        for i in 0..ROUNDS {
+            let n = fresh(i);
+            match svstat(&w.slot(&n)) {
+                Ok(st) if st.up && gateway_ran(&w, &n) => {}
+                Ok(st) => not_running.push(format!("{n}: {st:?}")),
+                Err(e) => not_running.push(format!("{n}: {e}")),
+            }
+        }
+        if !not_running.is_empty() {
+            return Err(format!(
+                "{} published gateways not running, e.g. {}",
+                not_running.len(),
+                not_running[0]
+            ));
+        }
+        let sup = supervisors(&w);
+        let left: Vec<&String> = sup.keys().filter(|s| s.contains("-v")).collect();
+        if !left.is_empty() {
+            return Err(format!("supervisors left for removed profiles: {left:?}"));
+        }
+        one_supervisor_each(&w)
+    });
+    must(&d, "every published gateway runs, every removed supervisor is gone", r);
+    let r = poll(WAIT, || {
+        let hidden: Vec<String> =
+            entries(&w.scandir).into_iter().filter(|e| e.starts_with(".gateway-")).collect();
+        if hidden.is_empty() { Ok(()) } else { Err(format!("hidden leftovers: {hidden:?}")) }
+    });
+    must(&d, "no hidden leftovers", r);
+    d.stop();
+}
+
+#[test]
+fn dangling_symlink_is_reported_and_the_slot_supervised_once_it_is_gone() {
+    let w = World::new();
+    let link = w.scandir.join("broken-service");
+    std::os::unix::fs::symlink(w.root.join("nowhere"), &link).unwrap();
+    let mut d = Daemon::start(&w, &[("HERMES_RECONCILER_RESYNC_SECS", "1")]);
+    rename_in_profile(&w, "late", Some("running"));
+    let r = poll(WAIT, || {
+        let named = d.log_lines_with(&["broken-service", "dangling symlink"]);
+        if named.is_empty() { Err("the daemon has not named the symlink".into()) } else { Ok(()) }
+    });
+    must(&d, "daemon names the dangling symlink", r);
+    let status = w.run(&["status", "--json"]);
+    status.assert_code(0);
+    let report = status.json()["scandir"].to_string();
+    assert!(report.contains("broken-service"), "status does not name the symlink: {report}");
+    fs::remove_file(&link).unwrap();
+    let r = poll(Duration::from_secs(60), || {
+        let st = svstat(&w.slot("late"))?;
+        if st.up { Ok(()) } else { Err(format!("late not up: {st:?}")) }
+    });
+    must(&d, "slot supervised and up once the symlink is gone", r);
+    d.stop();
+}
+
+#[test]
+fn small_service_limit_keeps_s6_starting_and_pruning() {
+    let mut w = World::without_svscan();
+    // 40 services with loggers counted separately: `-C 40` on s6 >= 2.12, `-c 20` (pairs) on 2.11.
+    let limit = if s6_version() >= (2, 12) { ["-C", "40"] } else { ["-c", "20"] };
+    w.start_svscan_with(&limit);
+    for i in 0..30 {
+        let p = w.profile(&format!("c{i:02}"));
+        p.desired("running");
+    }
+    let mut d = Daemon::start(&w, &[("HERMES_RECONCILER_REMOVE_GRACE_MS", "0")]);
+    // (40 - 1 for the kick entry) / 2 = 19 slots: the root and the first 18 names.
+    let admitted = |from: usize| -> BTreeSet<String> {
+        let mut s: BTreeSet<String> =
+            (from..30).map(|i| format!("c{i:02}")).take(18).map(|n| slot_name(&n)).collect();
+        s.insert(slot_name("default"));
+        s
+    };
+    let scandir = w.scandir.clone();
+    let check = |want: BTreeSet<String>| {
+        let scandir = scandir.clone();
+        move || -> Result<(), String> {
+            let w = (&scandir,);
+            let slots = gateway_slots(w.0);
+            if slots != want {
+                return Err(format!("slots {slots:?}, want {want:?}"));
+            }
+            for s in &want {
+                let st = svstat(&w.0.join(s))?;
+                if s != &slot_name("default") && !st.up {
+                    return Err(format!("{s} not up: {st:?}"));
+                }
+            }
+            Ok(())
+        }
+    };
+    must(&d, "first 18 named slots up", poll(WAIT, check(admitted(0))));
+    let over = d.log_lines_with(&["c29", "not given a slot"]);
+    assert!(!over.is_empty(), "c29 not reported as over the cap\n{}", d.stderr());
+    let log = w.boot_log();
+    assert!(log.contains("profile=c29 prior_state=running action=skipped"), "{log}");
+    assert!(log.contains("reason=capacity"), "{log}");
+    // Adding more profiles changes nothing for s6, which keeps starting and pruning: removing
+    // the first two names frees room for the next two.
+    w.profile("c99").desired("running");
+    fs::remove_dir_all(w.profile_dir("c00")).unwrap();
+    fs::remove_dir_all(w.profile_dir("c01")).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    must(&d, "pruned and replaced within the limit", poll(Duration::from_secs(60), check(admitted(2))));
+    let r = poll(WAIT, || {
+        let (main, log) = supervisors_of(&w, &slot_name("c00"));
+        if main + log == 0 { Ok(()) } else { Err(format!("c00 still has {main}+{log} supervisors")) }
+    });
+    must(&d, "removed slot pruned by s6", r);
+    d.stop();
+}
+
+#[test]
+fn status_decoder_reads_this_generation_of_s6() {
+    let w = World::new();
+    w.profile("up").desired("running");
+    w.profile("down").desired("stopped");
+    w.once();
+    let want_size = if s6_version() >= (2, 13) && s6_version() < (2, 14) { 43 } else { 35 };
+    for name in ["up", "down", "default"] {
+        let dir = w.slot(name);
+        let r = poll(WAIT, || {
+            let st = svstat(&dir)?;
+            let ours = hermes_reconciler::s6::read_status(&dir)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no status file".to_string())?;
+            let normally_up = hermes_reconciler::s6::status::normally_up(&dir).map_err(|e| e.to_string())?;
+            let line = ours.svstat_line(normally_up);
+            let theirs = format!(
+                "{} {} {} {} {} {}",
+                st.up,
+                st.wanted_up,
+                st.normally_up,
+                st.ready,
+                st.pid.unwrap_or(-1),
+                st.exitcode
+            );
+            if line.trim() != theirs {
+                return Err(format!("decoder says {line:?}, s6-svstat says {theirs:?}"));
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            panic!("{name}: {e}");
+        }
+        let size = fs::metadata(dir.join("supervise/status")).unwrap().len();
+        assert_eq!(size, want_size, "{name}: status file size on s6 {:?}", s6_version());
+    }
+}
