@@ -71,11 +71,14 @@ fn hand_made_slot_is_supervised_and_namespace_kill_leaves_nothing() {
         "svstat pid is the stand-in's namespace pid"
     );
 
-    // Parked: a stand-in exiting with a code is restarted unless finish says 125.
+    // Parked: a stand-in exiting 0 is not restarted when finish says 125. The exit file is
+    // written while the service is down, so the stand-in cannot race past it.
     write_exec(&slot.join("finish"), "#!/bin/sh\n[ \"$1\" = 0 ] && exit 125\nexit 0\n");
+    s6_command("s6-svc").arg("-d").arg(&slot).status().unwrap();
+    wait_until("stand-in down", WAIT, || svstat(&slot).map(|s| !s.up && !s.wanted_up).unwrap_or(false));
     w.standin_exit("hand", 0);
-    s6_command("s6-svc").arg("-t").arg(&slot).status().unwrap();
-    wait_until("stand-in restarted once then parked", WAIT, || {
+    s6_command("s6-svc").arg("-u").arg(&slot).status().unwrap();
+    wait_until("stand-in started again, exited 0 and parked", WAIT, || {
         w.standin_records("hand").len() == 2 && slot_matches(&slot, Want::Parked).is_ok()
     });
 
