@@ -16,8 +16,11 @@ fn converge(w: &World, d: &Daemon, pairs: &[(&str, Want)]) {
     must(d, "convergence", wait_slots(&w.scandir, &wants(pairs)));
 }
 
-/// What `status` must leave as it is: scandir entries, slot files, ports, boot log.
-fn untouched(w: &World) -> (Vec<String>, BTreeMap<String, BTreeMap<PathBuf, FileId>>, String, String) {
+/// Scandir entries, files of every slot, ports file, boot log.
+type Untouched = (Vec<String>, BTreeMap<String, BTreeMap<PathBuf, FileId>>, String, String);
+
+/// What `status` must leave as it is.
+fn untouched(w: &World) -> Untouched {
     let names: Vec<String> = entries(&w.scandir).into_iter().collect();
     let slots = gateway_slots(&w.scandir)
         .into_iter()
@@ -108,16 +111,13 @@ fn status_json_agrees_with_s6_with_and_without_the_daemon() {
         svstat(&w.slot("down1")).is_ok_and(|s| s.up) && svstat(&w.slot("up1")).is_ok_and(|s| !s.up)
     });
     let before = untouched(&w);
-    match c.ok(status_agrees(&w, &all).map_err(|e| format!("after changes: {e}"))) {
-        Some(rows) => {
-            let r = &rows["stopped1"];
-            c.eq("stopped1 (profile deleted): profile_present", r["profile_present"].clone(), json!(false));
-            c.eq("stopped1 (profile deleted): slot_present", r["slot_present"].clone(), json!(true));
-            c.eq("stopped1 (profile deleted): intent", r["intent"].clone(), Value::Null);
-            c.eq("down1: wanted_up after s6-svc -u", rows["down1"]["wanted_up"].clone(), json!(true));
-            c.eq("up1: wanted_up after s6-svc -d", rows["up1"]["wanted_up"].clone(), json!(false));
-        }
-        None => {}
+    if let Some(rows) = c.ok(status_agrees(&w, &all).map_err(|e| format!("after changes: {e}"))) {
+        let r = &rows["stopped1"];
+        c.eq("stopped1 (profile deleted): profile_present", r["profile_present"].clone(), json!(false));
+        c.eq("stopped1 (profile deleted): slot_present", r["slot_present"].clone(), json!(true));
+        c.eq("stopped1 (profile deleted): intent", r["intent"].clone(), Value::Null);
+        c.eq("down1: wanted_up after s6-svc -u", rows["down1"]["wanted_up"].clone(), json!(true));
+        c.eq("up1: wanted_up after s6-svc -d", rows["up1"]["wanted_up"].clone(), json!(false));
     }
     // The table form works too and names every profile.
     let table = w.run(&["status"]);
