@@ -9,7 +9,6 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 fn write_exec(p: &Path, s: &str) {
     fs::write(p, s).unwrap();
