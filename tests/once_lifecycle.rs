@@ -260,3 +260,21 @@ fn only_the_recreated_slot_sweeps_pid_files() {
     }
     c.finish();
 }
+
+#[test]
+fn a_pid_file_that_cannot_be_swept_is_reported_and_the_slot_still_created() {
+    let w = World::new();
+    let odd = w.profile("odd").desired("running");
+    w.profile("plain").desired("running");
+    // A hostile or confused agent left a directory where the pid file goes.
+    std::fs::create_dir(odd.dir.join("gateway.pid")).unwrap();
+    std::fs::write(odd.dir.join("gateway.pid/keep"), "data").unwrap();
+    let out = w.once();
+    let mut c = Checks::new();
+    c.ok(wait_slots(&w.scandir, &wants(&[("default", Want::Down), ("odd", Want::Up), ("plain", Want::Up)])));
+    let warned = out.warnings_with(&["gateway.pid"]);
+    c.eq("warnings naming odd's gateway.pid", warned.len(), 1);
+    c.check(warned.iter().all(|l| l.contains("profiles/odd/gateway.pid")), format!("{warned:?}"));
+    c.check(odd.dir.join("gateway.pid/keep").exists(), "the directory's content was touched");
+    c.finish();
+}

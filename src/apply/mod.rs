@@ -63,10 +63,20 @@ impl Applier {
     fn run_step(&self, step: &Step, out: &mut Outcome) -> Result<(), String> {
         match step {
             Step::SweepPidFiles { dir } => {
+                // A leftover that cannot be removed safely (a directory of that name, the
+                // profile swapped for a symlink since it was read) is reported and left: the
+                // gateway runs as an unprivileged user and cannot misuse it beyond its rights,
+                // and one odd file must not keep the profile from getting its slot.
                 let rel = self.home.relative(dir).map_err(|e| e.to_string())?;
                 for f in ["gateway.pid", "processes.json"] {
-                    if self.home.unlink(rel, f).map_err(|e| e.to_string())? {
-                        tracing::info!(file = %dir.join(f).display(), "removed a leftover of the previous container");
+                    match self.home.unlink(rel, f) {
+                        Ok(true) => {
+                            tracing::info!(file = %dir.join(f).display(), "removed a leftover of the previous container")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            out.warnings.push(format!("leftover of the previous container not removed: {e}"))
+                        }
                     }
                 }
                 Ok(())
