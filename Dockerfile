@@ -23,8 +23,9 @@ ARG DEBIAN_IMAGE=debian:bookworm-slim
 # ---------------------------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
+# The whole crate (.dockerignore leaves out target/ and .git/): Cargo checks the paths of every
+# target the manifest declares (tests, benches) even when it only builds the binary.
+COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
