@@ -65,11 +65,23 @@ fn profiles_that_appear_get_slots() {
     fs::write(gamma.join("SOUL.md"), "# soul\n").unwrap();
     converge(&w, &d, &[("alpha", Want::Up), ("beta", Want::Down), ("gamma", Want::Up)]);
 
+    // A profile restored elsewhere and linked in: a symlink to a directory counts.
+    let restored = w.root.join("restored-delta");
+    fs::create_dir(&restored).unwrap();
+    fs::write(restored.join("SOUL.md"), "# soul\n").unwrap();
+    set_desired(&restored, "running");
+    std::os::unix::fs::symlink(&restored, w.home.join("profiles/delta")).unwrap();
+    converge(&w, &d, &[("delta", Want::Up)]);
+
     let mut c = Checks::new();
-    c.eq("gateway slots", gateway_slots(&w.scandir), slot_set(["alpha", "beta", "default", "gamma"]));
-    for n in ["alpha", "gamma"] {
+    c.eq(
+        "gateway slots",
+        gateway_slots(&w.scandir),
+        slot_set(["alpha", "beta", "default", "delta", "gamma"]),
+    );
+    for n in ["alpha", "gamma", "delta"] {
+        c.ok(starts(&w, n, 1));
         let recs = w.standin_records(n);
-        c.eq(&format!("{n}: stand-in starts"), recs.len(), 1);
         if let Some(r) = recs.first() {
             c.eq(
                 &format!("{n}: argv"),
@@ -78,7 +90,7 @@ fn profiles_that_appear_get_slots() {
             );
         }
     }
-    c.eq("beta: stand-in starts", w.standin_records("beta").len(), 0);
+    c.ok(starts(&w, "beta", 0).map_err(|e| format!("beta: stand-in starts: {e}")));
     c.ok(one_supervisor_each(&w));
     match w.boot_lines() {
         Ok(lines) => {
@@ -97,12 +109,23 @@ fn profiles_that_appear_get_slots() {
 #[test]
 fn rm_rf_and_rename_remove_exactly_their_slots() {
     let w = World::new();
-    for n in ["aa", "bb", "keep"] {
+    for n in ["aa", "bb", "keep", "marker", "tomb"] {
         w.profile(n).desired("running");
     }
     w.profile("idle");
     let d = Daemon::start(&w, &[("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS)]);
-    converge(&w, &d, &[("aa", Want::Up), ("bb", Want::Up), ("keep", Want::Up), ("idle", Want::Down)]);
+    converge(
+        &w,
+        &d,
+        &[
+            ("aa", Want::Up),
+            ("bb", Want::Up),
+            ("keep", Want::Up),
+            ("marker", Want::Up),
+            ("tomb", Want::Up),
+            ("idle", Want::Down),
+        ],
+    );
     let untouched = ["default", "keep", "idle"];
     let before: Vec<_> = untouched
         .iter()
@@ -124,8 +147,20 @@ fn rm_rf_and_rename_remove_exactly_their_slots() {
     slot_fully_gone(&w, &d, "bb");
     converge(&w, &d, &[("cc", Want::Up), ("keep", Want::Up), ("idle", Want::Down)]);
 
+    // SOUL.md removed (the directory stays): the profile is gone.
+    fs::remove_file(w.profile_dir("marker").join("SOUL.md")).unwrap();
+    slot_fully_gone(&w, &d, "marker");
+
+    // A tombstone written (`profiles/.deleted` did not exist yet): the profile is gone...
+    fs::create_dir(w.home.join("profiles/.deleted")).unwrap();
+    fs::write(w.home.join("profiles/.deleted/tomb"), "").unwrap();
+    slot_fully_gone(&w, &d, "tomb");
+    // ...until the tombstone is taken away again.
+    fs::remove_file(w.home.join("profiles/.deleted/tomb")).unwrap();
+    converge(&w, &d, &[("tomb", Want::Up)]);
+
     let mut c = Checks::new();
-    c.eq("gateway slots", gateway_slots(&w.scandir), slot_set(["cc", "default", "idle", "keep"]));
+    c.eq("gateway slots", gateway_slots(&w.scandir), slot_set(["cc", "default", "idle", "keep", "tomb"]));
     let after: Vec<_> = untouched
         .iter()
         .map(|p| {
@@ -139,15 +174,16 @@ fn rm_rf_and_rename_remove_exactly_their_slots() {
     for (i, p) in untouched.iter().enumerate() {
         c.check(before[i] == after[i], format!("{p}: slot files or pids changed"));
     }
-    c.eq("keep: stand-in starts", w.standin_records("keep").len(), 1);
-    c.eq("cc: stand-in starts", w.standin_records("cc").len(), 1);
+    c.ok(starts(&w, "keep", 1).map_err(|e| format!("keep: stand-in starts: {e}")));
+    c.ok(starts(&w, "cc", 1).map_err(|e| format!("cc: stand-in starts: {e}")));
+    c.ok(starts(&w, "tomb", 2).map_err(|e| format!("tomb: stand-in starts (removed, then back): {e}")));
     c.ok(one_supervisor_each(&w));
     let hidden: Vec<String> =
         entries(&w.scandir).into_iter().filter(|e| e.starts_with(".gateway-")).collect();
     c.eq("hidden leftovers", hidden, Vec::<String>::new());
     match w.boot_lines() {
         Ok(lines) => {
-            for p in ["aa", "bb"] {
+            for p in ["aa", "bb", "marker", "tomb"] {
                 c.check(
                     lines.iter().any(|l| l.profile == p && l.action == "unregistered"),
                     format!("{p}: no unregistered line in container-boot.log"),
@@ -200,8 +236,8 @@ fn home_created_after_the_daemon_started() {
     w.profile("second");
     converge(&w, &d, &[("default", Want::Up), ("first", Want::Up), ("second", Want::Down)]);
     let mut c = Checks::new();
-    c.eq("default: stand-in starts", w.standin_records("default").len(), 1);
-    c.eq("first: stand-in starts", w.standin_records("first").len(), 1);
+    c.ok(starts(&w, "default", 1).map_err(|e| format!("default: stand-in starts: {e}")));
+    c.ok(starts(&w, "first", 1).map_err(|e| format!("first: stand-in starts: {e}")));
     c.ok(one_supervisor_each(&w));
     c.finish();
 }
@@ -230,7 +266,33 @@ fn svscan_started_two_seconds_after_the_daemon() {
         format!("no 'waiting for s6-svscan' report:\n{}", d.stderr()),
     );
     c.ok(d.readiness_is_one_newline());
-    c.eq("early: stand-in starts", w.standin_records("early").len(), 1);
+    c.ok(starts(&w, "early", 1).map_err(|e| format!("early: stand-in starts: {e}")));
+    c.ok(one_supervisor_each(&w));
+    c.finish();
+}
+
+#[test]
+fn changes_made_while_the_daemon_was_down_converge_when_it_starts() {
+    let w = World::new();
+    w.profile("stays").desired("running");
+    w.profile("goes").desired("running");
+    let later = w.profile("later");
+    let mut d = Daemon::start(&w, &[("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS)]);
+    converge(&w, &d, &[("stays", Want::Up), ("goes", Want::Up), ("later", Want::Down)]);
+    let stays_pid = svstat(&w.slot("stays")).unwrap().pid;
+    d.stop();
+
+    fs::remove_dir_all(w.profile_dir("goes")).unwrap();
+    set_desired(&later.dir, "running");
+    w.profile("newcomer").desired("running");
+
+    let d = Daemon::start(&w, &[("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS)]);
+    converge(&w, &d, &[("stays", Want::Up), ("later", Want::Up), ("newcomer", Want::Up)]);
+    slot_fully_gone(&w, &d, "goes");
+    let mut c = Checks::new();
+    c.eq("stays: pid", svstat(&w.slot("stays")).unwrap().pid, stays_pid);
+    c.ok(starts(&w, "stays", 1).map_err(|e| format!("stays: stand-in starts: {e}")));
+    c.eq("gateway slots", gateway_slots(&w.scandir), slot_set(["default", "later", "newcomer", "stays"]));
     c.ok(one_supervisor_each(&w));
     c.finish();
 }

@@ -492,3 +492,14 @@ pub fn status_agrees(w: &World, profiles: &[&str]) -> Result<BTreeMap<String, se
         Ok(rows)
     })
 }
+
+/// Waits (bounded) until the stand-in of `profile` has recorded `n` starts (s6 reports a
+/// service up when its run script starts, a moment before the stand-in writes its record);
+/// `Err` if it recorded fewer, or more.
+pub fn starts(w: &World, profile: &str, n: usize) -> Result<(), String> {
+    let got = poll(WAIT, || {
+        let k = w.standin_records(profile).len();
+        if k >= n { Ok(k) } else { Err(format!("{profile}: {k} stand-in start(s), want {n}")) }
+    })?;
+    if got == n { Ok(()) } else { Err(format!("{profile}: {got} stand-in starts, want {n}")) }
+}
