@@ -39,6 +39,15 @@ fn flapping_marker_and_replaced_state_file_never_restart_the_gateway() {
         std::thread::sleep(Duration::from_millis(30));
         c.eq("steady pid while SOUL.md flaps", up_pid(&w, "steady"), Some(pid));
     }
+    // A rename round-trip through a dot name (ignored by discovery), five times.
+    let aside = w.home.join("profiles/.steady.moving");
+    for _ in 0..5 {
+        fs::rename(&steady.dir, &aside).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        fs::rename(&aside, &steady.dir).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        c.eq("steady pid while the profile is renamed back and forth", up_pid(&w, "steady"), Some(pid));
+    }
     // gateway_state.json replaced by rename 100 times; desired_state stays `running`, the
     // gateway's own report (gateway_state) changes.
     let reports = ["running", "draining", "degraded", "starting", "stopped", "startup_failed"];
@@ -159,5 +168,52 @@ fn exit_78_stays_down_across_relists_and_a_restart_until_desired_state_changes()
     converge(&w, &d, &[("fatal", Want::Up)]);
     c.ok(starts(&w, "fatal", 2).map_err(|e| format!("fatal stand-in starts at the end: {e}")));
     c.ok(one_supervisor_each(&w));
+    c.finish();
+}
+
+#[test]
+fn multiplexing_never_starts_named_slots_but_applies_stops() {
+    let w = World::new();
+    set_desired(&w.home, "running");
+    let m1 = w.profile("m1").desired("running");
+    w.profile("m2");
+    let d = Daemon::start(&w, &[("GATEWAY_MULTIPLEX_PROFILES", "yes")]);
+    converge(&w, &d, &[("default", Want::Up), ("m1", Want::Down), ("m2", Want::Down)]);
+
+    // A new `running` intent is not applied to a named slot...
+    let m2 = w.profile_dir("m2");
+    set_desired(&m2, "running");
+    relist_barrier(&w, &d, "m1");
+    converge(&w, &d, &[("m1", Want::Down), ("m2", Want::Down)]);
+    // ...but a slot brought up by hand is brought down by a new `stopped` intent.
+    let st = std::process::Command::new("s6-svc")
+        .arg("-u")
+        .arg(w.slot("m1"))
+        .env_clear()
+        .env("PATH", PATH)
+        .status()
+        .expect("spawn s6-svc");
+    assert!(st.success());
+    wait_until("m1 up by hand", WAIT, || svstat(&w.slot("m1")).is_ok_and(|s| s.up));
+    set_desired(&m1.dir, "stopped");
+    converge(&w, &d, &[("m1", Want::Down)]);
+    let mut c = Checks::new();
+    c.ok(starts(&w, "m2", 0));
+    c.ok(starts(&w, "default", 1));
+    match w.boot_lines() {
+        Ok(lines) => {
+            c.check(
+                lines.iter().any(|l| {
+                    l.profile == "m2" && l.action == "skipped" && l.get("reason") == Some("multiplexed")
+                }),
+                format!("no `skipped reason=multiplexed` line for m2: {lines:?}"),
+            );
+            c.check(
+                lines.iter().any(|l| l.profile == "m1" && l.action == "stopped"),
+                "no `stopped` line for m1",
+            );
+        }
+        Err(e) => c.check(false, e),
+    }
     c.finish();
 }

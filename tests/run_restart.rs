@@ -150,3 +150,66 @@ fn sigterm_while_waiting_for_s6_exits_zero() {
     assert!(d.readiness().bytes.is_empty(), "readiness signalled without s6: {:?}", d.readiness());
     assert!(entries(&w.scandir).is_empty(), "scandir changed without s6: {:?}", entries(&w.scandir));
 }
+
+/// The container's order (SPEC §10): `once` in cont-init, then the daemon adopts those slots
+/// without redoing anything.
+#[test]
+fn run_after_once_adopts_without_redoing() {
+    let w = World::new();
+    set_desired(&w.home, "running");
+    w.profile("a1").desired("running");
+    w.profile("a2");
+    w.once();
+    let all = ["default", "a1", "a2"];
+    must_ok(wait_slots(&w.scandir, &wants(&[("default", Want::Up), ("a1", Want::Up), ("a2", Want::Down)])));
+    let before = fleet(&w, &all);
+    let files: Vec<_> = all.iter().map(|p| slot_snapshot(&w.slot(p))).collect();
+    let log = w.boot_log();
+
+    let d = Daemon::start(&w, &[]);
+    let mut c = Checks::new();
+    c.eq("gateways after the daemon's boot pass", fleet(&w, &all), before);
+    let after: Vec<_> = all.iter().map(|p| slot_snapshot(&w.slot(p))).collect();
+    c.check(after == files, "the daemon rewrote slot files that `once` had written");
+    c.eq("container-boot.log", w.boot_log(), log);
+    c.ok(one_supervisor_each(&w));
+    c.ok(starts(&w, "a1", 1));
+    drop(d);
+    c.finish();
+}
+
+fn must_ok(r: Result<(), String>) {
+    r.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Voluntary context switches of every thread of `pid`.
+fn wakeups(pid: i32) -> u64 {
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("daemon tasks").flatten() {
+        let s = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        n += s
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    n
+}
+
+/// Between events and re-lists the daemon sleeps: no busy polling, and its own writes (ports
+/// file, boot log, status file) and reads do not wake it up again. Counted in wake-ups over
+/// two idle seconds (a 2 ms poll loop would make about a thousand), not in time.
+#[test]
+fn idle_daemon_sleeps() {
+    let w = World::new();
+    w.profile("i1").desired("running");
+    w.profile("i2");
+    let d = Daemon::start(&w, &[]);
+    must(&d, "convergence", wait_slots(&w.scandir, &wants(&[("i1", Want::Up), ("i2", Want::Down)])));
+    // Let the events of the boot pass's own writes drain.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = wakeups(d.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = wakeups(d.pid()) - before;
+    assert!(woke < 40, "the idle daemon woke up {woke} times in 2 s\nstderr:\n{}", d.stderr());
+}

@@ -129,3 +129,56 @@ fn status_json_agrees_with_s6_with_and_without_the_daemon() {
     c.ok(starts(&w, "up1", 1).map_err(|e| format!("up1: stand-in starts: {e}")));
     c.finish();
 }
+
+/// The capacity guard (SPEC §6.6) under the daemon: a profile over the cap is reported as
+/// skipped in `status`, and gets its slot once a re-list finds room.
+#[test]
+fn status_reports_capacity_skips_until_there_is_room() {
+    let w = World::new();
+    for n in ["c1", "c2", "c3"] {
+        w.profile(n).desired("running");
+    }
+    let d = Daemon::start(
+        &w,
+        &[
+            ("HERMES_RECONCILER_MAX_PROFILES", "2"),
+            ("HERMES_RECONCILER_RESYNC_SECS", "2"),
+            ("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS),
+        ],
+    );
+    converge(&w, &d, &[("c1", Want::Up), ("c2", Want::Up), ("c3", Want::Absent)]);
+    let mut c = Checks::new();
+    if let Some(rows) = c.ok(status_agrees(&w, &["c1", "c2", "c3", "default"])) {
+        c.eq("c3: skipped", rows["c3"]["skipped"].clone(), json!("capacity"));
+        c.eq("c3: slot_present", rows["c3"]["slot_present"].clone(), json!(false));
+        c.eq("c3: profile_present", rows["c3"]["profile_present"].clone(), json!(true));
+        c.eq("c1: skipped", rows["c1"]["skipped"].clone(), Value::Null);
+    }
+    c.check(
+        !d.log_lines_with(&["WARN", "c3", "HERMES_RECONCILER_MAX_PROFILES"]).is_empty(),
+        "no capacity warning naming c3",
+    );
+
+    std::fs::remove_dir_all(w.profile_dir("c1")).unwrap();
+    converge(&w, &d, &[("c1", Want::Absent), ("c2", Want::Up), ("c3", Want::Up)]);
+    if let Some(rows) = c.ok(status_agrees(&w, &["c2", "c3", "default"])) {
+        c.eq("c3: skipped once it has a slot", rows["c3"]["skipped"].clone(), Value::Null);
+    }
+    c.ok(starts(&w, "c3", 1));
+    match w.boot_lines() {
+        Ok(lines) => {
+            let c3: Vec<(String, Option<String>)> = lines
+                .iter()
+                .filter(|l| l.profile == "c3")
+                .map(|l| (l.action.clone(), l.get("reason").map(str::to_owned)))
+                .collect();
+            c.eq(
+                "c3: log lines (one skip while it lasts, then the start)",
+                c3,
+                vec![("skipped".into(), Some("capacity".into())), ("started".into(), None)],
+            );
+        }
+        Err(e) => c.check(false, e),
+    }
+    c.finish();
+}
