@@ -261,3 +261,36 @@ fn inotify_overflow_triggers_a_full_relist() {
     c.ok(one_supervisor_each(&w));
     c.finish();
 }
+
+/// A removal interrupted between hiding the slot and asking s6-svscan to prune (the daemon
+/// SIGKILLed or OOM-killed right after its rename): a daemon-named hidden directory
+/// `.gateway-<name>.rm-<8 hex>` whose supervisor and gateway still run, because s6-svscan only
+/// stops services that left the scan when told to prune. SPEC §6.2 ("leftover staging folders
+/// from an interrupted run are repaired by the next pass") and §7.3 (hide, prune, wait,
+/// delete): the next passes must finish that removal.
+#[test]
+fn interrupted_removal_with_a_live_supervisor_is_finished() {
+    let w = World::new();
+    w.profile("kept").desired("running");
+    hand_made_service(&w, "gateway-ghost", true);
+    let hidden = w.scandir.join(".gateway-ghost.rm-0000abcd");
+    fs::rename(w.scandir.join("gateway-ghost"), &hidden).unwrap();
+    svscanctl(&w, "-a");
+    assert!(svok(&hidden), "the hidden slot's supervisor should still run before the daemon starts");
+
+    let d = Daemon::start(
+        &w,
+        &[("HERMES_RECONCILER_RESYNC_SECS", "1"), ("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS)],
+    );
+    converge(&w, &d, &[("kept", Want::Up)]);
+    let r = poll(WAIT, || {
+        let sup = supervisors_of(&w, "gateway-ghost");
+        let left = hidden.exists();
+        if !left && sup == (0, 0) {
+            Ok(())
+        } else {
+            Err(format!("{} still exists: {left}; its supervisors (service, log): {sup:?}", hidden.display()))
+        }
+    });
+    must(&d, "interrupted removal finished", r);
+}

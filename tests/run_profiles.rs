@@ -296,3 +296,39 @@ fn changes_made_while_the_daemon_was_down_converge_when_it_starts() {
     c.ok(one_supervisor_each(&w));
     c.finish();
 }
+
+/// Invalid and reserved names appearing under a running daemon: skipped with one warning and
+/// one `skipped` line each, however many re-lists follow; no slot; the others unaffected.
+#[test]
+fn invalid_names_are_skipped_once_under_the_daemon() {
+    let w = World::new();
+    w.profile("fine").desired("running");
+    let d = Daemon::start(&w, &[("HERMES_RECONCILER_RESYNC_SECS", "1")]);
+    converge(&w, &d, &[("fine", Want::Up)]);
+    w.profile("Bad").desired("running");
+    w.profile("default").desired("running");
+    for _ in 0..3 {
+        relist_barrier(&w, &d, "fine");
+    }
+    let mut c = Checks::new();
+    c.eq("gateway slots", gateway_slots(&w.scandir), slot_set(["default", "fine"]));
+    c.ok(slot_matches(&w.slot("default"), Want::Down));
+    c.ok(starts(&w, "fine", 1));
+    c.eq("warnings naming profiles/Bad", d.log_lines_with(&["WARN", "profiles/Bad"]).len(), 1);
+    c.eq("warnings naming profiles/default", d.log_lines_with(&["WARN", "profiles/default"]).len(), 1);
+    match w.boot_lines() {
+        Ok(lines) => {
+            let skips = |p: &str| {
+                lines
+                    .iter()
+                    .filter(|l| l.profile == p && l.action == "skipped")
+                    .map(|l| l.get("reason").map(str::to_owned))
+                    .collect::<Vec<_>>()
+            };
+            c.eq("Bad: skipped lines", skips("Bad"), vec![Some("invalid-name".to_string())]);
+            c.eq("default: skipped lines", skips("default"), vec![Some("reserved-name".to_string())]);
+        }
+        Err(e) => c.check(false, e),
+    }
+    c.finish();
+}
