@@ -332,3 +332,36 @@ fn invalid_names_are_skipped_once_under_the_daemon() {
     }
     c.finish();
 }
+
+#[test]
+fn forty_profiles_created_at_once_all_converge() {
+    let w = World::new();
+    let d = Daemon::start(&w, &[]);
+    let names: Vec<String> = (0..40).map(|i| format!("p{i:02}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let p = w.profile(n);
+        if i % 4 != 3 {
+            set_desired(&p.dir, "running");
+        }
+    }
+    let pairs: Vec<(&str, Want)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), if i % 4 != 3 { Want::Up } else { Want::Down }))
+        .collect();
+    converge(&w, &d, &pairs);
+    let mut c = Checks::new();
+    for (n, want) in &pairs {
+        c.ok(starts(&w, n, usize::from(*want == Want::Up)));
+    }
+    c.ok(one_supervisor_each(&w));
+    let mut ports = std::collections::BTreeSet::new();
+    for n in &names {
+        let run = read(&w.slot(n).join("run"));
+        c.check(
+            port_in_run_script(&run).is_some_and(|p| ports.insert(p)),
+            format!("{n}: missing or shared port"),
+        );
+    }
+    c.finish();
+}

@@ -133,6 +133,9 @@ fn sigterm_and_sigint_exit_zero_and_gateways_keep_running() {
 fn sigterm_while_waiting_for_s6_exits_zero() {
     let w = World::without_svscan();
     let mut d = Daemon::spawn(&w, &[]);
+    // SIGHUP while waiting is harmless (the handler is installed before the wait).
+    std::thread::sleep(Duration::from_millis(200));
+    d.signal(Signal::SIGHUP);
     must(
         &d,
         "waiting report",
@@ -144,6 +147,7 @@ fn sigterm_while_waiting_for_s6_exits_zero() {
             }
         }),
     );
+    assert!(d.try_status().is_none(), "the daemon died waiting for s6 (SIGHUP?)\n{}", d.stderr());
     d.signal(Signal::SIGTERM);
     let status = d.wait_exit(WAIT);
     assert_eq!(status.and_then(|s| s.code()), Some(0), "exit status; stderr:\n{}", d.stderr());
@@ -212,4 +216,67 @@ fn idle_daemon_sleeps() {
     std::thread::sleep(Duration::from_secs(2));
     let woke = wakeups(d.pid()) - before;
     assert!(woke < 40, "the idle daemon woke up {woke} times in 2 s\nstderr:\n{}", d.stderr());
+}
+
+/// A gateway that ignores SIGTERM (stuck in shutdown) is being removed when the daemon is
+/// stopped (s6-rc restarting the longrun, an image update). The daemon says the hidden
+/// directory is "cleared on the next start"; the next daemon must therefore finish that
+/// removal as the first one would have (SIGKILL after its bound, SPEC §7.3: wait for the
+/// service and its logger to be down, then delete), not leave the gateway running forever.
+#[test]
+fn a_removal_abandoned_by_sigterm_is_finished_by_the_next_daemon() {
+    let w = World::new();
+    let stubborn = w.root.join("stubborn-gateway");
+    std::fs::write(&stubborn, format!("#!/bin/sh\ntrap '' TERM\nexec {} \"$@\"\n", w.standin.display()))
+        .unwrap();
+    std::fs::set_permissions(&stubborn, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cmd = stubborn.to_str().unwrap();
+    let env = [
+        ("HERMES_GATEWAY_COMMAND", cmd),
+        ("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS),
+        ("HERMES_RECONCILER_RESYNC_SECS", "1"),
+    ];
+    w.profile("slow").desired("running");
+    w.profile("other").desired("running");
+    let mut d = Daemon::start(&w, &env);
+    must(&d, "convergence", wait_slots(&w.scandir, &wants(&[("slow", Want::Up), ("other", Want::Up)])));
+    must(&d, "slow started", starts(&w, "slow", 1));
+    let gw: i64 = w.standin_records("slow")[0].pid.parse().unwrap();
+
+    std::fs::remove_dir_all(w.profile_dir("slow")).unwrap();
+    let hidden = must(
+        &d,
+        "slow hidden",
+        poll(WAIT, || {
+            entries(&w.scandir)
+                .into_iter()
+                .find(|e| e.starts_with(".gateway-slow.rm-"))
+                .ok_or_else(|| "gateway-slow not hidden yet".to_string())
+        }),
+    );
+    assert!(ns_pid_alive(&w, gw), "the stubborn gateway should still run");
+    d.signal(Signal::SIGTERM);
+    let st = d.wait_exit(WAIT);
+    assert_eq!(st.and_then(|s| s.code()), Some(0), "exit status\n{}", d.stderr());
+    let abandoned = !d.log_lines_with(&["removals in flight"]).is_empty() || w.scandir.join(&hidden).exists();
+
+    let d = Daemon::start(&w, &env);
+    let r = poll(WAIT, || {
+        let sup = supervisors_of(&w, "gateway-slow");
+        let alive = ns_pid_alive(&w, gw);
+        let left = w.scandir.join(&hidden).exists();
+        if sup == (0, 0) && !alive && !left {
+            Ok(())
+        } else {
+            Err(format!(
+                "{hidden} exists: {left}; supervisors (service, log): {sup:?}; gateway alive: {alive}"
+            ))
+        }
+    });
+    let mut c = Checks::new();
+    c.check(abandoned, "the first daemon finished the removal before SIGTERM: nothing was abandoned");
+    c.ok(r.map_err(|e| format!("{e}\nsecond daemon's stderr:\n{}", d.stderr())));
+    c.ok(slot_matches(&w.slot("other"), Want::Up));
+    c.ok(one_supervisor_each(&w));
+    c.finish();
 }
