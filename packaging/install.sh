@@ -54,7 +54,7 @@ svc=$etc/s6-rc.d/hermes-reconciler
 src=$here/s6-rc.d/hermes-reconciler
 install -d -m 0755 "$svc" "$svc/dependencies.d"
 install -m 0644 "$src/type" "$src/notification-fd" "$svc/"
-install -m 0755 "$src/run" "$svc/run"
+install -m 0755 "$src/run" "$src/finish" "$svc/"
 install -m 0644 "$src/dependencies.d/base" "$svc/dependencies.d/base"
 
 install -d -m 0755 "$bundle/contents.d"

@@ -2,9 +2,10 @@
 //! the built binary, `unshare` namespaces standing in for a container, shellcheck and hadolint.
 //!
 //! - The s6-rc longrun `packaging/s6-rc.d/hermes-reconciler`, installed as the plain service
-//!   directory that s6-rc compiles it into (`run`, `type`, `notification-fd`, copied verbatim),
-//!   runs under a real s6-svscan: ready through its notification fd, converging, and stopping
-//!   with exit 0 while the gateways keep running.
+//!   directory that s6-rc compiles it into (`run`, `finish`, `type`, `notification-fd`, copied
+//!   verbatim), runs under a real s6-svscan: ready through its notification fd, converging, and
+//!   stopping with exit 0 while the gateways keep running; with a configuration error it fails
+//!   for good instead of being restarted every second.
 //! - A container's life: a pid + mount namespace with a tmpfs scandir and a persistent
 //!   `HERMES_HOME`, booted like s6-overlay boots (s6-svscan, then the cont-init.d scripts as
 //!   root, then the longrun), changed while it runs, killed and booted again on the same home.
@@ -115,15 +116,23 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 /// Copies the s6-rc source definition of the daemon into `scandir` as s6-rc installs a longrun:
-/// `run`, `type` and `notification-fd`, byte for byte and with their modes.
+/// `run`, `finish`, `type` and `notification-fd`, byte for byte and with their modes, plus the
+/// `down` file with which s6-rc-init installs every longrun (s6-rc then starts it, [`s6_rc_up`]).
 fn install_longrun(scandir: &Path) -> PathBuf {
     let src = packaging().join("s6-rc.d").join(SERVICE);
     let dst = scandir.join(SERVICE);
     fs::create_dir(&dst).unwrap();
-    for f in ["run", "type", "notification-fd"] {
+    for f in ["run", "finish", "type", "notification-fd"] {
         fs::copy(src.join(f), dst.join(f)).unwrap();
     }
+    fs::write(dst.join("down"), "").unwrap();
     dst
+}
+
+/// Starts a longrun the way `s6-rc change` does: `s6-svc -uwU`, which returns once the service
+/// is up and ready (0), or fails at once if it reports a permanent failure (1).
+fn s6_rc_up(dir: &Path) -> Output {
+    run(Command::new("s6-svc").args(["-uwU", "-T", "20000"]).arg(dir))
 }
 
 /// One line of `container-boot.log`.
@@ -360,8 +369,10 @@ fn service_definition_is_an_s6_rc_longrun_with_readiness() {
     assert!(script.contains("\nexec 2>&1\n"), "stderr must reach the log: {script}");
     assert!(script.contains("exec hermes-reconciler run --notify-fd 3\n"), "{script}");
     assert!(script.contains("exec /command/with-contenv hermes-reconciler run --notify-fd 3\n"), "{script}");
-    let mode = fs::metadata(svc.join("run")).unwrap().permissions().mode();
-    assert_eq!(mode & 0o111, 0o111, "run must be executable");
+    for f in ["run", "finish"] {
+        let mode = fs::metadata(svc.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0o111, "{f} must be executable");
+    }
     for entry in fs::read_dir(packaging().join("cont-init.d")).unwrap() {
         let path = entry.unwrap().path();
         let mode = fs::metadata(&path).unwrap().permissions().mode();
@@ -389,12 +400,14 @@ fn longrun_under_s6_svscan_is_ready_converges_and_stops_with_exit_0_leaving_gate
         stdout_log.clone(),
     );
 
-    // Readiness, as s6-rc waits for it.
+    // Started and awaited as s6-rc does it: up and ready.
     ns.wait_for("a supervisor for the daemon", || svstat(&daemon));
-    let status = run(Command::new("s6-svwait").args(["-U", "-t", "20000"]).arg(&daemon));
-    assert!(status.status.success(), "s6-svwait -U: {status:?}\n{}", ns.log_text());
+    let out = s6_rc_up(&daemon);
+    assert!(out.status.success(), "s6-svc -uwU: {out:?}\n{}", ns.log_text());
     let st = svstat(&daemon).unwrap();
     assert!(st.up && st.ready, "{st:?}");
+    let out = run(Command::new("s6-svwait").args(["-U", "-t", "20000"]).arg(&daemon));
+    assert!(out.status.success(), "s6-svwait -U: {out:?}");
 
     // The boot pass converged: alice's gateway runs (as the stand-in recorded it), the root
     // profile (no intent) is registered down.
@@ -433,6 +446,32 @@ fn longrun_under_s6_svscan_is_ready_converges_and_stops_with_exit_0_leaving_gate
     assert!(!stderr_text.contains("ready"), "daemon diagnostics on stderr:\n{stderr_text}");
 }
 
+#[test]
+fn longrun_with_a_configuration_error_fails_for_good_instead_of_restarting() {
+    let w = World::new();
+    let scandir = w.tmp.path().join("service");
+    fs::create_dir(&scandir).unwrap();
+    let daemon = install_longrun(&scandir);
+    let mut ns = Namespace::start(
+        &[OsStr::new("s6-svscan"), scandir.as_os_str()],
+        |cmd| {
+            w.env(cmd, &scandir);
+            cmd.env("HERMES_RECONCILER_RESYNC_SECS", "0"); // invalid: exit 78
+        },
+        w.tmp.path().join("svscan.log"),
+    );
+    ns.wait_for("a supervisor for the daemon", || svstat(&daemon));
+    // s6-rc's wait for the service must end (permanent failure), not last until its timeout.
+    let out = s6_rc_up(&daemon);
+    assert_eq!(out.status.code(), Some(1), "s6-svc -uwU: {out:?}\n{}", ns.log_text());
+    let st = svstat(&daemon).unwrap();
+    assert!(!st.up && !st.wanted_up, "parked, not restarted: {st:?}");
+    assert_eq!(st.exitcode, 78, "{st:?}");
+    let log = ns.log_text();
+    assert!(log.contains("HERMES_RECONCILER_RESYNC_SECS"), "the error names the variable:\n{log}");
+    assert!(log.contains("not restarting it"), "{log}");
+}
+
 /// The Hermes container, modelled: a persistent home, and per boot a fresh pid + mount
 /// namespace whose init mounts a tmpfs on the scandir, starts s6-svscan on it, runs the
 /// cont-init.d scripts in order as root (s6-overlay's legacy-cont-init), then installs and starts
@@ -461,11 +500,21 @@ for script in "$CONT_INIT"/*; do
   "$script" || status=$?
   echo "boot: $script exited $status" >&2
 done
-mkdir "$S6_PROFILE_GATEWAY_SCANDIR/hermes-reconciler"
-for f in run type notification-fd; do
-  cp -p "$SERVICE_SRC/$f" "$S6_PROFILE_GATEWAY_SCANDIR/hermes-reconciler/$f"
+# The longrun as s6-rc-init installs it (down), then started as `s6-rc change` does.
+svc=$S6_PROFILE_GATEWAY_SCANDIR/hermes-reconciler
+mkdir "$svc"
+for f in run finish type notification-fd; do
+  cp -p "$SERVICE_SRC/$f" "$svc/$f"
 done
+: >"$svc/down"
 s6-svscanctl -a "$S6_PROFILE_GATEWAY_SCANDIR"
+tries=0
+until s6-svok "$svc"; do
+  tries=$((tries + 1))
+  if [ "$tries" -ge 2000 ]; then echo "boot: no supervisor for $svc" >&2; exit 1; fi
+  sleep 0.01
+done
+s6-svc -uwU -T 20000 "$svc"
 echo "boot: services started" >&2
 wait
 "#;
@@ -732,7 +781,7 @@ fn install_script_puts_the_service_where_each_s6_overlay_layout_reads_it() {
     assert!(!r.join("etc/s6-overlay/s6-rc.d/user").exists(), "would switch s6-overlay to the old layout");
     let src = packaging().join("s6-rc.d").join(SERVICE);
     let dst = r.join("etc/s6-overlay/s6-rc.d").join(SERVICE);
-    for f in ["run", "type", "notification-fd", "dependencies.d/base"] {
+    for f in ["run", "finish", "type", "notification-fd", "dependencies.d/base"] {
         assert_same_file(&src.join(f), &dst.join(f));
     }
     for entry in fs::read_dir(packaging().join("cont-init.d")).unwrap() {
