@@ -365,3 +365,33 @@ fn forty_profiles_created_at_once_all_converge() {
     }
     c.finish();
 }
+
+/// SPEC §6.3: the watches on `$HERMES_HOME` are re-established when it is removed and
+/// recreated. (The root slot's logger keeps files open under `$HERMES_HOME/logs/`, which pins
+/// the deleted directory: the kernel then sends no IN_DELETE_SELF for it, only the parent sees
+/// the deletion.) No periodic re-list within the test: only the watches can make it converge.
+#[test]
+fn home_deleted_and_recreated_under_the_daemon() {
+    let w = World::new();
+    w.profile("before").desired("running");
+    let d = Daemon::start(
+        &w,
+        &[("HERMES_RECONCILER_RESYNC_SECS", "3600"), ("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS)],
+    );
+    converge(&w, &d, &[("default", Want::Down), ("before", Want::Up)]);
+
+    // Loggers write under the home while it is deleted: retry until it is gone.
+    wait_until("the home deleted", WAIT, || fs::remove_dir_all(&w.home).is_ok() || !w.home.exists());
+    slot_fully_gone(&w, &d, "before");
+    // The root slot stays (the root profile always exists), and loggers may recreate parts of
+    // the home: create what is missing.
+    fs::create_dir_all(w.home.join(".standin")).unwrap();
+    set_desired(&w.home, "running");
+    w.profile("after").desired("running");
+    converge(&w, &d, &[("default", Want::Up), ("after", Want::Up)]);
+    let mut c = Checks::new();
+    c.eq("gateway slots", gateway_slots(&w.scandir), slot_set(["after", "default"]));
+    c.ok(starts(&w, "after", 1));
+    c.ok(one_supervisor_each(&w));
+    c.finish();
+}
