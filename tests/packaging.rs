@@ -9,7 +9,8 @@
 //! - A container's life: a pid + mount namespace with a tmpfs scandir and a persistent
 //!   `HERMES_HOME`, booted like s6-overlay boots (s6-svscan, then the cont-init.d scripts as
 //!   root, then the longrun), changed while it runs, killed and booted again on the same home.
-//! - `packaging/install.sh` against image root filesystems of both s6-overlay layouts.
+//! - `packaging/install.sh` against image root filesystems of both s6-overlay layouts, and the
+//!   cont-init.d prepare script against a scandir with leftovers of every kind.
 //! - `scripts/lint.sh` passes on the repository and fails on each kind of finding.
 //!
 //! The `hermes-reconciler` that the shipped scripts run is found on PATH, as in the image: each
