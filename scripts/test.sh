@@ -14,13 +14,16 @@ matrix=${S6_MATRIX:-all}
 scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+scripts/lint.sh
 
 if [[ $matrix == all || $matrix == host ]]; then
+  # shellcheck disable=SC2016 # ${Version} is dpkg-query's format, not a shell variable
   echo "== unit and integration tests, host s6 ($(dpkg-query -W -f '${Version}' s6))"
   cargo test --locked 2>&1
 fi
 if [[ $matrix == all || $matrix == 2.13 ]]; then
   root=$(scripts/s6-trixie-root.sh)
+  # shellcheck disable=SC2016 # ${Version} is dpkg-query's format, not a shell variable
   echo "== integration tests, s6 $(chroot "$root" dpkg-query -W -f '${Version}' s6) from $root"
   HERMES_TEST_S6_ROOT=$root cargo test --locked --test 'once_*' --test 'run_*' --test 'scanner*' 2>&1
 fi
