@@ -217,3 +217,38 @@ fn multiplexing_never_starts_named_slots_but_applies_stops() {
     }
     c.finish();
 }
+
+/// SPEC §6.2: "A slot whose finish script parked it (exit 125) stays parked while the intent
+/// is unchanged", and s6 is commanded only when desired_state takes a value different from the
+/// one last applied. Here the value never changes (`running` throughout); the file is only
+/// briefly missing (deleted and recreated, as a non-atomic replace does) or briefly empty (a
+/// truncating rewrite of the same content, as `echo ... > gateway_state.json` does). Neither
+/// is a new intent: the parked gateway must not be started again.
+#[test]
+fn parked_gateway_stays_parked_when_the_same_desired_state_is_rewritten() {
+    let w = World::new();
+    let fatal = w.profile("fatal").desired("running");
+    w.profile("canary");
+    w.standin_exit("fatal", 78);
+    let d = Daemon::start(&w, &[]);
+    converge(&w, &d, &[("fatal", Want::Parked), ("canary", Want::Down)]);
+    let content = r#"{"desired_state":"running"}"#;
+    let mut c = Checks::new();
+
+    // Deleted, seen missing by a full re-list, recreated with the same value.
+    fs::remove_file(fatal.state_path()).unwrap();
+    relist_barrier(&w, &d, "canary");
+    fs::write(fatal.state_path(), content).unwrap();
+    relist_barrier(&w, &d, "canary");
+    c.ok(slot_matches(&w.slot("fatal"), Want::Parked).map_err(|e| format!("after delete + recreate: {e}")));
+    c.ok(starts(&w, "fatal", 1).map_err(|e| format!("after delete + recreate: {e}")));
+
+    // Rewritten in place (truncate, write) with the same value, twenty times.
+    for _ in 0..20 {
+        fs::write(fatal.state_path(), content).unwrap();
+    }
+    relist_barrier(&w, &d, "canary");
+    c.ok(slot_matches(&w.slot("fatal"), Want::Parked).map_err(|e| format!("after truncating rewrites: {e}")));
+    c.ok(starts(&w, "fatal", 1).map_err(|e| format!("after truncating rewrites: {e}")));
+    c.finish();
+}
