@@ -13,10 +13,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-fn converge(w: &World, d: &Daemon, pairs: &[(&str, Want)]) {
-    must(d, "convergence", wait_slots(&w.scandir, &wants(pairs)));
-}
-
 fn write_exec(p: &Path, content: &str) {
     fs::write(p, content).unwrap();
     fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();

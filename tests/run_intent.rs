@@ -11,10 +11,6 @@ use daemon::*;
 use std::fs;
 use std::time::Duration;
 
-fn converge(w: &World, d: &Daemon, pairs: &[(&str, Want)]) {
-    must(d, "convergence", wait_slots(&w.scandir, &wants(pairs)));
-}
-
 fn up_pid(w: &World, profile: &str) -> Option<i64> {
     svstat(&w.slot(profile)).ok().filter(|s| s.up).and_then(|s| s.pid)
 }

@@ -10,11 +10,6 @@ use daemon::*;
 use std::fs;
 use std::time::Duration;
 
-/// Waits for the slots, failing with the daemon's stderr.
-fn converge(w: &World, d: &Daemon, pairs: &[(&str, Want)]) {
-    must(d, "convergence", wait_slots(&w.scandir, &wants(pairs)));
-}
-
 /// Waits until `slot` and every hidden name built from it are gone from the scandir, no
 /// s6-supervise names it, and its last gateway process (by the stand-in's record) is gone.
 fn slot_fully_gone(w: &World, d: &Daemon, profile: &str) {

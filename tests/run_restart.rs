@@ -12,10 +12,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-fn converge(w: &World, d: &Daemon, pairs: &[(&str, Want)]) {
-    must(d, "convergence", wait_slots(&w.scandir, &wants(pairs)));
-}
-
 /// Per slot: gateway pid, logger pid, slot directory inode.
 fn fleet(w: &World, profiles: &[&str]) -> BTreeMap<String, (Option<i64>, Option<i64>, u64)> {
     profiles

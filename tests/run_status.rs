@@ -12,10 +12,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn converge(w: &World, d: &Daemon, pairs: &[(&str, Want)]) {
-    must(d, "convergence", wait_slots(&w.scandir, &wants(pairs)));
-}
-
 /// Scandir entries, files of every slot, ports file, boot log.
 type Untouched = (Vec<String>, BTreeMap<String, BTreeMap<PathBuf, FileId>>, String, String);
 

@@ -401,6 +401,11 @@ pub fn relist_barrier(w: &World, d: &Daemon, canary: &str) {
     }
 }
 
+/// Waits (bounded) until every slot of `pairs` matches; panics with the daemon's stderr.
+pub fn converge(w: &World, d: &Daemon, pairs: &[(&str, Want)]) {
+    must(d, "convergence", wait_slots(&w.scandir, &wants(pairs)));
+}
+
 /// Panics with the daemon's stderr when `r` is an error.
 pub fn must<T>(d: &Daemon, what: &str, r: Result<T, String>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}\ndaemon stderr:\n{}", d.stderr()))
