@@ -133,10 +133,11 @@ impl Applier {
         for entry in &plan.clear_hidden {
             match self.slots.clear_hidden(entry) {
                 Ok(true) => tracing::info!(entry = %entry, "cleared a leftover staging directory"),
-                Ok(false) => out.warnings.push(format!(
-                    "{}: a supervisor still runs in this hidden leftover; left for a later pass",
-                    self.slots.scandir.join(entry).display()
-                )),
+                Ok(false) => {
+                    // An interrupted removal: finish it (prune, wait for the supervisor, delete).
+                    tracing::info!(entry = %entry, "finishing an interrupted removal");
+                    out.removals.push(removal::PendingRemoval::leftover(self.slots.scandir.join(entry)));
+                }
                 Err(e) => out.warnings.push(format!("leftover not cleared: {e}")),
             }
         }
@@ -158,7 +159,11 @@ impl Applier {
             out.warnings.push(format!("leftover {} not cleared: {e}", crate::model::KICK_ENTRY));
         }
         if out.created > 0 || !out.removals.is_empty() || !out.to_confirm.is_empty() {
-            match s6::rescan(&self.slots.scandir, !out.removals.is_empty()) {
+            // Prune when something left the scan, and when the daemon (re)creates slots: a slot
+            // deleted by hand leaves its supervisor running in the deleted directory, and only a
+            // prune stops that second copy.
+            let prune = !out.removals.is_empty() || (self.confirm && out.created > 0);
+            match s6::rescan(&self.slots.scandir, prune) {
                 Ok(()) if self.confirm => self.confirm(&mut out),
                 Ok(()) => {}
                 Err(ControlError::NoSupervisor(_)) => out.warnings.push(format!(

@@ -22,7 +22,8 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 /// A slot that has been hidden and is waiting for its supervisors to exit.
 #[derive(Debug)]
 pub struct PendingRemoval {
-    pub name: ProfileName,
+    /// What is being removed, for messages (`gateway-<name>`, or a leftover's entry name).
+    pub label: String,
     pub hidden: PathBuf,
     pub since: Instant,
     killed: bool,
@@ -55,7 +56,7 @@ impl SlotWriter {
             match renameat2(AT_FDCWD, &from, AT_FDCWD, &to, RenameFlags::RENAME_NOREPLACE) {
                 Ok(()) => {
                     return Ok(PendingRemoval {
-                        name: name.clone(),
+                        label: name.slot_name(),
                         hidden: to,
                         since: Instant::now(),
                         killed: false,
@@ -69,6 +70,13 @@ impl SlotWriter {
 }
 
 impl PendingRemoval {
+    /// A hidden directory left by an interrupted removal whose supervisor still runs: it is
+    /// finished like any removal (the caller asks s6-svscan to prune).
+    pub fn leftover(hidden: PathBuf) -> Self {
+        let label = hidden.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        PendingRemoval { label, hidden, since: Instant::now(), killed: false }
+    }
+
     /// Checks the supervisors; deletes the directory once both are gone.
     pub fn poll(&mut self, scandir: &std::path::Path) -> RemovalState {
         // An error reading the lock counts as alive: never delete under a live supervisor.
@@ -85,7 +93,7 @@ impl PendingRemoval {
         let waited = self.since.elapsed();
         if waited >= KILL_AFTER && !self.killed {
             self.killed = true;
-            tracing::warn!(slot = %self.name.slot_name(), "gateway ignored SIGTERM for {KILL_AFTER:?}; sending SIGKILL");
+            tracing::warn!(slot = %self.label, "gateway ignored SIGTERM for {KILL_AFTER:?}; sending SIGKILL");
             let _ = s6::send_command(&self.hidden, SupervisorCommand::Kill);
             let _ = s6::rescan(scandir, true);
         }

@@ -305,7 +305,12 @@ impl Daemon {
         if let Err(e) = self.applier.log_decisions(&outcome.applied) {
             tracing::error!("container-boot.log not written: {e}");
         }
-        self.removals.extend(outcome.removals);
+        for r in outcome.removals {
+            // A full pass lists the hidden directories of removals already in flight too.
+            if !self.removals.iter().any(|p| p.hidden == r.hidden) {
+                self.removals.push(r);
+            }
+        }
         if let Err(e) = status_file::write(&self.cfg.scandir, &mut self.report) {
             tracing::debug!("status file not written: {e}");
         }
@@ -317,11 +322,11 @@ impl Daemon {
         self.removals.retain_mut(|r| match r.poll(&scandir) {
             RemovalState::Waiting => true,
             RemovalState::Done => {
-                tracing::debug!(slot = %r.name.slot_name(), "slot removed");
+                tracing::debug!(slot = %r.label, "slot removed");
                 false
             }
             RemovalState::Stuck(why) => {
-                tracing::error!(slot = %r.name.slot_name(), "removal stuck: {why}");
+                tracing::error!(slot = %r.label, "removal stuck: {why}");
                 false
             }
         });

@@ -363,19 +363,20 @@ fn plan_adopt(
         None => SlotRecord::new(intent.desired_state.clone(), !slot.has_down, digest),
         Some(r) => {
             let mut next = SlotRecord { digest, ..r.clone() };
-            if intent.desired_state != r.applied_desired {
+            // A new desired_state value is a new operator intent. Its absence is not, and is not
+            // recorded either: a file briefly missing, empty or half-written (delete + create,
+            // truncate + write) must not make the same value look new when it comes back, or a
+            // parked gateway would be restarted.
+            if intent.desired_state.is_some() && intent.desired_state != r.applied_desired {
                 next.applied_desired = intent.desired_state.clone();
-                // A new desired_state value is a new operator intent; its removal is not.
-                if intent.desired_state.is_some() {
-                    let up = intent.runs();
-                    if up && !may_start(&p.name, cfg) {
-                        reason = Some("multiplexed".to_string());
-                        action = action.or(Some(ActionKind::Skipped));
-                    } else {
-                        steps.push(Step::Command { name: p.name.clone(), up });
-                        next.applied_up = up;
-                        action = Some(if up { ActionKind::Started } else { ActionKind::Stopped });
-                    }
+                let up = intent.runs();
+                if up && !may_start(&p.name, cfg) {
+                    reason = Some("multiplexed".to_string());
+                    action = action.or(Some(ActionKind::Skipped));
+                } else {
+                    steps.push(Step::Command { name: p.name.clone(), up });
+                    next.applied_up = up;
+                    action = Some(if up { ActionKind::Started } else { ActionKind::Stopped });
                 }
             }
             next

@@ -435,3 +435,22 @@ fn dangling_scandir_symlinks_are_warned_on_full_passes() {
     );
     assert!(p.warnings.is_empty());
 }
+
+#[test]
+fn a_briefly_missing_or_invalid_state_file_does_not_renew_the_same_intent() {
+    let cfg = config(false, 400);
+    let obs0 = observed(vec![profile("bot", intent(Some("running"), None))]);
+    let mut slot = slot_as_created(&obs0, &cfg, "bot");
+    // The file disappears (or is unreadable): nothing to do, nothing recorded.
+    let mut obs = observed(vec![profile("bot", intent(None, None))]);
+    obs.scandir.slots.insert(ProfileName::parse_named("bot").unwrap(), slot.clone());
+    obs.previous_ports = plan(&obs0, &cfg, PassKind::Boot).ports;
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    assert_eq!(p.step_count(), 0, "{p:#?}");
+    // It comes back with the same value: still nothing (a parked gateway stays parked).
+    slot.record.as_mut().unwrap().applied_up = true;
+    let mut obs = observed(vec![profile("bot", intent(Some("running"), Some("startup_failed")))]);
+    obs.scandir.slots.insert(ProfileName::parse_named("bot").unwrap(), slot);
+    obs.previous_ports = plan(&obs0, &cfg, PassKind::Boot).ports;
+    assert_eq!(plan(&obs, &cfg, PassKind::Continuous).step_count(), 0);
+}
