@@ -53,7 +53,9 @@ fn hand_made_service(w: &World, name: &str, with_log: bool) {
     }
     fs::rename(&staging, &dir).unwrap();
     svscanctl(w, "-a");
-    wait_until(&format!("{name} up"), WAIT, || svstat(&dir).map(|s| s.up).unwrap_or(false));
+    wait_until(&format!("{name} up"), WAIT, || {
+        svstat(&dir).is_ok_and(|s| s.up) && (!with_log || svstat(&dir.join("log")).is_ok_and(|s| s.up))
+    });
 }
 
 /// Namespace pids of the stand-in gateways of `profile` that are still alive.
@@ -154,7 +156,12 @@ fn hand_made_drift_is_repaired_at_the_next_periodic_relist() {
     c.eq("other-svc: status", svstat(&other).ok(), Some(other_st));
     c.eq("other-svc/log: status", svstat(&other.join("log")).ok(), Some(other_log));
     c.eq("other-svc: supervisors", supervisors_of(&w, "other-svc"), (1, 1));
-    match w.boot_lines() {
+    let settled = |l: &[BootLine]| {
+        has_line(l, "edited", "updated")
+            && has_line(l, "zzz", "unregistered")
+            && l.iter().filter(|x| x.profile == "deleted" && x.action == "started").count() >= 2
+    };
+    match boot_lines_when(&w, settled) {
         Ok(lines) => {
             let has = |p: &str, a: &str| lines.iter().any(|l| l.profile == p && l.action == a);
             c.check(has("edited", "updated"), "no `updated` line for edited");

@@ -196,7 +196,7 @@ fn multiplexing_never_starts_named_slots_but_applies_stops() {
     let mut c = Checks::new();
     c.ok(starts(&w, "m2", 0));
     c.ok(starts(&w, "default", 1));
-    match w.boot_lines() {
+    match boot_lines_when(&w, |l| has_line(l, "m1", "stopped") && has_line(l, "m2", "skipped")) {
         Ok(lines) => {
             c.check(
                 lines.iter().any(|l| {

@@ -87,7 +87,9 @@ fn profiles_that_appear_get_slots() {
     }
     c.ok(starts(&w, "beta", 0).map_err(|e| format!("beta: stand-in starts: {e}")));
     c.ok(one_supervisor_each(&w));
-    match w.boot_lines() {
+    match boot_lines_when(&w, |l| {
+        ["alpha", "beta", "gamma"].iter().all(|p| l.iter().any(|x| x.profile == *p))
+    }) {
         Ok(lines) => {
             // The first line of each: how its slot was created. (beta has a later `updated`
             // line: the relist barrier edited its `run` and the daemon repaired it.)
@@ -176,7 +178,9 @@ fn rm_rf_and_rename_remove_exactly_their_slots() {
     let hidden: Vec<String> =
         entries(&w.scandir).into_iter().filter(|e| e.starts_with(".gateway-")).collect();
     c.eq("hidden leftovers", hidden, Vec::<String>::new());
-    match w.boot_lines() {
+    match boot_lines_when(&w, |l| {
+        ["aa", "bb", "marker", "tomb"].iter().all(|p| has_line(l, p, "unregistered"))
+    }) {
         Ok(lines) => {
             for p in ["aa", "bb", "marker", "tomb"] {
                 c.check(

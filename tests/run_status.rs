@@ -161,7 +161,7 @@ fn status_reports_capacity_skips_until_there_is_room() {
         c.eq("c3: skipped once it has a slot", rows["c3"]["skipped"].clone(), Value::Null);
     }
     c.ok(starts(&w, "c3", 1));
-    match w.boot_lines() {
+    match boot_lines_when(&w, |l| has_line(l, "c3", "started")) {
         Ok(lines) => {
             let c3: Vec<(String, Option<String>)> = lines
                 .iter()

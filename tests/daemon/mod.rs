@@ -509,3 +509,22 @@ pub fn starts(w: &World, profile: &str, n: usize) -> Result<(), String> {
     })?;
     if got == n { Ok(()) } else { Err(format!("{profile}: {got} stand-in starts, want {n}")) }
 }
+
+/// True when `lines` has a line for `profile` with `action`.
+pub fn has_line(lines: &[BootLine], profile: &str, action: &str) -> bool {
+    lines.iter().any(|l| l.profile == profile && l.action == action)
+}
+
+/// `container-boot.log` once `ready` holds for it (polled, bounded), or as it is when the wait
+/// runs out. The daemon writes a pass's lines after the pass's s6 commands, so a test that saw
+/// s6 act must wait a moment for the lines; `Err` names a malformed line.
+pub fn boot_lines_when(w: &World, ready: impl Fn(&[BootLine]) -> bool) -> Result<Vec<BootLine>, String> {
+    let mut last = Ok(Vec::new());
+    let _ = poll(WAIT, || {
+        let lines = w.boot_lines();
+        let done = lines.as_ref().map_or(true, |l| ready(l));
+        last = lines;
+        if done { Ok(()) } else { Err(String::new()) }
+    });
+    last
+}
