@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 /// What one watch descriptor stands for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Target {
-    /// The parent of a home that does not exist yet.
+    /// The parent of the home: only events naming the home matter.
     HomeParent,
     Home,
     Profiles,
@@ -105,13 +105,12 @@ impl Watcher {
         let home = self.home.clone();
         let profiles = home.join("profiles");
         let mut base = Vec::new();
-        if !home.is_dir() {
-            // Wait for the home to appear: its creation in the parent triggers a re-list.
-            if let Some(parent) = home.parent()
-                && let Some(wd) = self.add(parent, Target::HomeParent)?
-            {
-                base.push((Target::HomeParent, wd));
-            }
+        // The home's parent too, always: the home may be deleted while a logger keeps it open
+        // (then no IN_DELETE_SELF arrives) and recreated later; only the parent sees both.
+        if let Some(parent) = home.parent()
+            && let Some(wd) = self.add(parent, Target::HomeParent)?
+        {
+            base.push((Target::HomeParent, wd));
         }
         for (path, target) in [
             (home.clone(), Target::Home),
