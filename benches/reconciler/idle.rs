@@ -1,0 +1,199 @@
+//! Scenarios 4 (idle CPU and wakeups) and 5 (peak memory).
+
+use crate::Cfg;
+use crate::lab::Lab;
+use crate::report::Report;
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
+use std::fs;
+use std::time::{Duration, Instant};
+
+/// Per-process counters, summed over the daemon's threads.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    /// utime + stime, clock ticks (/proc/<pid>/stat, whole thread group).
+    ticks: u64,
+    /// Time on CPU in ns (/proc/<pid>/task/*/schedstat).
+    run_ns: u64,
+    /// voluntary + nonvoluntary context switches (/proc/<pid>/task/*/status).
+    switches: u64,
+}
+
+fn sample(pid: i32) -> Result<Sample> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at ")".
+    let rest: Vec<&str> = stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime 15.
+    let ticks = rest[11].parse::<u64>()? + rest[12].parse::<u64>()?;
+    let mut s = Sample { ticks, ..Default::default() };
+    for task in fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        if let Ok(sched) = fs::read_to_string(task.path().join("schedstat")) {
+            s.run_ns += sched.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+        if let Ok(status) = fs::read_to_string(task.path().join("status")) {
+            for line in status.lines() {
+                if let Some(v) = line
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+                {
+                    s.switches += v.trim().parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// VmHWM of a process, in KiB.
+fn vm_hwm(pid: i32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
+    Ok(line.split_whitespace().nth(1).context("VmHWM")?.parse()?)
+}
+
+fn populated(tag: &str, n: usize) -> Result<(Lab, Vec<String>)> {
+    let lab = Lab::new(tag)?;
+    let mut running = Vec::new();
+    for i in 0..n {
+        let name = format!("p{i:05}");
+        lab.add_profile(&name, i.is_multiple_of(2))?;
+        if i.is_multiple_of(2) && i < 400 {
+            running.push(name);
+        }
+    }
+    Ok((lab, running))
+}
+
+/// Waits until the daemon has been off-CPU for `quiet` (its work after a signal is done).
+fn wait_quiet(pid: i32, quiet: Duration) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = sample(pid)?.run_ns;
+    let mut since = Instant::now();
+    while since.elapsed() < quiet {
+        if Instant::now() > deadline {
+            bail!("the daemon never went quiet");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let now = sample(pid)?.run_ns;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+const MIB: f64 = 1024.0;
+
+pub fn run(cfg: &Cfg, report: &mut Report) -> Result<()> {
+    if cfg.wants("idle") || cfg.wants("memory") {
+        let (mut lab, running) = populated("idle", 400)?;
+        lab.start_daemon(&[])?;
+        lab.recorder.all_started(&running, Duration::from_secs(60))?;
+        let pid = lab.daemon().pid;
+        wait_quiet(pid, Duration::from_secs(2))?;
+        if cfg.wants("idle") {
+            idle(cfg, pid, report)?;
+        }
+        if cfg.wants("memory") {
+            lab.daemon().signal(Signal::SIGHUP);
+            wait_quiet(pid, Duration::from_secs(1))?;
+            let kib = vm_hwm(pid)?;
+            report.row(
+                "5. peak RSS (VmHWM), 400 profiles",
+                format!("{:.1} MiB", kib as f64 / MIB),
+                "-",
+                "-",
+                "≤ 16 MiB",
+                Some(kib <= 16 * 1024),
+            );
+        }
+    }
+    if cfg.wants("memory") {
+        let n = cfg.big_profiles;
+        let (mut lab, running) = populated("memory", n)?;
+        let ready = lab.start_daemon(&[])?.ready_after;
+        lab.recorder.all_started(&running, Duration::from_secs(120))?;
+        let pid = lab.daemon().pid;
+        lab.daemon().signal(Signal::SIGHUP);
+        wait_quiet(pid, Duration::from_secs(1))?;
+        let kib = vm_hwm(pid)?;
+        let slots = lab.scandir_entries("gateway-");
+        if slots != 401 {
+            bail!("{n} profiles with the default cap: {slots} slots, expected 401");
+        }
+        report.row(
+            format!("5. peak RSS (VmHWM), {n} profile folders (cap 400)"),
+            format!("{:.1} MiB", kib as f64 / MIB),
+            "-",
+            "-",
+            if n >= 10_000 { "≤ 64 MiB" } else { "≤ 64 MiB (at 10,000)" },
+            Some(kib <= 64 * 1024),
+        );
+        report.note(format!(
+            "memory: VmHWM after the boot pass and one SIGHUP re-list; with {n} folders the first pass \
+             (to readiness) took {:.2} s",
+            ready.as_secs_f64()
+        ));
+    }
+    Ok(())
+}
+
+fn idle(cfg: &Cfg, pid: i32, report: &mut Report) -> Result<()> {
+    let window = Duration::from_secs(cfg.idle_secs);
+    let start = Instant::now();
+    let s0 = sample(pid)?;
+    let mut last = s0.switches;
+    let mut wakes: Vec<f64> = Vec::new();
+    while start.elapsed() < window {
+        std::thread::sleep(Duration::from_millis(20));
+        let s = sample(pid)?.switches;
+        if s != last {
+            wakes.push(start.elapsed().as_secs_f64());
+            last = s;
+        }
+    }
+    let s1 = sample(pid)?;
+    let secs = start.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } as f64;
+    let cpu_ticks = (s1.ticks - s0.ticks) as f64 / hz;
+    let cpu = (s1.run_ns - s0.run_ns) as f64 / 1e9;
+    let pct = 100.0 * cpu / secs;
+    report.row(
+        format!("4. idle CPU, 400 profiles, {:.0} s", secs),
+        format!("{pct:.4} % ({:.1} ms on CPU; utime+stime {:.2} s)", cpu * 1e3, cpu_ticks),
+        "-",
+        "-",
+        "≤ 0.1 %",
+        Some(pct <= 0.1),
+    );
+    // Episodes: switch-count changes less than 2 s apart are one episode (a re-list, with the
+    // early timer wakeups that lead up to it). A periodic wakeup faster than the re-list period
+    // shows as more episodes than re-lists fit in the window, or as one that never ends.
+    let mut episodes: Vec<(f64, f64)> = Vec::new();
+    for w in &wakes {
+        match episodes.last_mut() {
+            Some((_, end)) if w - *end < 2.0 => *end = *w,
+            _ => episodes.push((*w, *w)),
+        }
+    }
+    let resync = 30.0;
+    let fit = (secs / resync).floor() as usize + 1;
+    let ok = episodes.len() <= fit && episodes.iter().all(|(a, b)| b - a < 3.0);
+    let at: Vec<String> = episodes.iter().map(|(a, b)| format!("{a:.1}–{b:.1}")).collect();
+    report.row(
+        "4. idle wakeups",
+        format!(
+            "{} context switches in {} episode(s), at t = [{}] s",
+            s1.switches - s0.switches,
+            episodes.len(),
+            at.join(", ")
+        ),
+        "-",
+        "-",
+        "no period < re-list (30 s)",
+        Some(ok),
+    );
+    Ok(())
+}
