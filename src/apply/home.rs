@@ -30,6 +30,9 @@ fn io_err(path: &Path, e: impl Into<std::io::Error>) -> HomeError {
     HomeError::Io { path: path.to_path_buf(), source: e.into() }
 }
 
+/// Whether one unlink removed something.
+pub type Unlinked = Result<bool, HomeError>;
+
 /// Handle-based writer rooted at `$HERMES_HOME`.
 #[derive(Clone, Debug)]
 pub struct HomeWriter {
@@ -151,12 +154,28 @@ impl HomeWriter {
     /// Unlinks `<rel_dir>/<name>` if it exists (a symlink is removed, never followed).
     /// Returns whether something was removed.
     pub fn unlink(&self, rel_dir: &Path, name: &str) -> Result<bool, HomeError> {
+        self.unlink_each(rel_dir, &[name])?.pop().map_or(Ok(false), |(_, r)| r)
+    }
+
+    /// [`HomeWriter::unlink`] for several names of one directory, opened once. `Err` when the
+    /// directory itself cannot be opened (missing, or a symlink: never followed).
+    pub fn unlink_each<'n>(
+        &self,
+        rel_dir: &Path,
+        names: &[&'n str],
+    ) -> Result<Vec<(&'n str, Unlinked)>, HomeError> {
         let dir = self.open_dir(rel_dir, false)?;
-        match unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
-            Ok(()) => Ok(true),
-            Err(Errno::ENOENT) => Ok(false),
-            Err(e) => Err(io_err(&self.home.join(rel_dir).join(name), e)),
-        }
+        Ok(names
+            .iter()
+            .map(|n| {
+                let r = match unlinkat(dir.as_fd(), *n, UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) => Ok(true),
+                    Err(Errno::ENOENT) => Ok(false),
+                    Err(e) => Err(io_err(&self.home.join(rel_dir).join(n), e)),
+                };
+                (*n, r)
+            })
+            .collect())
     }
 }
 

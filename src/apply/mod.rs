@@ -41,6 +41,8 @@ pub struct Outcome {
     pub removals: Vec<removal::PendingRemoval>,
     /// Slots that must be supervised once s6-svscan has scanned.
     pub to_confirm: Vec<ProfileName>,
+    /// The port record was written (or its write attempted) in this pass.
+    pub ports_saved: bool,
 }
 
 /// A profile whose steps failed; the rest of its steps were not run.
@@ -123,13 +125,6 @@ impl Applier {
                 }
             }
         }
-        if plan.ports_changed {
-            let mut json = serde_json::to_vec_pretty(&plan.ports).expect("a map of ports serialises");
-            json.push(b'\n');
-            if let Err(e) = self.home.write_atomic(Path::new(""), crate::observe::PORTS_FILE, &json) {
-                out.warnings.push(format!("port assignments not saved: {e}"));
-            }
-        }
         for entry in &plan.clear_hidden {
             match self.slots.clear_hidden(entry) {
                 Ok(true) => tracing::info!(entry = %entry, "cleared a leftover staging directory"),
@@ -163,7 +158,11 @@ impl Applier {
             // deleted by hand leaves its supervisor running in the deleted directory, and only a
             // prune stops that second copy.
             let prune = !out.removals.is_empty() || (self.confirm && out.created > 0);
-            match s6::rescan(&self.slots.scandir, prune) {
+            let rescan = s6::rescan(&self.slots.scandir, prune);
+            // The port record only has to be on the volume before the next container start:
+            // written after the rescan byte, its fsync does not delay any gateway.
+            self.save_ports(plan, &mut out);
+            match rescan {
                 Ok(()) if self.confirm => self.confirm(&mut out),
                 Ok(()) => {}
                 Err(ControlError::NoSupervisor(_)) => out.warnings.push(format!(
@@ -173,7 +172,21 @@ impl Applier {
                 Err(e) => out.warnings.push(format!("rescan not requested: {e}")),
             }
         }
+        self.save_ports(plan, &mut out);
         out
+    }
+
+    /// Writes `.gateway-ports.json` if the plan changed it (once per pass).
+    fn save_ports(&self, plan: &Plan, out: &mut Outcome) {
+        if !plan.ports_changed || out.ports_saved {
+            return;
+        }
+        out.ports_saved = true;
+        let mut json = serde_json::to_vec_pretty(&plan.ports).expect("a map of ports serialises");
+        json.push(b'\n');
+        if let Err(e) = self.home.write_atomic(Path::new(""), crate::observe::PORTS_FILE, &json) {
+            out.warnings.push(format!("port assignments not saved: {e}"));
+        }
     }
 
     /// Confirms that every slot published (or found unsupervised) in this pass is picked up by

@@ -91,7 +91,7 @@ fn decision_text(d: &Decision) -> String {
 
 /// Runs the boot pass. Returns the exit status.
 pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32 {
-    let observed = observe::observe_all(config, Path::new("/proc"));
+    let observed = observe::observe_all(config, Some(Path::new("/proc")));
     let plan = plan::plan(&observed, config, PassKind::Boot);
     for w in &plan.warnings {
         tracing::warn!("{w}");

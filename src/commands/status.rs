@@ -9,7 +9,6 @@ use crate::observe::{self, scandir::slot_dir};
 use crate::s6;
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::path::Path;
 
 /// One row of `status`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -40,7 +39,7 @@ pub struct Row {
 
 /// Builds the rows.
 pub fn rows(config: &Config) -> Vec<Row> {
-    let world = observe::observe_all(config, Path::new("/proc"));
+    let world = observe::observe_all(config, None);
     let report = status_file::read(&config.scandir);
     let mut names: Vec<ProfileName> = world.profiles.iter().map(|p| p.name.clone()).collect();
     let known: BTreeSet<ProfileName> = names.iter().cloned().collect();

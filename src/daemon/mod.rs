@@ -17,7 +17,7 @@ use crate::apply::removal::{PendingRemoval, RemovalState};
 use crate::apply::{Applier, Outcome};
 use crate::config::Config;
 use crate::model::ProfileName;
-use crate::observe::scandir::{observe_slot, slot_dir};
+use crate::observe::scandir::{SlotFileCache, observe_slot, slot_dir};
 use crate::observe::watch::{WatchError, Watcher};
 use crate::observe::{self, Observed};
 use crate::plan::{self, PassKind, PassOptions};
@@ -48,6 +48,8 @@ pub struct Daemon {
     /// Last error per profile, and skipped profiles, for `status`.
     pub report: status_file::StatusReport,
     pub last_full: Instant,
+    /// Slot files as last read (re-read only when their inode, size or times change).
+    slot_files: SlotFileCache,
 }
 
 impl Daemon {
@@ -76,6 +78,7 @@ impl Daemon {
             // boot are not logged again.
             report,
             last_full: Instant::now(),
+            slot_files: SlotFileCache::default(),
         }
     }
 
@@ -144,7 +147,12 @@ impl Daemon {
             }
         }
         self.last_full = Instant::now();
-        self.world = observe::observe_all(&self.cfg, Path::new("/proc"));
+        self.world = observe::observe_all_cached(
+            &self.cfg,
+            (kind == PassKind::Boot).then_some(Path::new("/proc")),
+            &mut self.slot_files,
+        );
+        self.slot_files.end_pass();
         self.track_absent();
         let hold = self.held();
         let plan = plan::plan_with(&self.world, &self.cfg, &PassOptions { kind, only: None, hold: &hold });
@@ -220,7 +228,7 @@ impl Daemon {
     fn refresh_slot(&mut self, name: &ProfileName) {
         let dir = slot_dir(&self.cfg.scandir, name);
         if dir.is_dir() {
-            self.world.scandir.slots.insert(name.clone(), observe_slot(&dir));
+            self.world.scandir.slots.insert(name.clone(), observe_slot(&dir, &mut self.slot_files));
         } else {
             self.world.scandir.slots.remove(name);
         }

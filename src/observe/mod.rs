@@ -115,7 +115,19 @@ pub fn observe_root(home: &Path) -> ProfileObs {
 }
 
 /// Observes the whole world for a full pass.
-pub fn observe_all(config: &Config, proc_root: &Path) -> Observed {
+///
+/// `proc_root` is where to look for the container's main command (`/proc`); `None` skips that
+/// scan (the mode only matters to a boot pass) and reports a normal container.
+pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
+    observe_all_cached(config, proc_root, &mut scandir::SlotFileCache::default())
+}
+
+/// [`observe_all`] reading slot files through a cache kept across passes.
+pub fn observe_all_cached(
+    config: &Config,
+    proc_root: Option<&Path>,
+    cache: &mut scandir::SlotFileCache,
+) -> Observed {
     let home = &config.home;
     let mut warnings = Vec::new();
     let discovery = volume::discover(home);
@@ -125,11 +137,11 @@ pub fn observe_all(config: &Config, proc_root: &Path) -> Observed {
     let (previous_ports, ports_warning) = read_ports(home);
     warnings.extend(ports_warning);
     Observed {
-        mode: container::detect(proc_root),
+        mode: proc_root.map_or(ContainerMode::Normal, container::detect),
         root_state_file_exists: std::fs::symlink_metadata(home.join("gateway_state.json")).is_ok(),
         profiles,
         skipped: discovery.skipped,
-        scandir: scandir::observe_scandir(&config.scandir),
+        scandir: scandir::observe_scandir(&config.scandir, cache),
         scanner: scanner::observe_scanner(&config.scandir),
         previous_ports,
         warnings,

@@ -4,7 +4,7 @@
 use crate::model::{KICK_ENTRY, ProfileName, SlotRecord, is_own_hidden_entry};
 use crate::observe::safe_read::read_bounded;
 use crate::plan::render::RENDERED;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Bookkeeping file inside a slot's `data/` (s6 reserves `data/` for users).
@@ -12,6 +12,70 @@ pub const RECORD_FILE: &str = "data/reconciler.json";
 
 /// Largest slot file read back for comparison; ours are far smaller.
 const MAX_SLOT_FILE: u64 = 64 * 1024;
+
+/// What identifies a file's content without reading it: if none of these changed, neither
+/// did the content (every write updates mtime and ctime; a replacement is a new inode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileKey {
+    fn of(path: &Path) -> Option<FileKey> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some(FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// The slot files read by earlier passes, so a re-list costs one `lstat` per unchanged file
+/// instead of an open and a read (the daemon re-lists every slot every resync period).
+/// Entries not used by a full pass are dropped at its end ([`SlotFileCache::end_pass`]).
+#[derive(Debug, Default)]
+pub struct SlotFileCache {
+    entries: HashMap<PathBuf, (FileKey, Option<Vec<u8>>, u64)>,
+    generation: u64,
+}
+
+impl SlotFileCache {
+    /// Content of a slot file (bounded, no symlink followed), from the cache when unchanged.
+    pub fn read(&mut self, path: &Path) -> Option<Vec<u8>> {
+        let generation = self.generation;
+        let Some(key) = FileKey::of(path) else {
+            self.entries.remove(path);
+            return None;
+        };
+        if let Some((k, content, used)) = self.entries.get_mut(path)
+            && *k == key
+        {
+            *used = generation;
+            return content.clone();
+        }
+        let content = read_bounded(path, MAX_SLOT_FILE).ok();
+        // Only cache what was read from the file whose identity we checked.
+        if FileKey::of(path) == Some(key) {
+            self.entries.insert(path.to_path_buf(), (key, content.clone(), generation));
+        }
+        content
+    }
+
+    /// Forgets entries no read used since the last call (slots that are gone).
+    pub fn end_pass(&mut self) {
+        let generation = self.generation;
+        self.entries.retain(|_, (_, _, used)| *used == generation);
+        self.generation += 1;
+    }
+}
 
 /// One existing slot directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,18 +106,17 @@ pub fn slot_dir(scandir: &Path, name: &ProfileName) -> PathBuf {
 }
 
 /// Reads one slot directory.
-pub fn observe_slot(dir: &Path) -> SlotObs {
-    let record = read_bounded(&dir.join(RECORD_FILE), MAX_SLOT_FILE)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
-    let files = RENDERED.iter().map(|rel| (*rel, read_bounded(&dir.join(rel), MAX_SLOT_FILE).ok())).collect();
+pub fn observe_slot(dir: &Path, cache: &mut SlotFileCache) -> SlotObs {
+    let record =
+        cache.read(&dir.join(RECORD_FILE)).and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
+    let files = RENDERED.iter().map(|rel| (*rel, cache.read(&dir.join(rel)))).collect();
     let has_down = std::fs::symlink_metadata(dir.join("down")).is_ok();
     let supervised = !matches!(crate::s6::supervisor_pid(dir), Ok(None));
     SlotObs { record, files, has_down, supervised }
 }
 
 /// Lists the scandir. A scandir that cannot be listed is reported as absent.
-pub fn observe_scandir(scandir: &Path) -> ScandirObs {
+pub fn observe_scandir(scandir: &Path, cache: &mut SlotFileCache) -> ScandirObs {
     let Ok(entries) = std::fs::read_dir(scandir) else {
         return ScandirObs::default();
     };
@@ -76,11 +139,43 @@ pub fn observe_scandir(scandir: &Path) -> ScandirObs {
         // A slot is a real directory; a symlink or file named gateway-* is not one of ours.
         match entry.file_type() {
             Ok(t) if t.is_dir() => {
-                obs.slots.insert(profile, observe_slot(&entry.path()));
+                obs.slots.insert(profile, observe_slot(&entry.path(), cache));
             }
             _ => continue,
         }
     }
     obs.hidden.sort();
     obs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_rereads_only_changed_files_and_forgets_unused_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("run");
+        std::fs::write(&f, "one").unwrap();
+        let mut c = SlotFileCache::default();
+        assert_eq!(c.read(&f).as_deref(), Some(&b"one"[..]));
+        // Replaced atomically (new inode): seen.
+        let tmp = t.path().join(".run.tmp");
+        std::fs::write(&tmp, "two").unwrap();
+        std::fs::rename(&tmp, &f).unwrap();
+        assert_eq!(c.read(&f).as_deref(), Some(&b"two"[..]));
+        // Edited in place with another size: seen.
+        std::fs::write(&f, "three").unwrap();
+        assert_eq!(c.read(&f).as_deref(), Some(&b"three"[..]));
+        // Gone: none, and forgotten.
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!(c.read(&f), None);
+        assert!(c.entries.is_empty());
+        std::fs::write(&f, "four").unwrap();
+        c.read(&f);
+        c.end_pass();
+        assert_eq!(c.entries.len(), 1);
+        c.end_pass();
+        assert!(c.entries.is_empty(), "an entry unused for a whole pass is dropped");
+    }
 }
