@@ -46,7 +46,7 @@ pub fn wait_supervised(dirs: &[PathBuf]) -> Vec<PathBuf> {
             return pending;
         }
         std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
+        pause = (pause * 2).min(Duration::from_millis(2));
     }
 }
 
@@ -61,7 +61,7 @@ pub fn wait_unsupervised(dir: &Path, deadline: Instant) -> bool {
             return false;
         }
         std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
+        pause = (pause * 2).min(Duration::from_millis(2));
     }
 }
 
