@@ -126,25 +126,17 @@ fn non_regular_and_symlinked_state_files_never_block_or_get_followed() {
         std::fs::symlink_metadata(fifo.state_path()).map(|m| m.file_type().is_fifo()).unwrap_or(false),
         "the FIFO is no longer a FIFO",
     );
-    match w.boot_lines() {
-        Err(e) => c.check(false, e),
-        Ok(lines) => {
-            let got: Vec<(String, String, String)> =
-                lines.iter().map(|l| (l.profile.clone(), l.prior_state.clone(), l.action.clone())).collect();
-            let expect: Vec<(String, String, String)> = [
-                ("default", "None", "registered"),
-                ("dir", "None", "registered"),
-                ("fifo", "None", "registered"),
-                ("good-down", "stopped", "registered"),
-                ("good-up", "running", "started"),
-                ("link-out", "None", "registered"),
-            ]
-            .iter()
-            .map(|(a, b, d)| (a.to_string(), b.to_string(), d.to_string()))
-            .collect();
-            c.eq("boot-log lines", got, expect);
-        }
-    }
+    c.boot_lines_are(
+        &w,
+        &[
+            ("default", "None", "registered"),
+            ("dir", "None", "registered"),
+            ("fifo", "None", "registered"),
+            ("good-down", "stopped", "registered"),
+            ("good-up", "running", "started"),
+            ("link-out", "None", "registered"),
+        ],
+    );
     c.finish();
 }
 
@@ -283,25 +275,17 @@ fn file_content_cannot_forge_a_boot_log_line() {
     c.ok(wait_slots(&w.scandir, &want));
     c.eq("forge stand-in starts", w.standin_records("forge").len(), 0);
     c.eq("exit status", out.code, Some(0));
-    match w.boot_lines() {
-        Err(e) => c.check(false, e),
-        Ok(lines) => {
-            let got: Vec<(String, String, String)> =
-                lines.iter().map(|l| (l.profile.clone(), l.prior_state.clone(), l.action.clone())).collect();
-            let expect: Vec<(String, String, String)> = [
-                ("default", "running", "started"),
-                ("forge", "invalid", "registered"),
-                ("forge-gw", "invalid", "registered"),
-                ("forge-long", "invalid", "registered"),
-                ("forge-path", "invalid", "registered"),
-                ("good", "stopped", "registered"),
-            ]
-            .iter()
-            .map(|(a, b, d)| (a.to_string(), b.to_string(), d.to_string()))
-            .collect();
-            c.eq("boot-log lines", got, expect);
-        }
-    }
+    c.boot_lines_are(
+        &w,
+        &[
+            ("default", "running", "started"),
+            ("forge", "invalid", "registered"),
+            ("forge-gw", "invalid", "registered"),
+            ("forge-long", "invalid", "registered"),
+            ("forge-path", "invalid", "registered"),
+            ("good", "stopped", "registered"),
+        ],
+    );
     c.check(!w.boot_log().contains("profile=x "), format!("forged line in the log:\n{}", w.boot_log()));
     c.finish();
 }

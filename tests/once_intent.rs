@@ -174,23 +174,15 @@ fn multiplexing_registers_named_profiles_down_and_leaves_root_alone() {
     for n in ["alpha", "beta", "gamma"] {
         c.eq(&format!("{n} stand-in starts"), w.standin_records(n).len(), 0);
     }
-    match w.boot_lines() {
-        Err(e) => c.check(false, e),
-        Ok(lines) => {
-            let got: Vec<(String, String, String)> =
-                lines.iter().map(|l| (l.profile.clone(), l.prior_state.clone(), l.action.clone())).collect();
-            let want: Vec<(String, String, String)> = [
-                ("default", "running", "started"),
-                ("alpha", "running", "registered"),
-                ("beta", "running", "registered"),
-                ("gamma", "stopped", "registered"),
-            ]
-            .iter()
-            .map(|(a, b, d)| (a.to_string(), b.to_string(), d.to_string()))
-            .collect();
-            c.eq("boot-log lines", got, want);
-        }
-    }
+    c.boot_lines_are(
+        &w,
+        &[
+            ("default", "running", "started"),
+            ("alpha", "running", "registered"),
+            ("beta", "running", "registered"),
+            ("gamma", "stopped", "registered"),
+        ],
+    );
     c.finish();
 }
 

@@ -106,6 +106,20 @@ impl Checks {
     }
 
     /// Panics listing every failed check, if any.
+    /// Checks the `(profile, prior_state, action)` of every `container-boot.log` line.
+    pub fn boot_lines_are(&mut self, w: &World, want: &[(&str, &str, &str)]) {
+        match w.boot_lines() {
+            Err(e) => self.check(false, e),
+            Ok(lines) => {
+                let got: Vec<(&str, &str, &str)> = lines
+                    .iter()
+                    .map(|l| (l.profile.as_str(), l.prior_state.as_str(), l.action.as_str()))
+                    .collect();
+                self.eq("boot-log lines", got, want.to_vec());
+            }
+        }
+    }
+
     pub fn finish(self) {
         if !self.failures.is_empty() {
             panic!("{} check(s) failed:\n  - {}", self.failures.len(), self.failures.join("\n  - "));
