@@ -1,0 +1,89 @@
+//! The container's main command (SPEC §5.4), seen the way the daemon sees it: `once` runs in
+//! its own pid namespace next to a process whose argv carries `.../main-wrapper.sh <command>`,
+//! as s6-overlay's CMD would be, so `/proc` shows that process and nothing of the host's.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::process::Command;
+
+/// Runs `hermes-reconciler <args>` in a fresh pid namespace beside a stand-in for the
+/// container's main process, started as `main-wrapper.sh <main>`.
+fn once_in_container(w: &World, main: &str, args: &[&str]) -> Outcome {
+    let inner = w.command(args);
+    let script = format!(
+        "sh -c 'sleep 60; :' /opt/hermes/docker/main-wrapper.sh {main} & sleep 0.3; exec \"$0\" \"$@\""
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "sh", "-c", &script])
+        .arg(BIN)
+        .args(args)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    run_with_timeout(cmd, ONCE_TIMEOUT)
+}
+
+#[test]
+fn legacy_gateway_run_container_migrates_the_root_and_starts_it() {
+    let w = World::new();
+    w.profile("named").desired("running");
+    let out = once_in_container(&w, "hermes gateway run", &["once"]);
+    out.assert_code(0);
+    let mut c = Checks::new();
+    c.ok(wait_slots(&w.scandir, &wants(&[("default", Want::Up), ("named", Want::Up)])));
+    let record = fs::read_to_string(w.home.join("gateway_state.json")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&record).unwrap_or_default();
+    c.eq("gateway_state", v["gateway_state"].as_str(), Some("running"));
+    c.eq("desired_state", v["desired_state"].as_str(), Some("running"));
+    c.eq("migrated_from", v["migrated_from"].as_str(), Some("legacy-container-cmd"));
+    c.boot_lines_are(&w, &[("default", "running", "started"), ("named", "running", "started")]);
+    c.finish();
+}
+
+#[test]
+fn no_migration_with_no_supervise_or_an_existing_state_file() {
+    for (main, env, state) in [
+        ("gateway run --no-supervise", None, None),
+        ("gateway run", Some(("HERMES_GATEWAY_NO_SUPERVISE", "yes")), None),
+        ("gateway run", None, Some(r#"{"gateway_state":"stopped"}"#)),
+    ] {
+        let mut w = World::new();
+        if let Some((k, v)) = env {
+            w.set_env(k, v);
+        }
+        if let Some(s) = state {
+            fs::write(w.home.join("gateway_state.json"), s).unwrap();
+        }
+        let out = once_in_container(&w, main, &["once"]);
+        out.assert_code(0);
+        let mut c = Checks::new();
+        c.ok(wait_slots(&w.scandir, &wants(&[("default", Want::Down)])));
+        let now = fs::read_to_string(w.home.join("gateway_state.json")).ok();
+        c.eq(&format!("{main} {env:?}: root state file"), now.as_deref(), state);
+        c.finish();
+    }
+}
+
+#[test]
+fn dashboard_container_supervises_nothing_and_says_so() {
+    let w = World::new();
+    w.root_profile().desired("running");
+    w.profile("named").desired("running");
+    let out = once_in_container(&w, "dashboard", &["once", "--json"]);
+    out.assert_code(0);
+    let json = out.json();
+    let mut c = Checks::new();
+    c.eq("mode", json["mode"].as_str(), Some("dashboard"));
+    c.eq("slots", gateway_slots(&w.scandir), Default::default());
+    c.boot_lines_are(&w, &[("default", "None", "skipped")]);
+    c.check(w.boot_log().contains("reason=dashboard-container"), w.boot_log());
+    c.finish();
+}
