@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 pub const FALLBACK_RELIST: Duration = Duration::from_secs(2);
 /// How often pending removals are checked; only while one is pending.
 pub const REMOVAL_POLL: Duration = Duration::from_millis(2);
+/// ... and once every removal in flight has waited this long (a gateway slow to stop, or one
+/// ignoring SIGTERM until the kill), checked less often.
+pub const REMOVAL_POLL_SLOW_AFTER: Duration = Duration::from_millis(200);
+pub const REMOVAL_POLL_SLOW: Duration = Duration::from_millis(100);
 
 /// The reconciler's state between passes.
 pub struct Daemon {
@@ -93,8 +97,9 @@ impl Daemon {
         for b in self.retries.values() {
             next = next.min(b.due);
         }
-        if !self.removals.is_empty() {
-            next = next.min(Instant::now() + REMOVAL_POLL);
+        if let Some(youngest) = self.removals.iter().map(|r| r.since.elapsed()).min() {
+            let poll = if youngest < REMOVAL_POLL_SLOW_AFTER { REMOVAL_POLL } else { REMOVAL_POLL_SLOW };
+            next = next.min(Instant::now() + poll);
         }
         next
     }
