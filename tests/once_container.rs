@@ -87,3 +87,70 @@ fn dashboard_container_supervises_nothing_and_says_so() {
     c.check(w.boot_log().contains("reason=dashboard-container"), w.boot_log());
     c.finish();
 }
+
+#[test]
+fn dashboard_container_run_signals_readiness_and_idles_until_sigterm() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let w = World::new();
+    w.root_profile().desired("running");
+    let inner = w.command(&["run", "--notify-fd", "3"]);
+    // Close-on-exec: only the dup2'ed fd 3 reaches the daemon.
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    // The stand-in main process must not hold the readiness pipe (3>&-), or EOF never comes.
+    let script = "sh -c 'sleep 60; :' /opt/hermes/docker/main-wrapper.sh dashboard 3>&- & \
+                  sleep 0.3; exec \"$0\" \"$@\"";
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "sh", "-c", script])
+        .arg(BIN)
+        .args(["run", "--notify-fd", "3"])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let fd = write_end.as_raw_fd();
+    // SAFETY: dup2 and fcntl are async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn unshare");
+    drop(write_end);
+    // unshare itself keeps fd 3 open while it waits for its child, so no EOF comes through it:
+    // read the first byte, which the daemon writes once its (idle) start is complete.
+    let mut ready = vec![0u8; 1];
+    let mut pipe = std::fs::File::from(read_end);
+    let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&pipe), nix::poll::PollFlags::POLLIN)];
+    let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20_000u16)).unwrap();
+    if n == 0 {
+        let _ = child.kill();
+        panic!("no readiness within 20 s");
+    }
+    pipe.read_exact(&mut ready).unwrap();
+    let mut c = Checks::new();
+    c.eq("readiness bytes", ready, b"\n".to_vec());
+    c.eq("slots", gateway_slots(&w.scandir), Default::default());
+    c.check(child.try_wait().unwrap().is_none(), "the daemon did not stay up");
+    // The daemon is the namespace's init (sh exec'd it): SIGTERM it and expect exit 0.
+    let init = std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse::<i32>().ok())
+        .expect("the daemon under unshare");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = poll(WAIT, || child.try_wait().unwrap().ok_or_else(|| "still running".to_string()));
+    c.eq("exit status", status.ok().and_then(|s| s.code()), Some(0));
+    c.finish();
+}
