@@ -124,16 +124,15 @@ fn rm_rf_and_rename_remove_exactly_their_slots() {
         ],
     );
     let untouched = ["default", "keep", "idle"];
-    let before: Vec<_> = untouched
-        .iter()
-        .map(|p| {
-            (
-                slot_snapshot(&w.slot(p)),
-                svstat(&w.slot(p)).unwrap().pid,
-                svstat(&w.slot(p).join("log")).unwrap().pid,
-            )
-        })
-        .collect();
+    // Each untouched slot's files and its gateway's and logger's pids.
+    let fingerprint = |p: &&str| {
+        (
+            slot_snapshot(&w.slot(p)),
+            svstat(&w.slot(p)).unwrap().pid,
+            svstat(&w.slot(p).join("log")).unwrap().pid,
+        )
+    };
+    let before: Vec<_> = untouched.iter().map(fingerprint).collect();
 
     // rm -rf of a profile: its slot, supervisors and gateway go.
     fs::remove_dir_all(w.profile_dir("aa")).unwrap();
@@ -158,16 +157,7 @@ fn rm_rf_and_rename_remove_exactly_their_slots() {
 
     let mut c = Checks::new();
     c.eq("gateway slots", gateway_slots(&w.scandir), slot_set(["cc", "default", "idle", "keep", "tomb"]));
-    let after: Vec<_> = untouched
-        .iter()
-        .map(|p| {
-            (
-                slot_snapshot(&w.slot(p)),
-                svstat(&w.slot(p)).unwrap().pid,
-                svstat(&w.slot(p).join("log")).unwrap().pid,
-            )
-        })
-        .collect();
+    let after: Vec<_> = untouched.iter().map(fingerprint).collect();
     for (i, p) in untouched.iter().enumerate() {
         c.check(before[i] == after[i], format!("{p}: slot files or pids changed"));
     }
