@@ -1,6 +1,7 @@
 //! Slot rights (SPEC §9) as root with `HERMES_RUN_AS=hermes`: slots and their scripts are owned
-//! by root and not writable by `hermes`, who still controls and reads its gateways through the
-//! group rights of `supervise/` and `event/`; the gateway and its logger run as `hermes`.
+//! by root and not writable by `hermes`, who still controls and reads its gateways and their
+//! loggers through the group rights of `supervise/`; `event/` is root's alone (issue 9 row 1,
+//! attacked in `tests/hostile_event.rs`); the gateway and its logger run as `hermes`.
 
 mod common;
 
@@ -16,7 +17,7 @@ fn chown_tree(p: &Path, uid: u32, gid: u32) {
 }
 
 /// Every entry of `slot` outside `supervise/` and `event/`: root-owned and not writable by
-/// `hermes` (neither by group `hermes` nor by others).
+/// `hermes` (neither by group `hermes` nor by others); then those, of the service and the logger.
 fn check_slot_rights(c: &mut Checks, slot: &Path, hermes_gid: u32) {
     fn walk(c: &mut Checks, p: &Path, gid: u32) {
         let md = std::fs::symlink_metadata(p).unwrap();
@@ -37,14 +38,23 @@ fn check_slot_rights(c: &mut Checks, slot: &Path, hermes_gid: u32) {
     }
     walk(c, slot, hermes_gid);
     let meta = |rel: &str| std::fs::symlink_metadata(slot.join(rel));
-    for (rel, want_mode) in [("supervise", 0o710), ("supervise/control", 0o660), ("event", 0o3730)] {
+    // The service's and the logger's: control for the group, `event/` root's alone (s6-supervise
+    // writes through whatever entries it holds).
+    for (rel, want_gid, want_mode) in [
+        ("supervise", hermes_gid, 0o710),
+        ("supervise/control", hermes_gid, 0o660),
+        ("event", 0, 0o3730),
+        ("log/supervise", hermes_gid, 0o710),
+        ("log/supervise/control", hermes_gid, 0o660),
+        ("log/event", 0, 0o3730),
+    ] {
         match meta(rel) {
             Ok(m) => {
                 let got = (m.uid(), m.gid(), m.mode() & 0o7777);
                 c.check(
-                    got == (0, hermes_gid, want_mode),
+                    got == (0, want_gid, want_mode),
                     format!(
-                        "{}/{rel}: (uid, gid, mode) = ({}, {}, {:o}), want (0, {hermes_gid}, {want_mode:o})",
+                        "{}/{rel}: (uid, gid, mode) = ({}, {}, {:o}), want (0, {want_gid}, {want_mode:o})",
                         slot.display(),
                         got.0,
                         got.1,
@@ -55,10 +65,12 @@ fn check_slot_rights(c: &mut Checks, slot: &Path, hermes_gid: u32) {
             Err(e) => c.check(false, format!("{}/{rel}: {e}", slot.display())),
         }
     }
-    c.check(
-        meta("supervise/control").map(|m| m.file_type().is_fifo()).unwrap_or(false),
-        format!("{}/supervise/control is not a FIFO", slot.display()),
-    );
+    for rel in ["supervise/control", "log/supervise/control"] {
+        c.check(
+            meta(rel).map(|m| m.file_type().is_fifo()).unwrap_or(false),
+            format!("{}/{rel} is not a FIFO", slot.display()),
+        );
+    }
 }
 
 fn as_hermes(args: &[&OsStr]) -> std::process::Output {
@@ -170,6 +182,12 @@ fn slots_are_root_owned_and_hermes_controls_them_through_group_rights() {
             None => Err("default gateway never started".into()),
         }));
     }
+    // The logger's status too.
+    c.ok(poll(WAIT, || match hermes_svstat(&work.join("log")) {
+        Ok(st) if st.up => Ok(()),
+        Ok(st) => Err(format!("work's logger: {st:?}, want up")),
+        Err(e) => Err(e),
+    }));
     // Root's view agrees with what hermes did.
     c.ok(wait_slots(&w.scandir, &wants(&[("work", Want::Up)])));
     c.finish();

@@ -100,6 +100,15 @@ impl Applier {
                 out.to_confirm.push(name.clone());
                 Ok(())
             }
+            Step::CloseEvent { name } => {
+                let removed = self.slots.close_event(name).map_err(|e| e.to_string())?;
+                tracing::warn!(
+                    slot = %name.slot_name(),
+                    removed,
+                    "event/ was open to other users (a slot made by an older build): closed it and removed what was planted in it"
+                );
+                Ok(())
+            }
             Step::Remove { name } => {
                 out.removals.push(self.slots.hide(name).map_err(|e| e.to_string())?);
                 Ok(())

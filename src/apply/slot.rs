@@ -6,18 +6,22 @@
 //!   (ignored by s6-svscan) and published with one `rename` that refuses to replace anything;
 //! - a live slot directory is never replaced (s6 identifies services by inode): existing slots
 //!   are changed file by file, each file replaced atomically;
-//! - `supervise/`, `supervise/control` and `event/` exist with the group rights of SPEC §9 before
-//!   s6-supervise first starts, because it keeps whatever it finds.
+//! - `supervise/`, `supervise/control` and `event/` of the slot and of its logger exist with the
+//!   rights of SPEC §9.1 before s6-supervise first starts, because it keeps whatever it finds:
+//!   the group `$HERMES_RUN_AS` gets `supervise/` and the control FIFO, never `event/`.
 
 use crate::model::{ProfileName, SlotRecord};
 use crate::observe::scandir::RECORD_FILE;
 use crate::plan::render::SlotFile;
+use crate::s6::event::EVENT_MODE;
 use crate::s6::{self, ControlError, SupervisorCommand};
-use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-use nix::sys::stat::Mode;
-use nix::unistd::{Gid, mkfifo};
+use nix::dir::Dir;
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::sys::stat::{Mode, SFlag, fchmod, fstatat};
+use nix::unistd::{Gid, UnlinkatFlags, fchown, getegid, geteuid, mkfifo, unlinkat};
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 
@@ -71,6 +75,70 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
         other => other,
     };
     created.and_then(|()| fs::rename(&tmp, path).map_err(io(path)))
+}
+
+/// Closes one `event/` directory (see [`crate::s6::event`]) and clears what others planted in it.
+/// Returns how many entries were removed. A missing directory is left to s6-supervise (which
+/// creates it root's); a symlink or anything but a directory in its place is an error.
+///
+/// Steps, each through descriptors that never follow a symlink:
+/// 1. quarantine: owner and group become ours and the mode 0700, so from this moment nobody
+///    else can add an entry (permission is checked at each creation, whatever they hold open);
+/// 2. every entry except a FIFO with a single link is removed: subscribers' FIFOs are the only
+///    thing s6 puts there, and a live subscriber (root's `s6-svwait`) must keep its own. A
+///    symlink (root would write through it), a regular file (it fills the tmpfs), a directory, a
+///    hard link to some other FIFO (another service's `supervise/control`: a `d` or `x` byte
+///    there stops it) or a device is removed. A planted directory is made ours and 0700 before
+///    it is deleted, so that its planter cannot keep filling it;
+/// 3. s6's mode, [`EVENT_MODE`], is set last: a failure before it leaves the directory in
+///    quarantine, which the next pass sees as not closed and finishes.
+fn close_event_dir(ev: &Path) -> Result<usize, SlotError> {
+    let e = |errno: nix::errno::Errno| io(ev)(errno.into());
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::open(ev, dir_flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(0),
+        Err(errno) => return Err(e(errno)),
+    };
+    let (uid, gid) = (geteuid(), getegid());
+    fchown(&fd, Some(uid), Some(gid)).map_err(e)?;
+    fchmod(&fd, Mode::from_bits_truncate(0o700)).map_err(e)?;
+    let mut dir = Dir::from_fd(fd).map_err(e)?;
+    let names: Vec<std::ffi::CString> = dir
+        .iter()
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    let mut removed = 0;
+    for name in &names {
+        let path = ev.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        let st = match fstatat(&dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(nix::errno::Errno::ENOENT) => continue, // a subscriber went away
+            Err(errno) => return Err(io(&path)(errno.into())),
+        };
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFIFO && st.st_nlink == 1 {
+            continue;
+        }
+        if kind == SFlag::S_IFDIR {
+            let sub =
+                openat(&dir, name.as_c_str(), dir_flags, Mode::empty()).map_err(|x| io(&path)(x.into()))?;
+            fchown(&sub, Some(uid), Some(gid)).map_err(|x| io(&path)(x.into()))?;
+            fchmod(&sub, Mode::from_bits_truncate(0o700)).map_err(|x| io(&path)(x.into()))?;
+            drop(sub);
+            fs::remove_dir_all(&path).map_err(io(&path))?;
+        } else {
+            match unlinkat(&dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(errno) => return Err(io(&path)(errno.into())),
+            }
+        }
+        removed += 1;
+    }
+    fchmod(&dir, Mode::from_bits_truncate(EVENT_MODE)).map_err(e)?;
+    Ok(removed)
 }
 
 fn record_bytes(record: &SlotRecord) -> Vec<u8> {
@@ -142,14 +210,38 @@ impl SlotWriter {
         if !up {
             write_new(&dir.join("down"), b"", 0o644)?;
         }
-        let supervise = dir.join("supervise");
+        self.supervise_skeleton(dir)?;
+        self.supervise_skeleton(&dir.join("log"))
+    }
+
+    /// Pre-creates what s6-supervise would otherwise create root-only, with the rights of
+    /// SPEC §9.1, in a service directory (the slot, or its `log/`):
+    /// - `supervise/` 0710 and the FIFO `supervise/control` 0660, group `$HERMES_RUN_AS`: the
+    ///   group may send commands and read `supervise/status` (s6-supervise makes that 0644);
+    /// - `event/` 03730 owned by us and our group, exactly as s6-supervise makes it: *not* the
+    ///   group's. s6-supervise writes one byte into every `event/ftrig1*` entry at each state
+    ///   change, opening it as root and following symlinks, so whoever may add entries there
+    ///   may make root write into any file. Tools running as `hermes` therefore cannot
+    ///   subscribe (`s6-svwait`); they poll `supervise/status` instead.
+    fn supervise_skeleton(&self, service: &Path) -> Result<(), SlotError> {
+        let supervise = service.join("supervise");
         self.mkdir(&supervise, 0o710, true)?;
         let control = supervise.join("control");
         mkfifo(&control, Mode::from_bits_truncate(0o660)).map_err(|e| io(&control)(e.into()))?;
         fs::set_permissions(&control, fs::Permissions::from_mode(0o660)).map_err(io(&control))?;
         self.give_group(&control)?;
-        self.mkdir(&dir.join("event"), 0o3730, true)?;
-        Ok(())
+        self.mkdir(&service.join("event"), EVENT_MODE, false)
+    }
+
+    /// Closes the `event/` of the slot and of its logger (slots made by older builds had it
+    /// group-writable by `$HERMES_RUN_AS`) and removes what was planted there; see
+    /// [`close_event_dir`]. Returns how many entries were removed.
+    pub fn close_event(&self, name: &ProfileName) -> Result<usize, SlotError> {
+        let mut removed = 0;
+        for ev in s6::event::event_dirs(&self.slot_dir(name)) {
+            removed += close_event_dir(&ev)?;
+        }
+        Ok(removed)
     }
 
     /// Replaces the given files of a live slot, each atomically.
@@ -210,5 +302,49 @@ impl SlotWriter {
         }
         fs::remove_dir_all(&dir).map_err(io(&dir))?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    #[test]
+    fn closing_event_keeps_single_link_fifos_and_removes_everything_else() {
+        let t = tempfile::tempdir().unwrap();
+        let ev = t.path().join("event");
+        fs::create_dir(&ev).unwrap();
+        // Writable by others, as an older build left it open to a group.
+        fs::set_permissions(&ev, fs::Permissions::from_mode(0o3777)).unwrap();
+        let outside = t.path().join("victim");
+        fs::write(&outside, "keep").unwrap();
+        std::os::unix::fs::symlink(&outside, ev.join("ftrig1:@400000006b0ccbdc1f0a52a1:AAAAAA")).unwrap();
+        fs::write(ev.join("ftrig1big"), vec![0u8; 4096]).unwrap();
+        fs::create_dir_all(ev.join("ftrig1dir/deeper")).unwrap();
+        fs::write(ev.join("ftrig1dir/deeper/x"), "x").unwrap();
+        let other_fifo = t.path().join("control");
+        mkfifo(&other_fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        fs::hard_link(&other_fifo, ev.join("ftrig1:@400000006b0ccbdc1f0a52a2:BBBBBB")).unwrap();
+        let subscriber = ev.join("ftrig1:@400000006b0ccbdc1f0a52a3:CCCCCC");
+        mkfifo(&subscriber, Mode::from_bits_truncate(0o600)).unwrap();
+
+        assert_eq!(close_event_dir(&ev).unwrap(), 4);
+        let left: Vec<_> = fs::read_dir(&ev).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![subscriber.file_name().unwrap().to_owned()]);
+        assert!(fs::symlink_metadata(&subscriber).unwrap().file_type().is_fifo());
+        let m = fs::symlink_metadata(&ev).unwrap();
+        assert_eq!(m.mode() & 0o7777, EVENT_MODE);
+        assert_eq!((m.uid(), m.gid()), (geteuid().as_raw(), getegid().as_raw()));
+        assert!(crate::s6::event::is_closed(&ev, m.uid(), m.gid()));
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "keep");
+        assert!(other_fifo.exists(), "the hard link's other name stays");
+        // Idempotent, and a missing directory is left to s6.
+        assert_eq!(close_event_dir(&ev).unwrap(), 0);
+        assert_eq!(close_event_dir(&t.path().join("missing")).unwrap(), 0);
+        // A symlink in its place is refused, not followed.
+        let link = t.path().join("event-link");
+        std::os::unix::fs::symlink(&ev, &link).unwrap();
+        assert!(close_event_dir(&link).is_err());
     }
 }

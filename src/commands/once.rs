@@ -69,6 +69,9 @@ pub fn describe_steps(plan: &Plan, config: &Config) -> Vec<String> {
                 Step::EnsureSupervised { name } => {
                     format!("have s6-svscan supervise slot {}", name.slot_name())
                 }
+                Step::CloseEvent { name } => {
+                    format!("close event/ of slot {} to other users and clear it", name.slot_name())
+                }
             });
         }
     }

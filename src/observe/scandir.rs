@@ -88,6 +88,9 @@ pub struct SlotObs {
     pub has_down: bool,
     /// An s6-supervise holds the slot's lock (a published slot s6-svscan has picked up).
     pub supervised: bool,
+    /// The `event/` of the slot or of its logger is not closed to other users (made by an older
+    /// build, with group `hermes`): see [`crate::s6::event`].
+    pub event_open: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -112,7 +115,8 @@ pub fn observe_slot(dir: &Path, cache: &mut SlotFileCache) -> SlotObs {
     let files = RENDERED.iter().map(|rel| (*rel, cache.read(&dir.join(rel)))).collect();
     let has_down = std::fs::symlink_metadata(dir.join("down")).is_ok();
     let supervised = !matches!(crate::s6::supervisor_pid(dir), Ok(None));
-    SlotObs { record, files, has_down, supervised }
+    let event_open = crate::s6::event::slot_events_open(dir);
+    SlotObs { record, files, has_down, supervised, event_open }
 }
 
 /// Lists the scandir. A scandir that cannot be listed is reported as absent.

@@ -77,6 +77,9 @@ pub enum Step {
     WriteRecord { name: ProfileName, record: SlotRecord },
     /// The slot is published but no supervisor runs it: have s6-svscan pick it up.
     EnsureSupervised { name: ProfileName },
+    /// Close the slot's `event/` directories (service and logger) to everyone but the daemon's
+    /// user and remove what others planted in them (SPEC §9.1; slots of older builds).
+    CloseEvent { name: ProfileName },
     /// Take the slot out of the scan, stop it and delete it (SPEC §7.3).
     Remove { name: ProfileName },
 }
@@ -354,6 +357,10 @@ fn plan_adopt(
     let mut steps = Vec::new();
     let mut action = None;
     let mut reason = None;
+    // First, before anything makes the supervisor announce a state change through `event/`.
+    if slot.event_open {
+        steps.push(Step::CloseEvent { name: p.name.clone() });
+    }
     if !changed.is_empty() {
         steps.push(Step::WriteFiles { name: p.name.clone(), files: changed });
         action = Some(ActionKind::Updated);

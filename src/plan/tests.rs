@@ -65,6 +65,7 @@ fn slot_as_created(obs: &Observed, cfg: &Config, name: &str) -> SlotObs {
         files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().to_vec()))).collect(),
         has_down: !up,
         supervised: true,
+        event_open: false,
     }
 }
 
@@ -413,6 +414,27 @@ fn unsupervised_slot_is_confirmed_only_when_a_scanner_runs() {
     obs.scanner.pid = Some(1);
     let p = plan(&obs, &cfg, PassKind::Continuous);
     assert_eq!(p.profiles[0].steps, vec![Step::EnsureSupervised { name: ProfileName::root() }]);
+    assert!(p.profiles[0].decision.is_none());
+}
+
+#[test]
+fn an_open_event_dir_is_closed_first_with_no_decision() {
+    let cfg = config(false, 400);
+    let mut obs = observed(vec![profile("default", intent(Some("running"), None))]);
+    let mut slot = slot_as_created(&obs, &cfg, "default");
+    slot.event_open = true;
+    slot.record.as_mut().unwrap().applied_desired = Some("stopped".into());
+    obs.scandir.slots.insert(ProfileName::root(), slot);
+    obs.previous_ports = plan(&obs, &cfg, PassKind::Boot).ports;
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    // Before the command: an up makes the supervisor write into every event/ entry.
+    assert_eq!(p.profiles[0].steps[0], Step::CloseEvent { name: ProfileName::root() });
+    assert!(matches!(p.profiles[0].steps[1], Step::Command { up: true, .. }));
+    // Closing alone is no boot-log decision.
+    obs.scandir.slots.get_mut(&ProfileName::root()).unwrap().record.as_mut().unwrap().applied_desired =
+        Some("running".into());
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    assert_eq!(p.profiles[0].steps, vec![Step::CloseEvent { name: ProfileName::root() }]);
     assert!(p.profiles[0].decision.is_none());
 }
 

@@ -3,6 +3,7 @@
 //! service, and `.s6-svscan/control` of the scanner. No s6 program is spawned on a hot path.
 
 pub mod control;
+pub mod event;
 pub mod status;
 
 pub use control::{ControlError, SupervisorCommand, rescan, scanner_pid, send_command, supervisor_pid};
