@@ -95,7 +95,9 @@ pub fn rescan(scandir: &Path, prune: bool) -> Result<()> {
     control(&scandir.join(".s6-svscan/control"), bytes).context("rescan byte not written")
 }
 
-/// Pid (in the runner's namespace) of the s6-supervise holding `<dir>/supervise/lock`.
+/// Pid (in the runner's namespace) of the s6-supervise holding `<dir>/supervise/lock`: a write
+/// lock, asked for with `F_RDLCK` so that read locks (anyone's, the file is 0644) never count
+/// (SPEC §9.1, as `hermes_reconciler::s6::supervisor_pid`).
 pub fn lock_holder(dir: &Path) -> Option<i32> {
     let f = fs::OpenOptions::new()
         .read(true)
@@ -104,7 +106,7 @@ pub fn lock_holder(dir: &Path) -> Option<i32> {
         .ok()?;
     // SAFETY: an all-zero flock is a valid value; F_GETLK fills it in.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_type = libc::F_RDLCK as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     // SAFETY: valid descriptor and flock.
     if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) } != 0 {

@@ -149,18 +149,25 @@ fn write_control(path: &Path, bytes: &[u8]) -> Result<(), ControlError> {
     }
 }
 
-/// Pid of the s6-supervise holding `<service_dir>/supervise/lock`, if any.
+/// Pid of the s6-supervise holding `<service_dir>/supervise/lock`, if any. This is the one
+/// answer to "is a supervisor present?" everywhere in the daemon (observing slots, confirming
+/// publications, removals, clearing leftovers, `status`).
 ///
 /// s6-supervise takes a POSIX (`fcntl`) write lock on the whole file, non-blocking, at start and
 /// holds it until it exits; the kernel drops it when the process dies, however it dies. So
 /// `Some` means a supervisor is alive on this directory *now*, and `None` means none is (the lock
-/// file is missing, or nobody holds it). This is the test to wait on after hiding a service and
-/// asking s6-svscan to prune: the directory may be deleted only once this is `None`.
+/// file is missing, or no write lock is held). This is the test to wait on after hiding a
+/// service and asking s6-svscan to prune: the directory may be deleted only once this is `None`.
 ///
-/// It is queried with `F_GETLK` ("could a write lock be placed?") on a descriptor opened
-/// read-only, non-blocking, close-on-exec and without following a symlink in the last
-/// component; taking no lock ourselves, it cannot disturb the supervisor. Linux answers
-/// `F_GETLK` for a write lock on a read-only descriptor (only *placing* one needs write access).
+/// Only a *write* lock counts (SPEC §9.1). The file is 0644, so anyone who reaches it (the group
+/// `hermes`, through `supervise/` 0710) can take a *read* lock — not while the supervisor holds
+/// its write lock, but the moment it exits — and a read lock counted as a supervisor would pin
+/// a removal forever. So the query is `F_GETLK` with `l_type = F_RDLCK` ("could a read lock be
+/// placed?"), which only a write lock conflicts with; read locks of others are not reported.
+///
+/// It is queried on a descriptor opened read-only, non-blocking, close-on-exec and without
+/// following a symlink in the last component; taking no lock ourselves, it cannot disturb the
+/// supervisor.
 ///
 /// The pid is the kernel's translation into the caller's pid namespace. If the lock holder lives
 /// in a pid namespace the caller cannot see (e.g. the caller runs in a child namespace of the
@@ -185,8 +192,10 @@ fn lock_holder(path: PathBuf) -> Result<Option<i32>, ControlError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(e)),
     };
+    // A read lock conflicts only with a write lock: readers (anyone may read-lock a 0644
+    // file) are not reported.
     let mut query = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
+        l_type: libc::F_RDLCK as libc::c_short,
         l_whence: libc::SEEK_SET as libc::c_short,
         l_start: 0,
         l_len: 0, // to the end of the file, however long: the whole file
