@@ -1,7 +1,7 @@
 //! `hermes-reconciler status`: one row per known profile and per slot (SPEC §4). Reads the
 //! volume, the slots and s6's status files; changes nothing; works with or without the daemon.
 
-use super::EXIT_OK;
+use super::{EXIT_FAILURE, EXIT_OK};
 use crate::config::Config;
 use crate::daemon::status_file;
 use crate::model::ProfileName;
@@ -9,6 +9,7 @@ use crate::observe::{self, scandir::slot_dir};
 use crate::s6;
 use serde::Serialize;
 use std::collections::BTreeSet;
+use std::io::Write;
 
 /// One row of `status`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -112,21 +113,49 @@ pub fn run(config: &Config, json: bool) -> i32 {
             scandir.push(w);
         }
     }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let written = print(&mut out, &rows, &scandir, json).and_then(|()| out.flush());
+    output_done(written)
+}
+
+/// Exit status once the output is written or could not be. A reader that went away early
+/// (`status | head -1`) is not a failure: the rest of the output has nobody to read it, so the
+/// command stops quietly with 0, as `ls | head` does. Rust ignores SIGPIPE, so the write fails
+/// with `EPIPE` instead of killing the process, and `println!` would panic (exit 101) on it;
+/// every write here therefore goes through `write!` and this function. (Restoring SIGPIPE's
+/// default instead would end the process by a signal — 141 under `set -o pipefail` — and is a
+/// process-wide switch that the daemon, which writes into FIFOs whose reader may vanish, must
+/// never have.) Any other write error is reported and is a failure.
+fn output_done(written: std::io::Result<()>) -> i32 {
+    match written {
+        Ok(()) => EXIT_OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(e) => {
+            eprintln!("hermes-reconciler: status: cannot write the output: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn print(out: &mut impl Write, rows: &[Row], scandir: &[String], json: bool) -> std::io::Result<()> {
     if json {
-        let out = serde_json::json!({ "profiles": rows, "scandir": scandir });
-        println!("{out}");
-        return EXIT_OK;
+        let doc = serde_json::json!({ "profiles": rows, "scandir": scandir });
+        serde_json::to_writer(&mut *out, &doc)?;
+        return writeln!(out);
     }
-    for w in &scandir {
-        println!("warning: {w}");
+    for w in scandir {
+        writeln!(out, "warning: {w}")?;
     }
-    println!(
+    writeln!(
+        out,
         "{:<24} {:<5} {:<14} {:<6} {:<5} {:<5} {:<8} {:>8} {:<5} {:<12} {:<24} ERROR",
         "PROFILE", "SLOT", "INTENT", "WANTUP", "UP", "READY", "PID", "UPTIME", "PORT", "LAST", "AT"
-    );
-    for r in &rows {
+    )?;
+    for r in rows {
         let error = r.last_error.clone().or(r.skipped.as_ref().map(|s| format!("skipped: {s}")));
-        println!(
+        writeln!(
+            out,
             "{:<24} {:<5} {:<14} {:<6} {:<5} {:<5} {:<8} {:>8} {:<5} {:<12} {:<24} {}",
             r.profile,
             if r.slot_present { "yes" } else { "no" },
@@ -140,7 +169,20 @@ pub fn run(config: &Config, json: bool) -> i32 {
             opt(&r.last_action),
             opt(&r.last_action_at),
             error.unwrap_or_default()
-        );
+        )?;
     }
-    EXIT_OK
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_pipe_is_a_quiet_success_and_other_write_errors_fail() {
+        use std::io::{Error, ErrorKind};
+        assert_eq!(output_done(Ok(())), EXIT_OK);
+        assert_eq!(output_done(Err(Error::from(ErrorKind::BrokenPipe))), EXIT_OK);
+        assert_eq!(output_done(Err(Error::from_raw_os_error(nix::libc::ENOSPC))), EXIT_FAILURE);
+    }
 }
