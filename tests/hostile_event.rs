@@ -221,3 +221,52 @@ fn adopting_an_older_slot_closes_event_and_removes_what_hermes_planted() {
     c.ok(wait_slots(&w.scandir, &wants(&[("work", Want::Up), ("other", Want::Up)])));
     c.finish();
 }
+
+/// The shell block of README's "Security model" that shows how `hermes` waits for a state.
+fn readme_wait_snippet() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let at = readme
+        .find("<!-- this block is run as hermes by tests/hostile_event.rs -->")
+        .expect("marker in README");
+    let block = &readme[at..];
+    let start = block.find("```sh\n").expect("sh block") + "```sh\n".len();
+    let end = block[start..].find("```").expect("end of block");
+    block[start..start + end].to_string()
+}
+
+#[test]
+fn hermes_cannot_subscribe_but_the_readme_polling_snippet_waits_for_states() {
+    let (w, _, _) = container_world();
+    w.once();
+    let mut c = Checks::new();
+    c.ok(wait_slots(&w.scandir, &wants(&[("work", Want::Up)])));
+    let work = w.slot("work");
+    for argv in [vec!["s6-svwait", "-u"], vec!["s6-svc", "-wu", "-u"]] {
+        let mut args: Vec<&OsStr> = argv.iter().map(OsStr::new).collect();
+        args.push(work.as_os_str());
+        let o = run_as("hermes", &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        c.check(
+            !o.status.success() && err.contains("ermission denied"),
+            format!("hermes: {argv:?}: exit {:?}, stderr {err:?}; want a refusal", o.status.code()),
+        );
+    }
+    let script = readme_wait_snippet().replace("/run/service/gateway-alice", &work.display().to_string());
+    let o = run_as("hermes", &[OsStr::new("sh"), OsStr::new("-euc"), OsStr::new(&script)]);
+    c.check(
+        o.status.success(),
+        format!(
+            "README snippet as hermes: exit {:?}, stderr {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    );
+    // It waited for the final state, so that state holds right after it returned.
+    c.ok(wait_slots(&w.scandir, &wants(&[("work", Want::Up)])));
+    match svstat(&work) {
+        Ok(st) => c.check(st.up && st.wanted_up, format!("after the snippet: {st:?}")),
+        Err(e) => c.check(false, e),
+    }
+    c.eq("gateway starts", w.standin_records("work").len(), 2);
+    c.finish();
+}
