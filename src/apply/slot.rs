@@ -104,14 +104,15 @@ fn close_event_dir(ev: &Path) -> Result<usize, SlotError> {
     fchown(&fd, Some(uid), Some(gid)).map_err(e)?;
     fchmod(&fd, Mode::from_bits_truncate(0o700)).map_err(e)?;
     let mut dir = Dir::from_fd(fd).map_err(e)?;
-    let names: Vec<std::ffi::CString> = dir
+    // A listing error stops here, in quarantine: nothing unseen may stay behind s6's mode.
+    let names = dir
         .iter()
-        .filter_map(Result::ok)
-        .map(|entry| entry.file_name().to_owned())
-        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
-        .collect();
+        .map(|entry| entry.map(|en| en.file_name().to_owned()))
+        .collect::<Result<Vec<std::ffi::CString>, _>>()
+        .map_err(e)?;
+    let names = names.iter().filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..");
     let mut removed = 0;
-    for name in &names {
+    for name in names {
         let path = ev.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
         let st = match fstatat(&dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
