@@ -385,6 +385,21 @@ impl DaemonProc {
     pub fn signal(&self, sig: Signal) {
         let _ = kill(Pid::from_raw(self.pid), sig);
     }
+
+    /// Sends SIGTERM and waits (at most `bound`) for the daemon to exit; returns how long it
+    /// took, or `None` if it was still running at the bound (it is then killed).
+    pub fn terminate_timed(&mut self, bound: Duration) -> Option<Duration> {
+        let mut child = self.child.take()?;
+        let t0 = Instant::now();
+        self.signal(Signal::SIGTERM);
+        let exited = poll(bound, Duration::from_millis(1), || child.try_wait().ok().flatten());
+        let took = t0.elapsed();
+        if exited.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        exited.map(|_| took)
+    }
 }
 
 impl Drop for DaemonProc {
@@ -493,6 +508,9 @@ impl Lab {
             ("S6_PROFILE_GATEWAY_SCANDIR".into(), self.scandir.display().to_string()),
             ("HERMES_GATEWAY_COMMAND".into(), standin.to_string_lossy().into_owned()),
             ("HERMES_RUN_AS".into(), String::new()),
+            // The daemon's own runtime state stays in the lab (a build that has no such
+            // setting ignores it).
+            ("HERMES_RECONCILER_RUNTIME_DIR".into(), self.dir.join("run").display().to_string()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         env

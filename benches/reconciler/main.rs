@@ -3,11 +3,12 @@
 //! `cargo bench --bench reconciler` runs every scenario and prints, for each, the measured value,
 //! its floor (the same effect produced directly by the runner, in the same run), the ratio and
 //! PASS/MISS against the target. `HERMES_BENCH_QUICK=1` runs a short version;
-//! `HERMES_BENCH_ONLY=add,intent,boot,idle,memory,storm` a subset.
+//! `HERMES_BENCH_ONLY=add,intent,boot,idle,memory,storm,hostile` a subset.
 //!
 //! This executable is also the stand-in gateway the slots exec (see `standin`).
 
 mod boot;
+mod hostile;
 mod idle;
 mod lab;
 mod latency;
@@ -34,6 +35,10 @@ pub struct Cfg {
     pub storm: usize,
     /// Storms of each kind (daemon and floor).
     pub storm_reps: usize,
+    /// Hostile profiles of the "hostile home" scenario, its window and its intent flips.
+    pub hostile_profiles: usize,
+    pub hostile_secs: u64,
+    pub hostile_flips: usize,
 }
 
 impl Cfg {
@@ -53,6 +58,12 @@ impl Cfg {
             big_profiles: 10_000,
             storm: 400,
             storm_reps: if quick { 1 } else { 3 },
+            hostile_profiles: std::env::var("HERMES_BENCH_HOSTILE_PROFILES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5_000),
+            hostile_secs: if quick { 10 } else { 60 },
+            hostile_flips: 20,
         }
     }
 
@@ -105,6 +116,7 @@ fn bench(cfg: &Cfg) -> Result<report::Report> {
         (&["boot"], Box::new(|r| boot::run(cfg, &tpl, r))),
         (&["idle", "memory"], Box::new(|r| idle::run(cfg, r))),
         (&["storm"], Box::new(|r| storm::run(cfg, &tpl, r))),
+        (&["hostile"], Box::new(|r| hostile::run(cfg, r))),
     ];
     for (names, f) in scenarios {
         if names.iter().any(|n| cfg.wants(n)) {
