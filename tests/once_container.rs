@@ -154,3 +154,26 @@ fn dashboard_container_run_signals_readiness_and_idles_until_sigterm() {
     c.eq("exit status", status.ok().and_then(|s| s.code()), Some(0));
     c.finish();
 }
+
+/// SPEC §9.2: temporary names are unpredictable. In its own pid namespace the daemon is pid 1,
+/// so the old `.<name>.hermes-reconciler-<pid>` names were known in advance: directories
+/// planted there blocked the port record and the legacy migration record on every pass.
+#[test]
+fn directories_at_predictable_temporary_names_do_not_block_the_home_records() {
+    let w = World::new();
+    w.profile("named").desired("running");
+    for name in [".gateway_state.json", "..gateway-ports.json"] {
+        for pid in [1, 2, 3] {
+            fs::create_dir(w.home.join(format!("{name}.hermes-reconciler-{pid}"))).unwrap();
+        }
+    }
+    let out = once_in_container(&w, "gateway run", &["once"]);
+    out.assert_code(0);
+    let mut c = Checks::new();
+    c.ok(wait_slots(&w.scandir, &wants(&[("default", Want::Up), ("named", Want::Up)])));
+    let record = fs::read_to_string(w.home.join("gateway_state.json")).unwrap_or_default();
+    c.check(record.contains("legacy-container-cmd"), format!("legacy record: {record:?}"));
+    let ports = fs::read_to_string(w.home.join(".gateway-ports.json")).unwrap_or_default();
+    c.check(ports.contains("\"named\""), format!("port record: {ports:?}; stderr: {}", out.stderr));
+    c.finish();
+}
