@@ -91,6 +91,11 @@ fn decision_text(d: &Decision) -> String {
 
 /// Runs the boot pass. Returns the exit status.
 pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32 {
+    // The first start of a container boot judges and records the container mode; a dry run
+    // only reads the record (or judges without recording).
+    if !dry_run && let (_, Some(w)) = crate::runtime::settle(&config.runtime_dir, Path::new("/proc")) {
+        tracing::warn!("{w}");
+    }
     let observed = observe::observe_all(config, Some(Path::new("/proc")));
     let plan = plan::plan(&observed, config, PassKind::Boot);
     for w in &plan.warnings {
