@@ -4,6 +4,7 @@
 use super::EXIT_OK;
 use crate::config::Config;
 use crate::daemon::status_file;
+use crate::escape::{Escaped, escape, json_safe};
 use crate::model::ProfileName;
 use crate::observe::{self, scandir::slot_dir};
 use crate::s6;
@@ -98,6 +99,24 @@ pub fn rows(config: &Config) -> Vec<Row> {
     rows
 }
 
+impl Row {
+    /// The row with every string escaped (SPEC §9.3), for the table: names, intents, actions
+    /// and messages come from files another user can write.
+    pub fn escaped(&self) -> Row {
+        let e = |s: &String| escape(s).into_owned();
+        Row {
+            profile: e(&self.profile),
+            slot: e(&self.slot),
+            intent: self.intent.as_ref().map(e),
+            last_action: self.last_action.as_ref().map(e),
+            last_action_at: self.last_action_at.as_ref().map(e),
+            last_error: self.last_error.as_ref().map(e),
+            skipped: self.skipped.as_ref().map(e),
+            ..self.clone()
+        }
+    }
+}
+
 fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map_or_else(|| "-".to_string(), ToString::to_string)
 }
@@ -114,10 +133,12 @@ pub fn run(config: &Config, json: bool) -> i32 {
     }
     if json {
         let out = serde_json::json!({ "profiles": rows, "scandir": scandir });
+        let out = json_safe(&out.to_string()).into_owned();
         println!("{out}");
         return EXIT_OK;
     }
     for w in &scandir {
+        let w = Escaped::new(w);
         println!("warning: {w}");
     }
     println!(
@@ -125,6 +146,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
         "PROFILE", "SLOT", "INTENT", "WANTUP", "UP", "READY", "PID", "UPTIME", "PORT", "LAST", "AT"
     );
     for r in &rows {
+        let r = &r.escaped();
         let error = r.last_error.clone().or(r.skipped.as_ref().map(|s| format!("skipped: {s}")));
         println!(
             "{:<24} {:<5} {:<14} {:<6} {:<5} {:<5} {:<8} {:>8} {:<5} {:<12} {:<24} {}",
