@@ -223,6 +223,26 @@ fn a_hermes_process_posing_as_the_dashboard_main_command_is_ignored() {
     let mut c = Checks::new();
     c.eq("modes", modes(&out), vec!["normal".to_string()]);
     c.ok(wait_slots(&w.scandir, &wants(&[("default", Want::Up)])));
+
+    // The daemon, started in another container with the same poser, does not idle: it creates
+    // the root's slot (waited for at most 30 s, a hang bound), then stops on SIGTERM.
+    let w = World::new();
+    w.root_profile().desired("running");
+    let slot = w.slot("default");
+    let out = in_container(
+        &w,
+        &format!(
+            "setpriv --reuid hermes --regid hermes --clear-groups \
+                 sh -c 'sleep 60; :' /opt/hermes/docker/main-wrapper.sh dashboard & \
+             sleep 0.3; \"$0\" run & d=$!; i=0; \
+             while [ ! -e '{}' ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+             kill -TERM $d; wait $d",
+            slot.display()
+        ),
+    );
+    out.assert_code(0);
+    c.check(slot.is_dir(), format!("the daemon idled: no {}; stderr:\n{}", slot.display(), out.stderr));
+    c.check(!out.stderr.contains("dashboard container"), format!("stderr:\n{}", out.stderr));
     c.finish();
 }
 

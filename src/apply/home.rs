@@ -155,8 +155,11 @@ impl HomeWriter {
                 Appendable::Yes(fd, size) if size >= rotate_at => {
                     drop(fd);
                     let rotated = format!("{name}.1");
-                    renameat(dir.as_fd(), name, dir.as_fd(), rotated.as_str())
-                        .map_err(|e| io_err(&path, e))?;
+                    if renameat(dir.as_fd(), name, dir.as_fd(), rotated.as_str()).is_err() {
+                        // Something that cannot be renamed over (a directory planted at
+                        // `<name>.1`) must not stop the log: start it afresh instead.
+                        return self.replace_in(&dir, name, &path, text.as_bytes(), false);
+                    }
                 }
                 Appendable::Yes(fd, _) => {
                     let mut file = std::fs::File::from(fd);
@@ -359,6 +362,15 @@ mod tests {
         assert_eq!(std::fs::metadata(&target).unwrap().nlink(), 1);
         // Only the log and nothing left over from the replacement.
         assert_eq!(std::fs::read_dir(t.path().join("logs")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_directory_at_the_rotated_name_does_not_stop_the_log() {
+        let (t, w) = writer();
+        std::fs::create_dir_all(t.path().join("logs/x.log.1/sub")).unwrap();
+        w.append_log("x.log", "a\n", 2).unwrap();
+        w.append_log("x.log", "b\n", 2).unwrap();
+        assert_eq!(std::fs::read_to_string(t.path().join("logs/x.log")).unwrap(), "b\n");
     }
 
     #[test]
