@@ -63,6 +63,7 @@ fn hostile_names_and_values_are_escaped_in_logs_boot_log_and_status() {
     let status = w.run(&["status"]);
     let json = w.run(&["status", "--json"]);
     let once = w.run(&["once"]);
+    let once_json = w.run(&["once", "--json"]);
     d.stop();
     let stderr = d.stderr();
     check_clean(&mut c, "daemon stderr", stderr.as_bytes());
@@ -79,6 +80,12 @@ fn hostile_names_and_values_are_escaped_in_logs_boot_log_and_status() {
     c.check(!status.stdout.contains('\u{9b}'), format!("raw C1 CSI in status:\n{}", status.stdout));
     check_clean(&mut c, "once", once.stdout.as_bytes());
     check_clean(&mut c, "once stderr", once.stderr.as_bytes());
+    check_clean(&mut c, "once --json", once_json.stdout.as_bytes());
+    c.check(
+        !once_json.stdout.contains('\u{9b}'),
+        format!("raw C1 CSI in once --json:\n{}", once_json.stdout),
+    );
+    c.check(!once.stdout.contains('\u{9b}'), format!("raw C1 CSI in once:\n{}", once.stdout));
     // The JSON still carries the name itself.
     let v = json.json();
     let names: Vec<&str> =

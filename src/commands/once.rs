@@ -169,7 +169,7 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
             warnings: &warnings,
             errors: &errors,
         };
-        println!("{}", serde_json::to_string(&report).expect("report serialises"));
+        println!("{}", json_safe(&serde_json::to_string(&report).expect("report serialises")));
     } else {
         for d in &outcome.applied {
             println!("{}", decision_text(d));
