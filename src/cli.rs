@@ -74,6 +74,9 @@ pub struct SettingFlags {
     /// Diagnostic log filter [env: HERMES_RECONCILER_LOG] [default: info]
     #[arg(long, global = true, value_name = "FILTER")]
     pub log: Option<String>,
+    /// Root-only runtime state, outside the scandir [env: HERMES_RECONCILER_RUNTIME_DIR] [default: /run/hermes-reconciler]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub runtime_dir: Option<String>,
 }
 
 impl SettingFlags {
@@ -91,6 +94,7 @@ impl SettingFlags {
             (&config::REMOVE_GRACE, &self.remove_grace_ms),
             (&config::MAX_PROFILES, &self.max_profiles),
             (&config::LOG, &self.log),
+            (&config::RUNTIME_DIR, &self.runtime_dir),
         ];
         for (setting, value) in pairs {
             if let Some(v) = value {

@@ -20,6 +20,9 @@ pub struct Config {
     pub remove_grace: Duration,
     pub max_profiles: usize,
     pub log_filter: String,
+    /// The daemon's own root-only runtime state (SPEC §9.4); never inside the scandir or the
+    /// home, which other users can write.
+    pub runtime_dir: PathBuf,
 }
 
 /// One setting: its environment variable, its flag and its default.
@@ -46,9 +49,14 @@ pub const REMOVE_GRACE: Setting =
 pub const MAX_PROFILES: Setting =
     Setting { var: "HERMES_RECONCILER_MAX_PROFILES", flag: "--max-profiles", default: "400" };
 pub const LOG: Setting = Setting { var: "HERMES_RECONCILER_LOG", flag: "--log", default: "info" };
+pub const RUNTIME_DIR: Setting = Setting {
+    var: "HERMES_RECONCILER_RUNTIME_DIR",
+    flag: "--runtime-dir",
+    default: "/run/hermes-reconciler",
+};
 
 /// Every setting, in the order of SPEC §3 (used by `--help` texts and the README table).
-pub const ALL: [&Setting; 10] = [
+pub const ALL: [&Setting; 11] = [
     &HOME,
     &SCANDIR,
     &MULTIPLEX,
@@ -59,6 +67,7 @@ pub const ALL: [&Setting; 10] = [
     &REMOVE_GRACE,
     &MAX_PROFILES,
     &LOG,
+    &RUNTIME_DIR,
 ];
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -187,7 +196,23 @@ impl Config {
                 source_kind: src,
             });
         }
+        let runtime_dir = path_of(raw, &RUNTIME_DIR)?;
+        for (inside, what) in [(&scandir, "the scandir"), (&home, "HERMES_HOME")] {
+            if runtime_dir.starts_with(inside) {
+                let (value, source_kind) = raw.get(&RUNTIME_DIR);
+                return Err(ConfigError {
+                    var: RUNTIME_DIR.var,
+                    value,
+                    why: format!(
+                        "must not be inside {what} ({}), which other users can write",
+                        inside.display()
+                    ),
+                    source_kind,
+                });
+            }
+        }
         Ok(Config {
+            runtime_dir,
             home,
             scandir,
             multiplex,
@@ -224,6 +249,7 @@ mod tests {
         assert_eq!(c.resync, Duration::from_secs(30));
         assert_eq!(c.remove_grace, Duration::from_millis(2000));
         assert_eq!(c.max_profiles, 400);
+        assert_eq!(c.runtime_dir, PathBuf::from("/run/hermes-reconciler"));
     }
 
     #[test]
@@ -252,6 +278,10 @@ mod tests {
             ("HERMES_RUN_AS", "bad user"),
             ("HERMES_GATEWAY_COMMAND", ""),
             ("HERMES_RECONCILER_LOG", "[[["),
+            ("HERMES_RECONCILER_RUNTIME_DIR", "run/x"),
+            ("HERMES_RECONCILER_RUNTIME_DIR", "/run/service"),
+            ("HERMES_RECONCILER_RUNTIME_DIR", "/run/service/.hermes"),
+            ("HERMES_RECONCILER_RUNTIME_DIR", "/opt/data/run"),
         ] {
             let e = Config::resolve(&env(&[(var, value)])).unwrap_err();
             assert_eq!(e.var, var);

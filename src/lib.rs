@@ -2,14 +2,17 @@
 //!
 //! Layout follows the control loop: [`observe`] reads the world into plain data, [`plan`] is a
 //! pure function from that data to actions, [`apply`] is the only layer that changes s6 or the
-//! filesystem. [`s6`] talks to s6 through its documented files; [`commands`] are the CLI's verbs.
+//! filesystem (and [`runtime`] records, once per container boot, what kind of container this
+//! is). [`s6`] talks to s6 through its documented files; [`commands`] are the CLI's verbs.
 
 pub mod apply;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod escape;
 pub mod model;
 pub mod observe;
 pub mod plan;
+pub mod runtime;
 pub mod s6;

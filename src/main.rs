@@ -5,12 +5,14 @@ use hermes_reconciler::apply::Applier;
 use hermes_reconciler::cli::{Cli, Command};
 use hermes_reconciler::commands::{self, EXIT_CONFIG, EXIT_OK, EXIT_USAGE};
 use hermes_reconciler::config::Config;
+use hermes_reconciler::escape::EscapingWriter;
 
 /// Diagnostics to stderr through a non-blocking writer (SPEC §8.2): a slow log pipe never
 /// stalls reconciling. The guard flushes what is queued when dropped.
 fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // The escaping runs on the writer's own thread, never in a pass.
+    let (writer, guard) = tracing_appender::non_blocking(EscapingWriter(std::io::stderr()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -154,3 +154,133 @@ fn dashboard_container_run_signals_readiness_and_idles_until_sigterm() {
     c.eq("exit status", status.ok().and_then(|s| s.code()), Some(0));
     c.finish();
 }
+
+/// SPEC §9.2: temporary names are unpredictable. In its own pid namespace the daemon is pid 1,
+/// so the old `.<name>.hermes-reconciler-<pid>` names were known in advance: directories
+/// planted there blocked the port record and the legacy migration record on every pass.
+#[test]
+fn directories_at_predictable_temporary_names_do_not_block_the_home_records() {
+    let w = World::new();
+    w.profile("named").desired("running");
+    for name in [".gateway_state.json", "..gateway-ports.json"] {
+        for pid in [1, 2, 3] {
+            fs::create_dir(w.home.join(format!("{name}.hermes-reconciler-{pid}"))).unwrap();
+        }
+    }
+    let out = once_in_container(&w, "gateway run", &["once"]);
+    out.assert_code(0);
+    let mut c = Checks::new();
+    c.ok(wait_slots(&w.scandir, &wants(&[("default", Want::Up), ("named", Want::Up)])));
+    let record = fs::read_to_string(w.home.join("gateway_state.json")).unwrap_or_default();
+    c.check(record.contains("legacy-container-cmd"), format!("legacy record: {record:?}"));
+    let ports = fs::read_to_string(w.home.join(".gateway-ports.json")).unwrap_or_default();
+    c.check(ports.contains("\"named\""), format!("port record: {ports:?}; stderr: {}", out.stderr));
+    c.finish();
+}
+
+/// Runs `script` with `sh` as pid 1 of a fresh pid namespace (a container of its own, with its
+/// own `/proc`); the script gets the binary as `$0` and this world's environment.
+fn in_container(w: &World, script: &str) -> Outcome {
+    let inner = w.command(&[]);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "sh", "-c", script])
+        .arg(BIN)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    run_with_timeout(cmd, ONCE_TIMEOUT)
+}
+
+/// The `mode` of each `once --json` report line of `out`.
+fn modes(out: &Outcome) -> Vec<String> {
+    out.stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["mode"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// SPEC §9.4: a process `hermes` starts, whatever its argv, never makes this a dashboard
+/// container, even as the lowest pid with a main command.
+#[test]
+fn a_hermes_process_posing_as_the_dashboard_main_command_is_ignored() {
+    ensure_hermes_user();
+    let w = World::new();
+    w.root_profile().desired("running");
+    let out = in_container(
+        &w,
+        "setpriv --reuid hermes --regid hermes --clear-groups \
+             sh -c 'sleep 60; :' /opt/hermes/docker/main-wrapper.sh dashboard & \
+         sleep 0.3; \"$0\" once --json",
+    );
+    out.assert_code(0);
+    let mut c = Checks::new();
+    c.eq("modes", modes(&out), vec!["normal".to_string()]);
+    c.ok(wait_slots(&w.scandir, &wants(&[("default", Want::Up)])));
+
+    // The daemon, started in another container with the same poser, does not idle: it creates
+    // the root's slot (waited for at most 30 s, a hang bound), then stops on SIGTERM.
+    let w = World::new();
+    w.root_profile().desired("running");
+    let slot = w.slot("default");
+    let out = in_container(
+        &w,
+        &format!(
+            "setpriv --reuid hermes --regid hermes --clear-groups \
+                 sh -c 'sleep 60; :' /opt/hermes/docker/main-wrapper.sh dashboard & \
+             sleep 0.3; \"$0\" run & d=$!; i=0; \
+             while [ ! -e '{}' ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+             kill -TERM $d; wait $d",
+            slot.display()
+        ),
+    );
+    out.assert_code(0);
+    c.check(slot.is_dir(), format!("the daemon idled: no {}; stderr:\n{}", slot.display(), out.stderr));
+    c.check(!out.stderr.contains("dashboard container"), format!("stderr:\n{}", out.stderr));
+    c.finish();
+}
+
+/// SPEC §9.4: the first judgment of a container boot is recorded in the runtime directory and
+/// reused by later starts, even when the main process is gone and an agent's process poses as
+/// another main command; a new container (another pid 1) judges again.
+#[test]
+fn the_first_judgment_of_a_boot_is_recorded_and_reused() {
+    ensure_hermes_user();
+    let w = World::new();
+    w.root_profile().desired("running");
+    let out = in_container(
+        &w,
+        "sh -c 'sleep 60; :' /opt/hermes/docker/main-wrapper.sh dashboard & main=$!; \
+         sleep 0.3; \"$0\" once --json; \
+         kill $main; wait $main; \
+         setpriv --reuid hermes --regid hermes --clear-groups \
+             sh -c 'sleep 60; :' /opt/hermes/docker/main-wrapper.sh gateway run & \
+         sleep 0.3; \"$0\" once --json",
+    );
+    out.assert_code(0);
+    let mut c = Checks::new();
+    c.eq("modes", modes(&out), vec!["dashboard".to_string(), "dashboard".to_string()]);
+    c.eq("slots", gateway_slots(&w.scandir), Default::default());
+    let record = w.runtime_dir().join("container-mode");
+    match fs::symlink_metadata(&record) {
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt;
+            c.eq("record owner and mode", (m.uid(), m.mode() & 0o7777), (0, 0o600));
+        }
+        Err(e) => c.check(false, format!("{}: {e}", record.display())),
+    }
+    let dir =
+        fs::metadata(w.runtime_dir()).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    c.eq("runtime dir mode", dir.ok().map(|m| m & 0o7777), Some(0o700));
+    // Another container boot on the same runtime directory judges afresh.
+    let out = in_container(&w, "\"$0\" once --json");
+    out.assert_code(0);
+    c.eq("next boot", modes(&out), vec!["normal".to_string()]);
+    c.finish();
+}

@@ -205,7 +205,8 @@ impl World {
             .env("S6_PROFILE_GATEWAY_SCANDIR", scandir)
             .env("HERMES_GATEWAY_COMMAND", &self.standin)
             .env("HERMES_RUN_AS", "")
-            .env("HERMES_RECONCILER_REMOVE_GRACE_MS", "200");
+            .env("HERMES_RECONCILER_REMOVE_GRACE_MS", "200")
+            .env("HERMES_RECONCILER_RUNTIME_DIR", self.tmp.path().join("run"));
     }
 
     fn profile_dir(&self, name: &str) -> PathBuf {

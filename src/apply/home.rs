@@ -30,6 +30,40 @@ fn io_err(path: &Path, e: impl Into<std::io::Error>) -> HomeError {
     HomeError::Io { path: path.to_path_buf(), source: e.into() }
 }
 
+/// How many new random temporary names are tried after the first one is taken.
+const TEMP_ATTEMPTS: usize = 8;
+
+/// 16 hex digits from the kernel's random source (`getrandom(2)`): a temporary name no other
+/// user can predict, so it can only be taken by chance (then a new one is drawn).
+pub fn random_suffix() -> std::io::Result<String> {
+    let mut buf = [0u8; 8];
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`, which lives
+        // across the call; getrandom writes at most that many bytes.
+        let n = unsafe { nix::libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(format!("{:016x}", u64::from_ne_bytes(buf)))
+}
+
+/// What [`HomeWriter::append_log`] found at the log's name.
+enum Appendable {
+    /// A file it may append to, opened, with its size.
+    Yes(OwnedFd, u64),
+    /// Something it must not write through: replace it.
+    Replace,
+    /// Nothing there.
+    Missing,
+}
+
 /// Whether one unlink removed something.
 pub type Unlinked = Result<bool, HomeError>;
 
@@ -67,13 +101,18 @@ impl HomeWriter {
             path.push(name);
             let next = match openat(fd.as_fd(), name, DIR_FLAGS, Mode::empty()) {
                 Err(Errno::ENOENT) if create => {
-                    match mkdirat(fd.as_fd(), name, Mode::from_bits_truncate(0o755)) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
+                    // Only a directory made here is chowned: one that appeared meanwhile is
+                    // someone else's, and the daemon never chowns what it did not create.
+                    let made = match mkdirat(fd.as_fd(), name, Mode::from_bits_truncate(0o755)) {
+                        Ok(()) => true,
+                        Err(Errno::EEXIST) => false,
                         Err(e) => return Err(io_err(&path, e)),
-                    }
+                    };
                     let sub =
                         openat(fd.as_fd(), name, DIR_FLAGS, Mode::empty()).map_err(|e| io_err(&path, e))?;
-                    self.chown(&sub, &path)?;
+                    if made {
+                        self.chown(&sub, &path)?;
+                    }
                     sub
                 }
                 other => other.map_err(|e| io_err(&path, e))?,
@@ -97,34 +136,99 @@ impl HomeWriter {
 
     /// Appends `text` to `logs/<name>`, first renaming a file of `rotate_at` bytes or more to
     /// `<name>.1` (replacing the previous one). One `write` call, so lines are not interleaved.
+    ///
+    /// Invariants (SPEC §9.2): it writes only into a regular file with exactly one link whose
+    /// owner is [`HomeWriter::file_owner_uid`] (the user files it creates belong to), checked on
+    /// the open descriptor and re-checked to still be the file at `logs/<name>` (so a hard link
+    /// to a file elsewhere, swapped in and out around the open, is never written through).
+    /// Anything else at that name (a hard link, a symlink, a FIFO, a file of another user) is
+    /// replaced by a new file: created under an unpredictable name with `O_EXCL`, then renamed
+    /// over. Only files it has just created with `O_EXCL` are chowned. Rotation is a rename in
+    /// the directory (never an open of `<name>.1`) and only of a file it would append to.
     pub fn append_log(&self, name: &str, text: &str, rotate_at: u64) -> Result<(), HomeError> {
         let dir = self.open_dir(Path::new("logs"), true)?;
         let path = self.home.join("logs").join(name);
-        if let Ok(st) = fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-            && st.st_size as u64 >= rotate_at
-        {
-            let rotated = format!("{name}.1");
-            renameat(dir.as_fd(), name, dir.as_fd(), rotated.as_str()).map_err(|e| io_err(&path, e))?;
+        // Every round either writes or meets a race (the name changed under it); the agent
+        // cannot win forever against the final replacement, which needs no existing file.
+        for _ in 0..3 {
+            match self.open_appendable(&dir, name, &path)? {
+                Appendable::Yes(fd, size) if size >= rotate_at => {
+                    drop(fd);
+                    let rotated = format!("{name}.1");
+                    if renameat(dir.as_fd(), name, dir.as_fd(), rotated.as_str()).is_err() {
+                        // Something that cannot be renamed over (a directory planted at
+                        // `<name>.1`) must not stop the log: start it afresh instead.
+                        return self.replace_in(&dir, name, &path, text.as_bytes(), false);
+                    }
+                }
+                Appendable::Yes(fd, _) => {
+                    let mut file = std::fs::File::from(fd);
+                    return file.write_all(text.as_bytes()).map_err(|e| io_err(&path, e));
+                }
+                Appendable::Replace => {
+                    return self.replace_in(&dir, name, &path, text.as_bytes(), false);
+                }
+                Appendable::Missing => {}
+            }
+            let flags = OFlag::O_WRONLY
+                | OFlag::O_APPEND
+                | OFlag::O_CREAT
+                | OFlag::O_EXCL
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC;
+            match openat(dir.as_fd(), name, flags, Mode::from_bits_truncate(0o644)) {
+                Ok(fd) => {
+                    self.chown(&fd, &path)?;
+                    let mut file = std::fs::File::from(fd);
+                    return file.write_all(text.as_bytes()).map_err(|e| io_err(&path, e));
+                }
+                Err(Errno::EEXIST) => continue,
+                Err(e) => return Err(io_err(&path, e)),
+            }
         }
-        let flags = OFlag::O_WRONLY
-            | OFlag::O_APPEND
-            | OFlag::O_CREAT
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_NONBLOCK
-            | OFlag::O_CLOEXEC;
-        let fd = openat(dir.as_fd(), name, flags, Mode::from_bits_truncate(0o644))
-            .map_err(|e| io_err(&path, e))?;
-        let st = fstat(fd.as_fd()).map_err(|e| io_err(&path, e))?;
-        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-            return Err(HomeError::NotRegular { path });
+        self.replace_in(&dir, name, &path, text.as_bytes(), false)
+    }
+
+    /// The owner of every file this writer creates, and the only owner of a file it appends to.
+    pub fn file_owner_uid(&self) -> u32 {
+        self.owner.map_or_else(|| Uid::effective().as_raw(), |(uid, _)| uid.as_raw())
+    }
+
+    /// Opens `name` in `dir` for appending if it may be appended to (see
+    /// [`HomeWriter::append_log`]). The name is looked at without following a symlink and
+    /// without opening anything but a regular file, so a FIFO or device is never opened.
+    fn open_appendable(&self, dir: &OwnedFd, name: &str, path: &Path) -> Result<Appendable, HomeError> {
+        let before = match fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(Appendable::Missing),
+            Err(e) => return Err(io_err(path, e)),
+        };
+        if !self.may_append(&before) {
+            return Ok(Appendable::Replace);
         }
-        if let Some((uid, gid)) = self.owner
-            && (st.st_uid != uid.as_raw() || st.st_gid != gid.as_raw())
-        {
-            self.chown(&fd, &path)?;
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = match openat(dir.as_fd(), name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(Appendable::Missing),
+            // A symlink or a FIFO without reader swapped in since the look: replace it.
+            Err(Errno::ELOOP | Errno::ENXIO) => return Ok(Appendable::Replace),
+            Err(e) => return Err(io_err(path, e)),
+        };
+        let st = fstat(fd.as_fd()).map_err(|e| io_err(path, e))?;
+        let still = fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+        let same = still.is_some_and(|s| s.st_dev == st.st_dev && s.st_ino == st.st_ino);
+        if self.may_append(&st) && same {
+            Ok(Appendable::Yes(fd, st.st_size as u64))
+        } else {
+            Ok(Appendable::Replace)
         }
-        let mut file = std::fs::File::from(fd);
-        file.write_all(text.as_bytes()).map_err(|e| io_err(&path, e))
+    }
+
+    fn may_append(&self, st: &nix::sys::stat::FileStat) -> bool {
+        SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+            && st.st_nlink == 1
+            && st.st_uid == self.file_owner_uid()
     }
 
     /// Replaces `<rel_dir>/<name>` atomically: a new file next to it, then `renameat` over it.
@@ -132,18 +236,39 @@ impl HomeWriter {
     pub fn write_atomic(&self, rel_dir: &Path, name: &str, content: &[u8]) -> Result<(), HomeError> {
         let dir = self.open_dir(rel_dir, false)?;
         let path = self.home.join(rel_dir).join(name);
-        let tmp = format!(".{name}.hermes-reconciler-{}", std::process::id());
+        self.replace_in(&dir, name, &path, content, true)
+    }
+
+    /// Writes `content` to a new file `.<name>.<random>` in `dir` (created with `O_EXCL |
+    /// O_NOFOLLOW`, so nothing planted there is opened; a new random name on `EEXIST`), hands it
+    /// to the owner, then renames it over `name`. The temporary name cannot be predicted, so a
+    /// planted file or directory cannot block the write.
+    fn replace_in(
+        &self,
+        dir: &OwnedFd,
+        name: &str,
+        path: &Path,
+        content: &[u8],
+        sync: bool,
+    ) -> Result<(), HomeError> {
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        // A stale temp file of ours (a crash mid-write) is in the way of O_EXCL: remove it.
-        let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        let fd = openat(dir.as_fd(), tmp.as_str(), flags, Mode::from_bits_truncate(0o644))
-            .map_err(|e| io_err(&path, e))?;
+        let mut attempt = 0;
+        let (tmp, fd) = loop {
+            let tmp = format!(".{name}.{}", random_suffix().map_err(|e| io_err(path, e))?);
+            match openat(dir.as_fd(), tmp.as_str(), flags, Mode::from_bits_truncate(0o644)) {
+                Ok(fd) => break (tmp, fd),
+                Err(Errno::EEXIST) if attempt < TEMP_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(io_err(path, e)),
+            }
+        };
         let result = (|| {
-            self.chown(&fd, &path)?;
+            self.chown(&fd, path)?;
             let mut file = std::fs::File::from(fd);
-            file.write_all(content).map_err(|e| io_err(&path, e))?;
-            file.sync_data().map_err(|e| io_err(&path, e))?;
-            renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name).map_err(|e| io_err(&path, e))
+            file.write_all(content).map_err(|e| io_err(path, e))?;
+            if sync {
+                file.sync_data().map_err(|e| io_err(path, e))?;
+            }
+            renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name).map_err(|e| io_err(path, e))
         })();
         if result.is_err() {
             let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
@@ -202,7 +327,7 @@ mod tests {
     }
 
     #[test]
-    fn symlinked_log_dir_or_file_is_refused() {
+    fn symlinked_log_dir_is_refused_and_a_symlinked_log_is_replaced() {
         let (t, w) = writer();
         let outside = tempfile::tempdir().unwrap();
         symlink(outside.path(), t.path().join("logs")).unwrap();
@@ -213,17 +338,64 @@ mod tests {
         let target = outside.path().join("victim");
         std::fs::write(&target, "keep").unwrap();
         symlink(&target, t.path().join("logs/x.log")).unwrap();
-        assert!(w.append_log("x.log", "a\n", 1 << 20).is_err());
+        w.append_log("x.log", "a\n", 1 << 20).unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        let md = std::fs::symlink_metadata(t.path().join("logs/x.log")).unwrap();
+        assert!(md.file_type().is_file());
+        assert_eq!(std::fs::read_to_string(t.path().join("logs/x.log")).unwrap(), "a\n");
     }
 
     #[test]
-    fn fifo_log_is_refused_without_blocking() {
+    fn hard_linked_log_is_replaced_not_written_through_nor_rotated() {
+        let (t, w) = writer();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("victim");
+        std::fs::write(&target, "keep").unwrap();
+        std::fs::create_dir(t.path().join("logs")).unwrap();
+        std::fs::hard_link(&target, t.path().join("logs/x.log")).unwrap();
+        // Rotation threshold below the victim's size: it must not matter.
+        w.append_log("x.log", "a\n", 2).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(t.path().join("logs/x.log")).unwrap(), "a\n");
+        assert!(!t.path().join("logs/x.log.1").exists());
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&target).unwrap().nlink(), 1);
+        // Only the log and nothing left over from the replacement.
+        assert_eq!(std::fs::read_dir(t.path().join("logs")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_directory_at_the_rotated_name_does_not_stop_the_log() {
+        let (t, w) = writer();
+        std::fs::create_dir_all(t.path().join("logs/x.log.1/sub")).unwrap();
+        w.append_log("x.log", "a\n", 2).unwrap();
+        w.append_log("x.log", "b\n", 2).unwrap();
+        assert_eq!(std::fs::read_to_string(t.path().join("logs/x.log")).unwrap(), "b\n");
+    }
+
+    #[test]
+    fn fifo_log_is_replaced_without_blocking() {
         let (t, w) = writer();
         std::fs::create_dir(t.path().join("logs")).unwrap();
         nix::unistd::mkfifo(&t.path().join("logs/x.log"), Mode::from_bits_truncate(0o644)).unwrap();
-        // O_NONBLOCK on a FIFO with no reader fails with ENXIO instead of blocking.
-        assert!(w.append_log("x.log", "a\n", 1 << 20).is_err());
+        w.append_log("x.log", "a\n", 1 << 20).unwrap();
+        assert_eq!(std::fs::read_to_string(t.path().join("logs/x.log")).unwrap(), "a\n");
+    }
+
+    #[test]
+    fn planted_temporary_names_do_not_block_an_atomic_write() {
+        let (t, w) = writer();
+        for n in [
+            ".ports.json.hermes-reconciler-1",
+            &format!(".ports.json.hermes-reconciler-{}", std::process::id()),
+        ] {
+            std::fs::create_dir(t.path().join(n)).unwrap();
+        }
+        w.write_atomic(Path::new(""), "ports.json", b"{}").unwrap();
+        assert_eq!(std::fs::read_to_string(t.path().join("ports.json")).unwrap(), "{}");
+        let a = random_suffix().unwrap();
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, random_suffix().unwrap());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use super::{EXIT_FAILURE, EXIT_OK};
 use crate::apply::Applier;
 use crate::config::Config;
 use crate::daemon::status_file;
+use crate::escape::{Escaped, json_safe};
 use crate::observe::{self, container::ContainerMode};
 use crate::plan::{self, ActionKind, Decision, PassKind, Plan, Step};
 use serde::Serialize;
@@ -78,22 +79,29 @@ pub fn describe_steps(plan: &Plan, config: &Config) -> Vec<String> {
     out
 }
 
+/// One decision for people; the profile (a raw directory name when skipped), state and reason
+/// come from the volume and are escaped.
 fn decision_text(d: &Decision) -> String {
     let mut s = format!(
         "{} {} (prior_state={}, prior_exit={})",
         d.action.as_str(),
-        d.profile,
-        d.prior_state.as_deref().unwrap_or("None"),
+        Escaped::new(&d.profile),
+        Escaped::new(d.prior_state.as_deref().unwrap_or("None")),
         d.prior_exit.as_str()
     );
     if let Some(r) = &d.reason {
-        s.push_str(&format!(" reason={r}"));
+        s.push_str(&format!(" reason={}", Escaped::new(r)));
     }
     s
 }
 
 /// Runs the boot pass. Returns the exit status.
 pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32 {
+    // The first start of a container boot judges and records the container mode; a dry run
+    // only reads the record (or judges without recording).
+    if !dry_run && let (_, Some(w)) = crate::runtime::settle(&config.runtime_dir, Path::new("/proc")) {
+        tracing::warn!("{w}");
+    }
     let observed = observe::observe_all(config, Some(Path::new("/proc")));
     let plan = plan::plan(&observed, config, PassKind::Boot);
     for w in &plan.warnings {
@@ -114,7 +122,7 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
                 warnings: &plan.warnings,
                 errors: &[],
             };
-            println!("{}", serde_json::to_string(&report).expect("report serialises"));
+            println!("{}", json_safe(&serde_json::to_string(&report).expect("report serialises")));
         } else {
             for s in &steps {
                 println!("would {s}");
@@ -164,7 +172,7 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
             warnings: &warnings,
             errors: &errors,
         };
-        println!("{}", serde_json::to_string(&report).expect("report serialises"));
+        println!("{}", json_safe(&serde_json::to_string(&report).expect("report serialises")));
     } else {
         for d in &outcome.applied {
             println!("{}", decision_text(d));

@@ -8,8 +8,9 @@ use super::{EXIT_FAILURE, EXIT_OK};
 use crate::apply::Applier;
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::observe::container::{self, ContainerMode};
+use crate::observe::container::ContainerMode;
 use crate::plan::PassKind;
+use crate::runtime;
 use crate::s6;
 use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, RawFd};
@@ -78,7 +79,11 @@ async fn main_loop(config: Config, applier: Applier, notify_fd: Option<i32>) -> 
         }
     };
 
-    if container::detect(Path::new("/proc")) == ContainerMode::Dashboard {
+    let (mode, warning) = runtime::settle(&config.runtime_dir, Path::new("/proc"));
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
+    if mode == ContainerMode::Dashboard {
         tracing::info!("dashboard container: gateways are not supervised here; idling");
         notify_ready(notify_fd);
         tokio::select! {

@@ -4,6 +4,7 @@
 use super::{EXIT_FAILURE, EXIT_OK};
 use crate::config::Config;
 use crate::daemon::status_file;
+use crate::escape::{Escaped, escape, json_safe};
 use crate::model::ProfileName;
 use crate::observe::{self, scandir::slot_dir};
 use crate::s6;
@@ -99,6 +100,24 @@ pub fn rows(config: &Config) -> Vec<Row> {
     rows
 }
 
+impl Row {
+    /// The row with every string escaped (SPEC §9.3), for the table: names, intents, actions
+    /// and messages come from files another user can write.
+    pub fn escaped(&self) -> Row {
+        let e = |s: &String| escape(s).into_owned();
+        Row {
+            profile: e(&self.profile),
+            slot: e(&self.slot),
+            intent: self.intent.as_ref().map(e),
+            last_action: self.last_action.as_ref().map(e),
+            last_action_at: self.last_action_at.as_ref().map(e),
+            last_error: self.last_error.as_ref().map(e),
+            skipped: self.skipped.as_ref().map(e),
+            ..self.clone()
+        }
+    }
+}
+
 fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map_or_else(|| "-".to_string(), ToString::to_string)
 }
@@ -141,11 +160,10 @@ fn output_done(written: std::io::Result<()>) -> i32 {
 fn print(out: &mut impl Write, rows: &[Row], scandir: &[String], json: bool) -> std::io::Result<()> {
     if json {
         let doc = serde_json::json!({ "profiles": rows, "scandir": scandir });
-        serde_json::to_writer(&mut *out, &doc)?;
-        return writeln!(out);
+        return writeln!(out, "{}", json_safe(&doc.to_string()));
     }
     for w in scandir {
-        writeln!(out, "warning: {w}")?;
+        writeln!(out, "warning: {}", Escaped::new(w))?;
     }
     writeln!(
         out,
@@ -153,6 +171,7 @@ fn print(out: &mut impl Write, rows: &[Row], scandir: &[String], json: bool) -> 
         "PROFILE", "SLOT", "INTENT", "WANTUP", "UP", "READY", "PID", "UPTIME", "PORT", "LAST", "AT"
     )?;
     for r in rows {
+        let r = &r.escaped();
         let error = r.last_error.clone().or(r.skipped.as_ref().map(|s| format!("skipped: {s}")));
         writeln!(
             out,

@@ -309,7 +309,7 @@ impl Daemon {
         }
         for d in &outcome.applied {
             tracing::info!(
-                profile = %d.profile,
+                profile = %crate::escape::Escaped::new(&d.profile),
                 action = d.action.as_str(),
                 reason = d.reason.as_deref().unwrap_or(""),
                 "decision"

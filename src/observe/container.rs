@@ -6,13 +6,15 @@
 //! So the first process, in pid order, whose argv contains a token ending in `main-wrapper.sh`
 //! tells what the container was started to do.
 //!
-//! Trust: argv of any process is visible here, including processes an agent starts. The lowest
-//! pid wins because the container's init chain starts before any agent process; an agent could
-//! only win after pid wrap-around or once the wrapper has exec'd away, which is why this is
-//! consulted in the boot pass. Reads are bounded and never fail: any problem means "this process
-//! does not tell", and no process telling means [`ContainerMode::Normal`].
+//! Trust (SPEC §9.4): argv of any process is visible here, including processes an agent starts
+//! and rewrites at will, so only processes wholly owned by root count. The lowest pid wins
+//! because the container's init chain starts before anything else. The first judgment of a
+//! container boot is recorded (see [`crate::runtime`]) and reused by every later start. Reads
+//! are bounded and never fail: any problem means "this process does not tell", and no process
+//! telling means [`ContainerMode::Normal`].
 
-use crate::observe::safe_read::read_bounded;
+use nix::fcntl::{AT_FDCWD, OFlag, openat};
+use nix::sys::stat::{Mode, SFlag};
 use std::path::Path;
 
 /// Largest `cmdline` read; a longer one is skipped rather than truncated (a truncated argv
@@ -86,11 +88,19 @@ pub fn classify(command: &[String]) -> ContainerMode {
     }
 }
 
-/// Scans `<proc_root>/<pid>/cmdline` in pid order; the first process with a main command decides.
+/// Scans `<proc_root>/<pid>/cmdline` in pid order; the first process owned by root with a main
+/// command decides (SPEC §9.4).
 ///
 /// Only entries made of ASCII digits are pids (`self`, `sys`... are not). Processes that vanish
-/// meanwhile, unreadable or oversized ([`MAX_CMDLINE`]) `cmdline`s and kernel threads (empty
-/// `cmdline`) are skipped. An unlistable `proc_root` gives [`ContainerMode::Normal`].
+/// meanwhile, unreadable or oversized ([`MAX_CMDLINE`]) `cmdline`s, kernel threads (empty
+/// `cmdline`) and processes not wholly root's ([`is_root_process`]) are skipped. An unlistable
+/// `proc_root` gives [`ContainerMode::Normal`].
+///
+/// Each process is read through one descriptor of its `/proc/<pid>` directory, which stays tied
+/// to that process even if it exits and its pid is reused, and its uids are read *after* its
+/// `cmdline`: uids only go from root to another user (a process of another user can rewrite its
+/// own argv, but can never become root again with all four uids), so a process that is wholly
+/// root's after its `cmdline` was read was root's when it was read.
 pub fn detect(proc_root: &Path) -> ContainerMode {
     let Ok(entries) = std::fs::read_dir(proc_root) else {
         return ContainerMode::Normal;
@@ -105,15 +115,50 @@ pub fn detect(proc_root: &Path) -> ContainerMode {
         .collect();
     pids.sort();
     for (_, name) in pids {
-        let path = proc_root.join(name).join("cmdline");
-        let Ok(bytes) = read_bounded(&path, MAX_CMDLINE) else {
+        let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let Ok(dir) = openat(AT_FDCWD, &proc_root.join(name), flags, Mode::empty()) else {
             continue;
         };
-        if let Some(command) = main_command(&bytes) {
+        let Some(bytes) = read_at(&dir, "cmdline", MAX_CMDLINE) else {
+            continue;
+        };
+        let Some(command) = main_command(&bytes) else {
+            continue;
+        };
+        if read_at(&dir, "status", MAX_STATUS).is_some_and(|s| is_root_process(&s)) {
             return classify(&command);
         }
     }
     ContainerMode::Normal
+}
+
+/// Largest `/proc/<pid>/status` read (a real one is about 1.5 KiB).
+const MAX_STATUS: u64 = 16 << 10;
+
+/// Whether a `/proc/<pid>/status` text says the process is wholly root's: its `Uid:` line has
+/// four fields (real, effective, saved, filesystem), all `0`. A set-uid-root program started by
+/// another user keeps that user as its real uid, so it does not count; neither does the owner of
+/// the `/proc/<pid>` entry, which is root for any process that made itself non-dumpable.
+pub fn is_root_process(status: &[u8]) -> bool {
+    status.split(|&b| b == b'\n').find_map(|line| line.strip_prefix(b"Uid:")).is_some_and(|rest| {
+        let fields: Vec<&[u8]> = rest.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty()).collect();
+        fields.len() == 4 && fields.iter().all(|f| *f == b"0")
+    })
+}
+
+/// Reads at most `limit` bytes of the regular file `name` in `dir` (no symlink followed, never
+/// blocking); `None` on any problem or when the file is larger than `limit`.
+fn read_at(dir: &std::os::fd::OwnedFd, name: &str, limit: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let fd = openat(dir, name, flags, Mode::empty()).ok()?;
+    let st = nix::sys::stat::fstat(&fd).ok()?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return None;
+    }
+    let mut out = Vec::new();
+    std::fs::File::from(fd).take(limit + 1).read_to_end(&mut out).ok()?;
+    (out.len() as u64 <= limit).then_some(out)
 }
 
 /// A pid directory name: ASCII digits only (so no sign, no spaces), fitting a `u64`.
@@ -284,13 +329,20 @@ mod tests {
         fn root(&self) -> &Path {
             self.dir.path()
         }
+        /// A process directory; root's unless a `status` is written over it.
         fn pid_dir(&self, pid: &str) -> PathBuf {
             let d = self.root().join(pid);
             std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("status"), "Name:\tsh\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n").unwrap();
             d
         }
         fn process(&self, pid: &str, args: &[&str]) {
             std::fs::write(self.pid_dir(pid).join("cmdline"), argv(args)).unwrap();
+        }
+        fn process_of(&self, uids: &str, pid: &str, args: &[&str]) {
+            self.process(pid, args);
+            std::fs::write(self.root().join(pid).join("status"), format!("Name:\tsh\nUid:\t{uids}\n"))
+                .unwrap();
         }
     }
 
@@ -366,6 +418,41 @@ mod tests {
         p.process("8", &["sh", "main-wrapper.sh", "gateway", "run", "--no-supervise"]);
         p.process("9", &["sh", "main-wrapper.sh", "dashboard"]);
         assert_eq!(detect(p.root()), ContainerMode::Normal);
+    }
+
+    #[test]
+    fn detect_counts_only_processes_wholly_owned_by_root() {
+        let p = FakeProc::new();
+        // An agent's process, a set-uid-root program it started, and one with no status.
+        p.process_of(
+            "10000\t10000\t10000\t10000",
+            "5",
+            &["sh", "/opt/hermes/docker/main-wrapper.sh", "dashboard"],
+        );
+        p.process_of("10000\t0\t0\t0", "6", &["sh", "main-wrapper.sh", "dashboard"]);
+        p.process("7", &["sh", "main-wrapper.sh", "dashboard"]);
+        std::fs::remove_file(p.root().join("7/status")).unwrap();
+        p.process("9", &["sh", "main-wrapper.sh", "gateway", "run"]);
+        assert_eq!(detect(p.root()), ContainerMode::LegacyGatewayRun);
+        let p = FakeProc::new();
+        p.process_of("10000\t10000\t10000\t10000", "5", &["sh", "main-wrapper.sh", "dashboard"]);
+        assert_eq!(detect(p.root()), ContainerMode::Normal);
+    }
+
+    #[test]
+    fn root_process_status() {
+        assert!(is_root_process(b"Name:\tx\nUid:\t0\t0\t0\t0\nGid:\t5\t5\t5\t5\n"));
+        for bad in [
+            &b"Uid:\t0\t0\t0\t1\n"[..],
+            b"Uid:\t0\t0\t0\n",
+            b"Uid:\t0\t0\t0\t0\t0\n",
+            b"Uid:\t00\t0\t0\t0\n",
+            b"Gid:\t0\t0\t0\t0\n",
+            b"",
+            b"XUid:\t0\t0\t0\t0\n",
+        ] {
+            assert!(!is_root_process(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

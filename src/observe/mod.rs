@@ -116,8 +116,9 @@ pub fn observe_root(home: &Path) -> ProfileObs {
 
 /// Observes the whole world for a full pass.
 ///
-/// `proc_root` is where to look for the container's main command (`/proc`); `None` skips that
-/// scan (the mode only matters to a boot pass) and reports a normal container.
+/// `proc_root` is where to look for the container's main command (`/proc`), unless this boot's
+/// judgment is recorded in the runtime directory (SPEC §9.4); `None` skips that (the mode only
+/// matters to a boot pass) and reports a normal container.
 pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
     observe_all_cached(config, proc_root, &mut scandir::SlotFileCache::default())
 }
@@ -137,7 +138,7 @@ pub fn observe_all_cached(
     let (previous_ports, ports_warning) = read_ports(home);
     warnings.extend(ports_warning);
     Observed {
-        mode: proc_root.map_or(ContainerMode::Normal, container::detect),
+        mode: proc_root.map_or(ContainerMode::Normal, |p| crate::runtime::judged(&config.runtime_dir, p)),
         root_state_file_exists: std::fs::symlink_metadata(home.join("gateway_state.json")).is_ok(),
         profiles,
         skipped: discovery.skipped,

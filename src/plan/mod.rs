@@ -294,7 +294,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
     for s in obs.skipped.iter().filter(|_| opts.only.is_none()) {
         plan.warnings.push(format!(
             "{}: skipped: {}",
-            cfg.home.join("profiles").join(&s.raw).display(),
+            crate::escape::Escaped::new(&cfg.home.join("profiles").join(&s.raw)),
             s.reason
         ));
         plan.skipped.push(Decision {

@@ -572,6 +572,7 @@ impl World {
             .env("HERMES_GATEWAY_COMMAND", &self.standin)
             .env("HERMES_RUN_AS", "")
             .env("HERMES_RECONCILER_LOG", "info")
+            .env("HERMES_RECONCILER_RUNTIME_DIR", self.runtime_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -579,6 +580,12 @@ impl World {
             cmd.env(k, v);
         }
         cmd
+    }
+
+    /// This world's `HERMES_RECONCILER_RUNTIME_DIR` (created by the binary on first use): each
+    /// world is a container of its own, whose container-mode judgment no other world shares.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.root.join("run")
     }
 
     /// Runs the binary with `args`, killing it (and failing) after [`ONCE_TIMEOUT`].
