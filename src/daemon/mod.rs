@@ -43,6 +43,12 @@ pub const REMOVAL_POLL_SLOW: Duration = Duration::from_millis(100);
 /// costs at most one re-list a second (SPEC §9.3). Dirty profiles are served meanwhile.
 pub const RELIST_COALESCE: Duration = Duration::from_secs(1);
 
+/// When a re-list asked for by events may run (SPEC §9.3): at once if the last full pass is
+/// at least [`RELIST_COALESCE`] old, else as soon as it is. Pure, for the event loop and tests.
+pub fn relist_due_at(last_full: Instant, now: Instant) -> Instant {
+    now.max(last_full + RELIST_COALESCE)
+}
+
 /// The reconciler's state between passes.
 pub struct Daemon {
     pub cfg: Config,
@@ -108,7 +114,7 @@ impl Daemon {
             if self.polling_fallback { FALLBACK_RELIST.min(self.cfg.resync) } else { self.cfg.resync };
         let mut next = self.last_full + period;
         if self.relist_pending {
-            next = next.min(self.last_full + RELIST_COALESCE);
+            next = next.min(relist_due_at(self.last_full, Instant::now()));
         }
         for since in self.absent.values() {
             next = next.min(*since + self.cfg.remove_grace);
@@ -151,7 +157,8 @@ impl Daemon {
     /// serving the event's dirty profiles, so they never wait for a re-list.
     pub fn request_relist(&mut self) {
         self.relist_pending = true;
-        if self.last_full.elapsed() >= RELIST_COALESCE {
+        let now = Instant::now();
+        if relist_due_at(self.last_full, now) <= now {
             self.full_pass(PassKind::Continuous);
         }
     }
@@ -430,5 +437,37 @@ impl Daemon {
     /// cleared by the next start once their supervisors are gone).
     pub fn pending_removals(&self) -> usize {
         self.removals.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event loop's use of [`relist_due_at`]: a request runs the re-list when due, else
+    /// leaves it pending for the timer, which runs it when due.
+    #[test]
+    fn a_storm_of_relist_requests_gives_at_most_one_relist_a_second() {
+        let t0 = Instant::now();
+        let mut last_full = t0;
+        let mut pending = false;
+        let mut runs = Vec::new();
+        // A request every 5 ms for 10 s (a mkdir/rmdir loop), the timer checked every 1 ms.
+        for ms in 0..10_000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            if ms % 5 == 0 {
+                pending = true;
+            }
+            if pending && relist_due_at(last_full, now) <= now {
+                runs.push(now);
+                last_full = now;
+                pending = false;
+            }
+        }
+        assert_eq!(runs.len(), 9, "{runs:?}");
+        assert!(runs.windows(2).all(|w| w[1] - w[0] >= RELIST_COALESCE));
+        // A lone request long after the last re-list runs at once.
+        let later = last_full + Duration::from_secs(5);
+        assert_eq!(relist_due_at(last_full, later), later);
     }
 }

@@ -773,6 +773,48 @@ mod tests {
         }
     }
 
+    // ---- intent value validation (SPEC §9.2) ----
+
+    #[test]
+    fn intent_values_outside_the_pattern_read_as_invalid() {
+        for ok in ["running", "stopped", "startup_failed", "a.b-C_9", &"r".repeat(64)] {
+            let (i, w) = validate_intent(intent(Some(ok), Some(ok)));
+            assert_eq!(i, intent(Some(ok), Some(ok)));
+            assert_eq!(w, None);
+        }
+        for bad in ["", "run ning", "running\n", "\u{1b}[2J", "é", "a/b", "\"x\"", &"r".repeat(65)] {
+            let (i, w) = validate_intent(intent(Some(bad), None));
+            assert_eq!(i, intent(Some("invalid"), None), "{bad:?}");
+            let w = w.expect("a warning");
+            assert!(w.contains("desired_state") && w.ends_with("reading it as invalid"), "{w}");
+            assert!(!w.chars().any(char::is_control), "{w:?}");
+            let (i, _) = validate_intent(intent(None, Some(bad)));
+            assert_eq!(i, intent(None, Some("invalid")), "{bad:?}");
+        }
+        assert!(!intent(Some("invalid"), None).runs());
+    }
+
+    #[test]
+    fn a_huge_value_gives_a_bounded_warning_keyed_by_file_and_kind() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(INTENT_FILE);
+        let mut keys = Vec::new();
+        for fill in ['x', 'y'] {
+            let v: String = std::iter::repeat_n(fill, (1 << 20) - 64).collect();
+            std::fs::write(&p, serde_json::json!({ "desired_state": v, "gateway_state": "\n" }).to_string())
+                .unwrap();
+            let r = read_intent(d.path());
+            assert_eq!(r.intent, intent(Some("invalid"), Some("invalid")));
+            let w = r.warning.expect("one warning");
+            assert!(w.text.len() < p.display().to_string().len() + 400, "{} bytes", w.text.len());
+            assert!(w.text.contains("desired_state") && w.text.contains("gateway_state"));
+            keys.push(w.key);
+        }
+        assert_eq!(keys[0], keys[1], "the same problem of the same file, whatever the content");
+        std::fs::write(&p, "{").unwrap();
+        assert_ne!(read_intent(d.path()).warning.unwrap().key, keys[0], "another kind of problem");
+    }
+
     // ---- prior exit ----
 
     #[test]
