@@ -16,3 +16,4 @@ pub mod observe;
 pub mod plan;
 pub mod runtime;
 pub mod s6;
+pub mod warning;

@@ -152,6 +152,20 @@ pub fn is_own_hidden_entry(entry: &str) -> bool {
     false
 }
 
+/// Longest intent value kept (SPEC §9.2); a longer one reads as [`INVALID_INTENT`].
+pub const MAX_INTENT_LEN: usize = 64;
+
+/// What an intent value that is too long or has other characters reads as: not `running`,
+/// and bounded, so nothing the daemon stores or prints grows with a file's content.
+pub const INVALID_INTENT: &str = "invalid";
+
+/// Is this an intent value the daemon keeps as it is: 1 to [`MAX_INTENT_LEN`] bytes of
+/// `[A-Za-z0-9_.-]`?
+pub fn is_valid_intent_value(v: &str) -> bool {
+    (1..=MAX_INTENT_LEN).contains(&v.len())
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 /// What `gateway_state.json` says, as read (both fields verbatim).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Intent {

@@ -253,7 +253,10 @@ impl Applier {
 /// Fills the records' informational fields with the decision about to be carried out.
 fn stamp(steps: &[Step], decision: Option<&Decision>) -> Vec<Step> {
     let mut steps = steps.to_vec();
-    if let Some(d) = decision {
+    // Only for a decision with a record to write: thousands of capacity skips (no steps) must
+    // not cost a local-time formatting each on every re-list.
+    let records = steps.iter().any(|s| matches!(s, Step::Create { .. } | Step::WriteRecord { .. }));
+    if let Some(d) = decision.filter(|_| records) {
         let at = boot_log::now_timestamp();
         for s in &mut steps {
             if let Step::Create { record, .. } | Step::WriteRecord { record, .. } = s {

@@ -7,6 +7,7 @@ use crate::daemon::status_file;
 use crate::escape::{Escaped, json_safe};
 use crate::observe::{self, container::ContainerMode};
 use crate::plan::{self, ActionKind, Decision, PassKind, Plan, Step};
+use crate::warning::Warning;
 use serde::Serialize;
 use std::path::Path;
 
@@ -18,7 +19,7 @@ struct Report<'a> {
     /// Dry run only: the steps that would be taken, one human sentence each.
     #[serde(skip_serializing_if = "Option::is_none")]
     steps: Option<Vec<String>>,
-    warnings: &'a [String],
+    warnings: &'a [Warning],
     errors: &'a [String],
 }
 
@@ -141,7 +142,7 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
         tracing::error!("{e}");
     }
     let mut warnings = plan.warnings.clone();
-    warnings.extend(outcome.warnings.iter().cloned());
+    warnings.extend(outcome.warnings.iter().cloned().map(Warning::from));
     let mut errors: Vec<String> = outcome.errors.iter().map(ToString::to_string).collect();
     let mut report = status_file::StatusReport {
         errors: outcome.errors.iter().map(|e| (e.profile.to_string(), e.message.clone())).collect(),
@@ -151,7 +152,7 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
             .filter(|d| d.action == ActionKind::Skipped)
             .map(|d| (d.profile.clone(), d.reason.clone().unwrap_or_default()))
             .collect(),
-        scandir: warnings.iter().filter(|w| w.contains("dangling symlink")).cloned().collect(),
+        scandir: warnings.iter().filter(|w| w.contains("dangling symlink")).map(|w| w.text.clone()).collect(),
         written: None,
     };
     if plan.mode != ContainerMode::Dashboard

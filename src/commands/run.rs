@@ -148,17 +148,20 @@ async fn main_loop(config: Config, applier: Applier, notify_fd: Option<i32>) -> 
             r = readable => {
                 if let Err(e) = r {
                     tracing::warn!("inotify wait failed ({e}); re-listing");
-                    daemon.full_pass(PassKind::Continuous);
+                    daemon.request_relist();
                     continue;
                 }
                 let changes = match daemon.watcher.as_mut() {
                     Some(w) => w.read(),
                     None => continue,
                 };
-                if changes.relist {
-                    daemon.full_pass(PassKind::Continuous);
-                } else if !changes.dirty.is_empty() {
+                // Dirty profiles first, then the (coalesced) re-list: a storm of re-list events
+                // never delays a profile's own change (SPEC §9.3).
+                if !changes.dirty.is_empty() {
                     daemon.partial_pass(changes.dirty.into_iter().collect::<BTreeSet<_>>());
+                }
+                if changes.relist {
+                    daemon.request_relist();
                 }
             }
             _ = tokio::time::sleep_until(deadline) => daemon.on_timer(),

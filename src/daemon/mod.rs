@@ -12,19 +12,23 @@
 
 pub mod backoff;
 pub mod status_file;
+pub mod warn_limit;
 
 use crate::apply::removal::{PendingRemoval, RemovalState};
 use crate::apply::{Applier, Outcome};
 use crate::config::Config;
 use crate::model::ProfileName;
+use crate::observe::profile_files::ProfileFileCache;
 use crate::observe::scandir::{SlotFileCache, observe_slot, slot_dir};
 use crate::observe::watch::{WatchError, Watcher};
 use crate::observe::{self, Observed};
 use crate::plan::{self, PassKind, PassOptions};
+use crate::warning::Warning;
 use backoff::Backoff;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use warn_limit::WarnLimiter;
 
 /// Re-list period while inotify cannot watch everything (limit exhausted).
 pub const FALLBACK_RELIST: Duration = Duration::from_secs(2);
@@ -34,6 +38,16 @@ pub const REMOVAL_POLL: Duration = Duration::from_millis(2);
 /// ignoring SIGTERM until the kill), checked less often.
 pub const REMOVAL_POLL_SLOW_AFTER: Duration = Duration::from_millis(200);
 pub const REMOVAL_POLL_SLOW: Duration = Duration::from_millis(100);
+/// Shortest interval between two full re-lists asked for by events (overflow, `profiles/`
+/// or `profiles/.deleted` created or removed, a watch lost): a hostile loop of such events
+/// costs at most one re-list a second (SPEC §9.3). Dirty profiles are served meanwhile.
+pub const RELIST_COALESCE: Duration = Duration::from_secs(1);
+
+/// When a re-list asked for by events may run (SPEC §9.3): at once if the last full pass is
+/// at least [`RELIST_COALESCE`] old, else as soon as it is. Pure, for the event loop and tests.
+pub fn relist_due_at(last_full: Instant, now: Instant) -> Instant {
+    now.max(last_full + RELIST_COALESCE)
+}
 
 /// The reconciler's state between passes.
 pub struct Daemon {
@@ -47,13 +61,19 @@ pub struct Daemon {
     absent: BTreeMap<ProfileName, Instant>,
     retries: BTreeMap<ProfileName, Backoff>,
     removals: Vec<PendingRemoval>,
-    /// Warnings already emitted (re-lists do not repeat them while the cause persists).
-    warned: HashSet<String>,
+    /// Warnings already emitted: the same problem of the same file at most once a minute,
+    /// whatever its text (SPEC §9.3).
+    warned: WarnLimiter,
     /// Last error per profile, and skipped profiles, for `status`.
     pub report: status_file::StatusReport,
     pub last_full: Instant,
+    /// Events asked for a full re-list; it runs once [`RELIST_COALESCE`] has passed since the
+    /// last one.
+    relist_pending: bool,
     /// Slot files as last read (re-read only when their inode, size or times change).
     slot_files: SlotFileCache,
+    /// Profile files as last parsed (SPEC §9.3: parsed again only when their identity changes).
+    profile_files: ProfileFileCache,
 }
 
 impl Daemon {
@@ -77,12 +97,14 @@ impl Daemon {
             absent: BTreeMap::new(),
             retries: BTreeMap::new(),
             removals: Vec::new(),
-            warned: HashSet::new(),
+            warned: WarnLimiter::default(),
             // Carry over what `once` (or a previous run) reported, so skips already logged at
             // boot are not logged again.
             report,
             last_full: Instant::now(),
+            relist_pending: false,
             slot_files: SlotFileCache::default(),
+            profile_files: ProfileFileCache::default(),
         }
     }
 
@@ -91,6 +113,9 @@ impl Daemon {
         let period =
             if self.polling_fallback { FALLBACK_RELIST.min(self.cfg.resync) } else { self.cfg.resync };
         let mut next = self.last_full + period;
+        if self.relist_pending {
+            next = next.min(relist_due_at(self.last_full, Instant::now()));
+        }
         for since in self.absent.values() {
             next = next.min(*since + self.cfg.remove_grace);
         }
@@ -110,7 +135,8 @@ impl Daemon {
         self.poll_removals();
         let period =
             if self.polling_fallback { FALLBACK_RELIST.min(self.cfg.resync) } else { self.cfg.resync };
-        if now >= self.last_full + period {
+        if now >= self.last_full + period || (self.relist_pending && now >= self.last_full + RELIST_COALESCE)
+        {
             self.full_pass(PassKind::Continuous);
             return;
         }
@@ -126,9 +152,59 @@ impl Daemon {
         }
     }
 
+    /// An event asks for a full re-list: run it now if the last one is at least
+    /// [`RELIST_COALESCE`] old, else once it is (from [`Daemon::on_timer`]). Call it after
+    /// serving the event's dirty profiles, so they never wait for a re-list.
+    pub fn request_relist(&mut self) {
+        self.relist_pending = true;
+        let now = Instant::now();
+        if relist_due_at(self.last_full, now) <= now {
+            self.full_pass(PassKind::Continuous);
+        }
+    }
+
+    /// The profiles the capacity guard admits in the current world.
+    fn admitted_now(&self) -> BTreeSet<ProfileName> {
+        let cap = crate::plan::capacity::capacity(&self.cfg, &self.world.scanner);
+        let slots = &self.world.scandir.slots;
+        crate::plan::capacity::admitted(
+            self.world.profiles.iter().map(|p| &p.name),
+            |n| slots.contains_key(n),
+            cap.named,
+        )
+    }
+
+    /// Keeps the watches on the admitted profiles' directories (plus a bounded number of other
+    /// entries). Returns the admitted profiles that were not watched until now.
+    fn sync_watches(&mut self) -> Vec<ProfileName> {
+        let admitted = self.admitted_now();
+        let Some(w) = self.watcher.as_mut() else { return Vec::new() };
+        match w.set_admitted(&admitted) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                if !self.polling_fallback {
+                    tracing::warn!("inotify watch failed: {e}; re-listing every {FALLBACK_RELIST:?}");
+                }
+                self.polling_fallback = true;
+                Vec::new()
+            }
+        }
+    }
+
     /// Establishes watches (before listing, so nothing created in between is missed), then
     /// observes everything and converges it.
     pub fn full_pass(&mut self, kind: PassKind) {
+        self.full_pass_inner(kind);
+        // Profiles admitted for the first time were listed before their watch existed: read
+        // them once more so a change made in between is not left to the next re-list.
+        let fresh = self.sync_watches();
+        if !fresh.is_empty() {
+            self.partial_pass(fresh.into_iter().collect());
+        }
+    }
+
+    fn full_pass_inner(&mut self, kind: PassKind) {
+        self.relist_pending = false;
         if let Some(w) = self.watcher.as_mut() {
             match w.establish() {
                 Ok(()) => {
@@ -156,8 +232,10 @@ impl Daemon {
             &self.cfg,
             (kind == PassKind::Boot).then_some(Path::new("/proc")),
             &mut self.slot_files,
+            &mut self.profile_files,
         );
         self.slot_files.end_pass();
+        self.profile_files.end_full_pass();
         self.track_absent();
         let hold = self.held();
         let plan = plan::plan_with(&self.world, &self.cfg, &PassOptions { kind, only: None, hold: &hold });
@@ -168,7 +246,7 @@ impl Daemon {
             .collect();
         self.emit_warnings(&plan.warnings, true);
         self.report.scandir =
-            plan.warnings.iter().filter(|w| w.contains("dangling symlink")).cloned().collect();
+            plan.warnings.iter().filter(|w| w.contains("dangling symlink")).map(|w| w.text.clone()).collect();
         let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
         let mut outcome = self.applier.apply(&plan);
         // A skip is logged when it starts, not at every re-list while it lasts.
@@ -185,6 +263,13 @@ impl Daemon {
         for name in &dirty {
             self.refresh(name);
         }
+        let admitted = self.admitted_now();
+        for p in self.world.profiles.iter_mut().filter(|p| dirty.contains(&p.name)) {
+            if admitted.contains(&p.name) {
+                observe::read_profile_files(p, &mut self.profile_files);
+            }
+        }
+        self.profile_files.end_pass();
         self.track_absent();
         let hold = self.held();
         let plan = plan::plan_with(
@@ -196,17 +281,19 @@ impl Daemon {
         let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
         let outcome = self.applier.apply(&plan);
         self.after_apply(&plan, outcome, &touched, Some(&dirty));
+        self.sync_watches();
     }
 
-    /// Re-reads one profile and its slot into `world`.
+    /// Re-lists one profile and its slot into `world`; its files are read afterwards, only if
+    /// the capacity guard admits it (SPEC §9.3: files of profiles over it are not read).
     fn refresh(&mut self, name: &ProfileName) {
         let obs = if name.is_root() {
-            Some(observe::observe_root(&self.cfg.home))
+            Some(observe::unread_profile(ProfileName::root(), self.cfg.home.clone(), false))
         } else {
-            match observe::observe_named(&self.cfg.home, name) {
+            match observe::probe_named(&self.cfg.home, name) {
                 Ok(o) => o,
                 Err(w) => {
-                    self.emit_warnings(std::slice::from_ref(&w), false);
+                    self.emit_warnings(&[Warning::from(w)], false);
                     None
                 }
             }
@@ -260,15 +347,17 @@ impl Daemon {
             .collect()
     }
 
-    fn emit_warnings(&mut self, warnings: &[String], full: bool) {
+    /// Logs warnings through the filter; a full pass's warnings are every cause that persists.
+    fn emit_warnings(&mut self, warnings: &[Warning], full: bool) {
+        let now = Instant::now();
         for w in warnings {
-            if self.warned.insert(w.clone()) {
+            if self.warned.admit(w, now) {
                 tracing::warn!("{w}");
             }
         }
         if full {
-            // A cause that went away may come back: warn again then.
-            self.warned.retain(|w| warnings.contains(w));
+            // A cause that went away may come back: warn again then (at most once a minute).
+            self.warned.end_full_pass(warnings, now);
         }
     }
 
@@ -280,9 +369,8 @@ impl Daemon {
         touched: &[ProfileName],
         scope: Option<&BTreeSet<ProfileName>>,
     ) {
-        for w in &outcome.warnings {
-            tracing::warn!("{w}");
-        }
+        let apply_warnings: Vec<Warning> = outcome.warnings.iter().cloned().map(Warning::from).collect();
+        self.emit_warnings(&apply_warnings, false);
         let now = Instant::now();
         let failed: BTreeSet<&ProfileName> = outcome.errors.iter().map(|e| &e.profile).collect();
         for e in &outcome.errors {
@@ -349,5 +437,37 @@ impl Daemon {
     /// cleared by the next start once their supervisors are gone).
     pub fn pending_removals(&self) -> usize {
         self.removals.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event loop's use of [`relist_due_at`]: a request runs the re-list when due, else
+    /// leaves it pending for the timer, which runs it when due.
+    #[test]
+    fn a_storm_of_relist_requests_gives_at_most_one_relist_a_second() {
+        let t0 = Instant::now();
+        let mut last_full = t0;
+        let mut pending = false;
+        let mut runs = Vec::new();
+        // A request every 5 ms for 10 s (a mkdir/rmdir loop), the timer checked every 1 ms.
+        for ms in 0..10_000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            if ms % 5 == 0 {
+                pending = true;
+            }
+            if pending && relist_due_at(last_full, now) <= now {
+                runs.push(now);
+                last_full = now;
+                pending = false;
+            }
+        }
+        assert_eq!(runs.len(), 9, "{runs:?}");
+        assert!(runs.windows(2).all(|w| w[1] - w[0] >= RELIST_COALESCE));
+        // A lone request long after the last re-list runs at once.
+        let later = last_full + Duration::from_secs(5);
+        assert_eq!(relist_due_at(last_full, later), later);
     }
 }

@@ -3,6 +3,7 @@
 //! Everything returned here is what the pure [`crate::plan`] step decides from.
 
 pub mod container;
+pub mod profile_files;
 pub mod safe_read;
 pub mod scandir;
 pub mod scanner;
@@ -11,7 +12,9 @@ pub mod watch;
 
 use crate::config::Config;
 use crate::model::{Intent, PriorExit, ProfileName};
+use crate::warning::Warning;
 use container::ContainerMode;
+use profile_files::ProfileFileCache;
 use scandir::ScandirObs;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,8 +32,8 @@ pub struct ProfileObs {
     /// The directory is reached through a symlink: read, never written into.
     pub via_symlink: bool,
     pub intent: Intent,
-    /// Why the intent file was ignored, naming the file.
-    pub intent_warning: Option<String>,
+    /// Why the intent file was ignored or a value refused, naming the file.
+    pub intent_warning: Option<Warning>,
     pub prior_exit: PriorExit,
     /// The profile's own `.env` sets `API_SERVER_PORT`.
     pub env_sets_port: bool,
@@ -52,7 +55,7 @@ pub struct Observed {
     /// Recorded port assignments.
     pub previous_ports: BTreeMap<String, u16>,
     /// Problems met while observing that belong to no single profile.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
     pub with_contenv: bool,
 }
 
@@ -73,40 +76,72 @@ impl Observed {
     }
 }
 
-/// Reads one profile's files.
+/// Reads one profile's files (uncached).
 pub fn observe_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> ProfileObs {
-    let reading = volume::read_intent(&dir);
+    let mut p = unread_profile(name, dir, via_symlink);
+    read_profile_files(&mut p, &mut ProfileFileCache::default());
+    p
+}
+
+/// A profile as discovered, its files not read (yet): no intent, prior exit unknown, no port
+/// override. What a profile over the capacity cap stays (SPEC §9.3).
+pub fn unread_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> ProfileObs {
     ProfileObs {
-        prior_exit: volume::read_prior_exit(&dir),
-        env_sets_port: volume::env_sets_port(&dir),
-        intent: reading.intent,
-        intent_warning: reading.warning,
         name,
         dir,
         via_symlink,
+        intent: Intent::default(),
+        intent_warning: None,
+        prior_exit: PriorExit::Unknown,
+        env_sets_port: false,
     }
+}
+
+/// Reads a profile's intent, lifecycle and `.env` files through `cache`.
+pub fn read_profile_files(p: &mut ProfileObs, cache: &mut ProfileFileCache) {
+    let reading = cache.intent(&p.dir);
+    p.intent = reading.intent;
+    p.intent_warning = reading.warning;
+    p.prior_exit = cache.prior_exit(&p.dir);
+    p.env_sets_port = cache.env_sets_port(&p.dir);
 }
 
 /// Reads `.gateway-ports.json`: a JSON object of profile name → port. Anything else is a
 /// warning and an empty map (ports are then re-derived, which is stable by construction).
-pub fn read_ports(home: &Path) -> (BTreeMap<String, u16>, Option<String>) {
+pub fn read_ports(home: &Path) -> (BTreeMap<String, u16>, Option<Warning>) {
     let path = home.join(PORTS_FILE);
     match safe_read::read_bounded(&path, safe_read::MAX_STATE_FILE) {
         Ok(bytes) => match serde_json::from_slice::<BTreeMap<String, u16>>(&bytes) {
             Ok(map) => (map, None),
             Err(e) => (
                 BTreeMap::new(),
-                Some(format!("{} is not a JSON object of ports ({e}); ports are re-derived", path.display())),
+                Some(Warning::about(
+                    path.display(),
+                    "content",
+                    format!("{} is not a JSON object of ports ({e}); ports are re-derived", path.display()),
+                )),
             ),
         },
         Err(safe_read::ReadError::Missing) => (BTreeMap::new(), None),
-        Err(e) => (BTreeMap::new(), Some(format!("{} {e}; ports are re-derived", path.display()))),
+        Err(e) => (
+            BTreeMap::new(),
+            Some(Warning::about(
+                path.display(),
+                "read",
+                format!("{} {e}; ports are re-derived", path.display()),
+            )),
+        ),
     }
 }
 
 /// Observes one named profile (`Ok(None)`: it is not, or no longer, a profile).
 pub fn observe_named(home: &Path, name: &ProfileName) -> Result<Option<ProfileObs>, String> {
     Ok(volume::probe(home, name)?.map(|d| observe_profile(d.name, d.dir, d.via_symlink)))
+}
+
+/// Looks at one named profile without reading its files (`Ok(None)`: not a profile).
+pub fn probe_named(home: &Path, name: &ProfileName) -> Result<Option<ProfileObs>, String> {
+    Ok(volume::probe(home, name)?.map(|d| unread_profile(d.name, d.dir, d.via_symlink)))
 }
 
 /// Observes the root profile.
@@ -120,21 +155,48 @@ pub fn observe_root(home: &Path) -> ProfileObs {
 /// judgment is recorded in the runtime directory (SPEC §9.4); `None` skips that (the mode only
 /// matters to a boot pass) and reports a normal container.
 pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
-    observe_all_cached(config, proc_root, &mut scandir::SlotFileCache::default())
+    observe_all_cached(
+        config,
+        proc_root,
+        &mut scandir::SlotFileCache::default(),
+        &mut ProfileFileCache::default(),
+    )
 }
 
-/// [`observe_all`] reading slot files through a cache kept across passes.
+/// [`observe_all`] reading slot and profile files through caches kept across passes.
+///
+/// The scandir and s6-svscan's limit are observed first, so that the files of profiles over
+/// the capacity cap are never read (SPEC §9.3): they are listed (for `status` and the log)
+/// as unread profiles.
 pub fn observe_all_cached(
     config: &Config,
     proc_root: Option<&Path>,
     cache: &mut scandir::SlotFileCache,
+    profile_cache: &mut ProfileFileCache,
 ) -> Observed {
     let home = &config.home;
     let mut warnings = Vec::new();
+    let scandir = scandir::observe_scandir(&config.scandir, cache);
+    let scanner = scanner::observe_scanner(&config.scandir);
     let discovery = volume::discover(home);
-    let mut profiles = vec![observe_root(home)];
-    profiles.extend(discovery.named.into_iter().map(|d| observe_profile(d.name, d.dir, d.via_symlink)));
-    warnings.extend(discovery.warnings);
+    let cap = crate::plan::capacity::capacity(config, &scanner);
+    let admitted = crate::plan::capacity::admitted(
+        discovery.named.iter().map(|d| &d.name),
+        |n| scandir.slots.contains_key(n),
+        cap.named,
+    );
+    let mut root = unread_profile(ProfileName::root(), home.to_path_buf(), false);
+    read_profile_files(&mut root, profile_cache);
+    let mut profiles = vec![root];
+    for d in discovery.named {
+        let mut p = unread_profile(d.name, d.dir, d.via_symlink);
+        if admitted.contains(&p.name) {
+            read_profile_files(&mut p, profile_cache);
+        }
+        profiles.push(p);
+    }
+    profile_cache.end_pass();
+    warnings.extend(discovery.warnings.into_iter().map(Warning::from));
     let (previous_ports, ports_warning) = read_ports(home);
     warnings.extend(ports_warning);
     Observed {
@@ -142,8 +204,8 @@ pub fn observe_all_cached(
         root_state_file_exists: std::fs::symlink_metadata(home.join("gateway_state.json")).is_ok(),
         profiles,
         skipped: discovery.skipped,
-        scandir: scandir::observe_scandir(&config.scandir, cache),
-        scanner: scanner::observe_scanner(&config.scandir),
+        scandir,
+        scanner,
         previous_ports,
         warnings,
         with_contenv: Path::new("/command/with-contenv").exists(),

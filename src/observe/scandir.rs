@@ -16,16 +16,16 @@ const MAX_SLOT_FILE: u64 = 64 * 1024;
 /// What identifies a file's content without reading it: if none of these changed, neither
 /// did the content (every write updates mtime and ctime; a replacement is a new inode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+pub(crate) struct FileKey {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime: (i64, i64),
+    pub(crate) ctime: (i64, i64),
 }
 
 impl FileKey {
-    fn of(path: &Path) -> Option<FileKey> {
+    pub(crate) fn of(path: &Path) -> Option<FileKey> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::symlink_metadata(path).ok()?;
         Some(FileKey {

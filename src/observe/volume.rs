@@ -6,8 +6,11 @@
 //! and nothing here returns an error: a bad file degrades to "no intent" / "unknown" / "not
 //! set", with at most one warning that names the file.
 
-use crate::model::{Intent, NameError, PriorExit, ProfileName};
+use crate::model::{
+    INVALID_INTENT, Intent, MAX_INTENT_LEN, NameError, PriorExit, ProfileName, is_valid_intent_value,
+};
 use crate::observe::safe_read::{MAX_STATE_FILE, ReadError, read_bounded};
+use crate::warning::{Warning, excerpt};
 use nix::errno::Errno;
 use serde_json::Value;
 use std::ffi::OsStr;
@@ -36,8 +39,91 @@ pub const MAX_ENV_FILE: u64 = 1 << 20;
 pub struct IntentReading {
     pub intent: Intent,
     /// One human sentence naming the file and what is wrong with it; `None` when the file was
-    /// fine or simply absent.
-    pub warning: Option<String>,
+    /// fine or simply absent. Keyed by the file and the kind of problem (see [`Warning`]).
+    pub warning: Option<Warning>,
+}
+
+/// What one `gateway_state.json` content means, independently of the path it was read at (so
+/// a result can be shared by every hard link of one file).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IntentOutcome {
+    pub intent: Intent,
+    /// The kind of problem (a stable word, part of the warning's key) and the rest of the
+    /// warning sentence after the path; bounded whatever the file holds.
+    pub problem: Option<(&'static str, String)>,
+}
+
+impl IntentOutcome {
+    /// The reading of this outcome for the file at `path`.
+    pub fn at(&self, path: &Path) -> IntentReading {
+        IntentReading {
+            intent: self.intent.clone(),
+            warning: self.problem.as_ref().map(|(kind, rest)| {
+                Warning::about(path.display(), kind, format!("{} {rest}", path.display()))
+            }),
+        }
+    }
+}
+
+/// How many bytes of a refused intent value a warning quotes (escaped).
+const EXCERPT_BYTES: usize = 32;
+
+/// Replaces intent values that are not [`is_valid_intent_value`] by [`INVALID_INTENT`] (SPEC
+/// §9.2), so no value the daemon keeps, records in a slot or prints is longer than
+/// [`crate::model::MAX_INTENT_LEN`] bytes or holds a character that could break a line. The
+/// second value is the warning text (after the file's path) when something was replaced: it
+/// names the field, its length and a bounded, escaped excerpt.
+pub fn validate_intent(intent: Intent) -> (Intent, Option<String>) {
+    let mut why = Vec::new();
+    let mut check = |field: &str, v: Option<String>| -> Option<String> {
+        let v = v?;
+        if is_valid_intent_value(&v) {
+            return Some(v);
+        }
+        why.push(format!(
+            "a {field} that is not 1 to {MAX_INTENT_LEN} characters of [A-Za-z0-9_.-] ({} bytes: \"{}\")",
+            v.len(),
+            excerpt(&v, EXCERPT_BYTES)
+        ));
+        Some(INVALID_INTENT.to_string())
+    };
+    let intent = Intent {
+        desired_state: check("desired_state", intent.desired_state),
+        gateway_state: check("gateway_state", intent.gateway_state),
+    };
+    let warning =
+        (!why.is_empty()).then(|| format!("has {}; reading it as {INVALID_INTENT}", why.join(" and ")));
+    (intent, warning)
+}
+
+/// What the result of reading a `gateway_state.json` means (SPEC §5.2, §9.2).
+pub fn intent_outcome(read: Result<Vec<u8>, ReadError>) -> IntentOutcome {
+    let (kind, problem) = match read {
+        Err(ReadError::Missing) => return IntentOutcome::default(),
+        Err(e) => (read_error_kind(&e), e.to_string()),
+        Ok(bytes) => match parse_intent(&bytes) {
+            Ok(intent) => {
+                let (intent, problem) = validate_intent(intent);
+                return IntentOutcome { intent, problem: problem.map(|p| ("value", p)) };
+            }
+            Err(why) => ("content", why),
+        },
+    };
+    IntentOutcome {
+        intent: Intent::default(),
+        problem: Some((kind, format!("{problem}; treating it as no intent"))),
+    }
+}
+
+/// A stable word for the kind of a read failure (part of a warning's key).
+fn read_error_kind(e: &ReadError) -> &'static str {
+    match e {
+        ReadError::Missing => "missing",
+        ReadError::Symlink => "symlink",
+        ReadError::NotRegular(_) => "not-regular",
+        ReadError::TooLarge { .. } => "too-large",
+        ReadError::Io(_) => "unreadable",
+    }
 }
 
 /// Parses the bytes of a `gateway_state.json` (SPEC §5.2). `Err` says why it means no intent.
@@ -106,23 +192,11 @@ fn type_with_article(v: &Value) -> &'static str {
 /// A missing file is no intent and no warning. Anything else that is wrong (not a regular file,
 /// a symlink, over [`MAX_STATE_FILE`] bytes, unreadable, or refused by [`parse_intent`]) is no
 /// intent and exactly one warning of the form
-/// `<full path> <problem>; treating it as no intent`.
+/// `<full path> <problem>; treating it as no intent`. A value refused by [`validate_intent`]
+/// reads as [`INVALID_INTENT`], with one warning.
 pub fn read_intent(profile_dir: &Path) -> IntentReading {
     let path = profile_dir.join(INTENT_FILE);
-    let problem = match read_bounded(&path, MAX_STATE_FILE) {
-        Err(ReadError::Missing) => return IntentReading::default(),
-        Err(e) => e.to_string(),
-        Ok(bytes) => match parse_intent(&bytes) {
-            Ok(intent) => {
-                return IntentReading { intent, warning: None };
-            }
-            Err(why) => why,
-        },
-    };
-    IntentReading {
-        intent: Intent::default(),
-        warning: Some(format!("{} {problem}; treating it as no intent", path.display())),
-    }
+    intent_outcome(read_bounded(&path, MAX_STATE_FILE)).at(&path)
 }
 
 /// Parses `state/gateway.lifecycle.json`: `phase` `exited` → clean, `running` → unclean.
@@ -577,7 +651,7 @@ mod tests {
     fn warning_of(dir: &Path) -> String {
         let r = read_intent(dir);
         assert_eq!(r.intent, Intent::default());
-        r.warning.expect("a warning")
+        r.warning.expect("a warning").text
     }
 
     #[test]
@@ -697,6 +771,48 @@ mod tests {
             assert!(w.starts_with(&prefix), "{w:?} vs {prefix:?}");
             assert!(w.ends_with("; treating it as no intent"), "{w}");
         }
+    }
+
+    // ---- intent value validation (SPEC §9.2) ----
+
+    #[test]
+    fn intent_values_outside_the_pattern_read_as_invalid() {
+        for ok in ["running", "stopped", "startup_failed", "a.b-C_9", &"r".repeat(64)] {
+            let (i, w) = validate_intent(intent(Some(ok), Some(ok)));
+            assert_eq!(i, intent(Some(ok), Some(ok)));
+            assert_eq!(w, None);
+        }
+        for bad in ["", "run ning", "running\n", "\u{1b}[2J", "é", "a/b", "\"x\"", &"r".repeat(65)] {
+            let (i, w) = validate_intent(intent(Some(bad), None));
+            assert_eq!(i, intent(Some("invalid"), None), "{bad:?}");
+            let w = w.expect("a warning");
+            assert!(w.contains("desired_state") && w.ends_with("reading it as invalid"), "{w}");
+            assert!(!w.chars().any(char::is_control), "{w:?}");
+            let (i, _) = validate_intent(intent(None, Some(bad)));
+            assert_eq!(i, intent(None, Some("invalid")), "{bad:?}");
+        }
+        assert!(!intent(Some("invalid"), None).runs());
+    }
+
+    #[test]
+    fn a_huge_value_gives_a_bounded_warning_keyed_by_file_and_kind() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(INTENT_FILE);
+        let mut keys = Vec::new();
+        for fill in ['x', 'y'] {
+            let v: String = std::iter::repeat_n(fill, (1 << 20) - 64).collect();
+            std::fs::write(&p, serde_json::json!({ "desired_state": v, "gateway_state": "\n" }).to_string())
+                .unwrap();
+            let r = read_intent(d.path());
+            assert_eq!(r.intent, intent(Some("invalid"), Some("invalid")));
+            let w = r.warning.expect("one warning");
+            assert!(w.text.len() < p.display().to_string().len() + 400, "{} bytes", w.text.len());
+            assert!(w.text.contains("desired_state") && w.text.contains("gateway_state"));
+            keys.push(w.key);
+        }
+        assert_eq!(keys[0], keys[1], "the same problem of the same file, whatever the content");
+        std::fs::write(&p, "{").unwrap();
+        assert_ne!(read_intent(d.path()).warning.unwrap().key, keys[0], "another kind of problem");
     }
 
     // ---- prior exit ----

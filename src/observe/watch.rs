@@ -3,15 +3,19 @@
 //! never produce a wrong result, only a later one.
 //!
 //! Watched, non-recursively: `$HERMES_HOME`, `$HERMES_HOME/profiles`, the tombstone folder
-//! `profiles/.deleted`, and every directory entry of `profiles/` (marked or not: `SOUL.md` may
-//! arrive later). Only events that follow a change are asked for (no `IN_OPEN`/`IN_ACCESS`),
+//! `profiles/.deleted`, the directories of the profiles admitted by the capacity guard, and at
+//! most [`EXTRA_WATCHES`] minus the base watches other directory entries of `profiles/` (marked
+//! or not: `SOUL.md` may arrive later), the most recently seen first. So the watches never
+//! exceed the admitted profiles plus [`EXTRA_WATCHES`] (SPEC §9.3: root's inotify budget is
+//! shared with the host), whatever `hermes` creates; what is not watched is covered by the
+//! periodic re-list. Only events that follow a change are asked for (no `IN_OPEN`/`IN_ACCESS`),
 //! so the daemon's own reads never wake it up.
 
 use crate::model::ProfileName;
 use crate::observe::volume::{ENV_FILE, INTENT_FILE as ROOT_INTENT_FILE, MARKER_FILE};
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
@@ -44,6 +48,13 @@ pub enum WatchError {
     Io { path: PathBuf, source: Errno },
 }
 
+/// Most watches beyond the admitted profiles' directories, base watches (home's parent, home,
+/// `profiles/`, `profiles/.deleted`) included.
+pub const EXTRA_WATCHES: usize = 64;
+
+/// Base watches at most.
+const BASE_WATCHES: usize = 4;
+
 /// Events on the home and `profiles/` themselves.
 fn dir_mask() -> AddWatchFlags {
     AddWatchFlags::IN_CREATE
@@ -63,6 +74,10 @@ pub struct Watcher {
     targets: HashMap<WatchDescriptor, Target>,
     profiles: HashMap<String, WatchDescriptor>,
     base: Vec<(Target, WatchDescriptor)>,
+    /// Names of the profiles the capacity guard admitted (as of the last pass).
+    admitted: HashSet<String>,
+    /// Watched entries that are not admitted profiles, oldest first (may hold stale names).
+    extras: VecDeque<String>,
 }
 
 impl Watcher {
@@ -73,6 +88,8 @@ impl Watcher {
             targets: HashMap::new(),
             profiles: HashMap::new(),
             base: Vec::new(),
+            admitted: HashSet::new(),
+            extras: VecDeque::new(),
         })
     }
 
@@ -122,38 +139,125 @@ impl Watcher {
             }
         }
         self.base = base;
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
+        let mut room = self.extra_budget().saturating_sub(self.extra_count());
         if let Ok(entries) = std::fs::read_dir(&profiles) {
             for e in entries.flatten() {
                 let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
                 if name.starts_with('.') {
                     continue;
                 }
-                self.watch_profile(&name)?;
-                seen.push(name);
+                // Admitted profiles always; other entries only while there is room, without
+                // evicting (a listing has no notion of "newest").
+                if !self.profiles.contains_key(&name) {
+                    let admitted = self.admitted.contains(&name);
+                    if admitted || room > 0 {
+                        self.watch_profile(&name)?;
+                        if !admitted && self.profiles.contains_key(&name) {
+                            room -= 1;
+                        }
+                    }
+                }
+                seen.insert(name);
             }
         }
         // Forget watches of entries that are gone (their IN_IGNORED may still be queued).
-        let stale: Vec<String> = self.profiles.keys().filter(|n| !seen.contains(n)).cloned().collect();
+        let stale: Vec<String> = self.profiles.keys().filter(|n| !seen.contains(*n)).cloned().collect();
         for name in stale {
-            if let Some(wd) = self.profiles.remove(&name) {
-                let _ = self.inotify.rm_watch(wd);
-                self.targets.remove(&wd);
-            }
+            self.unwatch(&name);
         }
         Ok(())
     }
 
-    /// Watches `profiles/<name>` if it is a directory (a symlink to one is followed).
-    pub fn watch_profile(&mut self, name: &str) -> Result<(), WatchError> {
+    fn unwatch(&mut self, name: &str) {
+        if let Some(wd) = self.profiles.remove(name) {
+            let _ = self.inotify.rm_watch(wd);
+            self.targets.remove(&wd);
+        }
+    }
+
+    /// How many non-admitted profile entries may be watched.
+    fn extra_budget(&self) -> usize {
+        EXTRA_WATCHES - BASE_WATCHES
+    }
+
+    fn extra_count(&self) -> usize {
+        self.profiles.keys().filter(|n| !self.admitted.contains(*n)).count()
+    }
+
+    /// Records which profiles the capacity guard admits now, watches those not watched yet and
+    /// drops extra watches beyond the budget. Returns the admitted profiles that were not
+    /// watched before: a change made to them before their watch existed is seen only by
+    /// reading them again.
+    pub fn set_admitted(&mut self, admitted: &BTreeSet<ProfileName>) -> Result<Vec<ProfileName>, WatchError> {
+        self.admitted = admitted.iter().filter(|n| !n.is_root()).map(|n| n.as_str().to_owned()).collect();
+        let mut fresh = Vec::new();
+        for name in admitted.iter().filter(|n| !n.is_root()) {
+            if !self.profiles.contains_key(name.as_str()) {
+                self.watch_profile(name.as_str())?;
+                if self.profiles.contains_key(name.as_str()) {
+                    fresh.push(name.clone());
+                }
+            }
+        }
+        while self.extra_count() > self.extra_budget() {
+            if !self.evict_oldest_extra() {
+                break;
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Drops the oldest watch of a non-admitted entry; `false` when there is none.
+    fn evict_oldest_extra(&mut self) -> bool {
+        while let Some(name) = self.extras.pop_front() {
+            if self.profiles.contains_key(&name) && !self.admitted.contains(&name) {
+                self.unwatch(&name);
+                return true;
+            }
+        }
+        // Extras watched before they were tracked in order (none expected): any one.
+        let any = self.profiles.keys().find(|n| !self.admitted.contains(*n)).cloned();
+        match any {
+            Some(name) => {
+                self.unwatch(&name);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Watches `profiles/<name>` if it is a directory (a symlink to one is followed). A name
+    /// that is not an admitted profile takes an extra watch: within the budget, or in place of
+    /// the oldest extra when `evict` (a new entry is likelier to become a profile than an old
+    /// one), else not at all.
+    fn watch_entry(&mut self, name: &str, evict: bool) -> Result<(), WatchError> {
         if self.profiles.contains_key(name) {
+            return Ok(());
+        }
+        if !self.admitted.contains(name)
+            && self.extra_count() >= self.extra_budget()
+            && (!evict || !self.evict_oldest_extra())
+        {
             return Ok(());
         }
         let path = self.home.join("profiles").join(name);
         if let Some(wd) = self.add(&path, Target::Profile(name.to_string()))? {
             self.profiles.insert(name.to_string(), wd);
+            if !self.admitted.contains(name) {
+                self.extras.push_back(name.to_string());
+                if self.extras.len() > 4 * EXTRA_WATCHES {
+                    self.extras.retain(|n| self.profiles.contains_key(n) && !self.admitted.contains(n));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Watches `profiles/<name>` if it is a directory and the budget allows (see
+    /// [`Watcher::watch_entry`]); never evicts.
+    pub fn watch_profile(&mut self, name: &str) -> Result<(), WatchError> {
+        self.watch_entry(name, false)
     }
 
     /// Number of watches held (for `status` and benchmarks).
@@ -232,7 +336,7 @@ impl Watcher {
                 Some(n) if n.starts_with('.') => {}
                 Some(n) => {
                     if ev.mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
-                        && let Err(e) = self.watch_profile(&n)
+                        && let Err(e) = self.watch_entry(&n, true)
                     {
                         tracing::warn!("profiles/{n}: not watched: {e}; re-listing");
                         changes.relist = true;

@@ -3,6 +3,7 @@
 //! Nothing here reads or writes anything; every rule of SPEC §6 that decides *whether* to act
 //! lives here and is tested without I/O. [`crate::apply`] carries the steps out.
 
+pub mod capacity;
 pub mod ports;
 pub mod render;
 
@@ -11,6 +12,7 @@ use crate::model::{Intent, PriorExit, ProfileName, SlotRecord};
 use crate::observe::container::ContainerMode;
 use crate::observe::scandir::SlotObs;
 use crate::observe::{Observed, ProfileObs};
+use crate::warning::Warning;
 use render::{RenderInput, SlotFile};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -109,7 +111,7 @@ pub struct Plan {
     pub profiles: Vec<ProfilePlan>,
     /// Skipped entries that have no valid name (decisions without steps).
     pub skipped: Vec<Decision>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
 }
 
 impl Plan {
@@ -183,30 +185,26 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         && !obs.root_state_file_exists;
 
     for d in obs.scanner.dangling.iter().filter(|_| opts.only.is_none()) {
-        plan.warnings.push(format!(
+        plan.warnings.push(Warning::from(format!(
             "scandir entry {} is a dangling symlink: s6-svscan >= 2.12 abandons every scan that meets it, so no slot starts or stops until it is removed",
             cfg.scandir.join(d).display()
-        ));
+        )));
     }
     // Capacity (SPEC §6.6): named profiles that already have a slot keep it; new slots are
     // created in name order while the total stays within the cap.
-    let existing_named =
-        obs.profiles.iter().filter(|p| !p.name.is_root() && obs.scandir.slots.contains_key(&p.name)).count();
-    // s6-svscan's own limit: every slot is two services (it and its logger); leave what other
-    // entries use, the root slot, and one unit for the kick entry.
-    let units_left =
-        (obs.scanner.limit_units as usize).saturating_sub(obs.scanner.foreign_units as usize + 1);
-    let scanner_named = (units_left / 2).saturating_sub(1);
-    let mut budget = cfg.max_profiles.min(scanner_named).saturating_sub(existing_named);
+    let cap = capacity::capacity(cfg, &obs.scanner);
+    let scanner_named = cap.scanner_named;
+    let admit = capacity::admitted(
+        obs.profiles.iter().map(|p| &p.name),
+        |n| obs.scandir.slots.contains_key(n),
+        cap.named,
+    );
     let mut admitted: Vec<&ProfileObs> = Vec::new();
     for p in &obs.profiles {
-        if p.name.is_root() || obs.scandir.slots.contains_key(&p.name) {
-            admitted.push(p);
-        } else if budget > 0 {
-            budget -= 1;
+        if admit.contains(&p.name) {
             admitted.push(p);
         } else if in_scope(&p.name) {
-            plan.warnings.push(if scanner_named < cfg.max_profiles {
+            plan.warnings.push(Warning::from(if scanner_named < cfg.max_profiles {
                 format!(
                     "profile {}: not given a slot: s6-svscan's limit of {} services leaves room for {} named slots",
                     p.name, obs.scanner.limit_units, scanner_named
@@ -216,7 +214,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                     "profile {}: not given a slot: HERMES_RECONCILER_MAX_PROFILES={} named slots exist or are planned",
                     p.name, cfg.max_profiles
                 )
-            });
+            }));
             plan.profiles.push(ProfilePlan {
                 name: p.name.clone(),
                 steps: vec![],
@@ -243,7 +241,8 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             continue;
         }
         if let Some(w) = &p.intent_warning {
-            plan.warnings.push(format!("profile {}: {w}", p.name));
+            plan.warnings
+                .push(Warning { key: w.key.clone(), text: format!("profile {}: {}", p.name, w.text) });
         }
         let intent = if p.name.is_root() && plan.migrate_legacy { legacy_intent() } else { p.intent.clone() };
         let files = render::render(&RenderInput {
@@ -269,10 +268,10 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             continue;
         }
         if kind == PassKind::Boot {
-            plan.warnings.push(format!(
+            plan.warnings.push(Warning::from(format!(
                 "slot {} has no profile; the daemon removes it after the removal grace",
                 name.slot_name()
-            ));
+            )));
         } else if !opts.hold.contains(name) {
             plan.profiles.push(ProfilePlan {
                 name: name.clone(),
@@ -292,11 +291,11 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
     plan.profiles.sort_by(|a, b| (!a.name.is_root(), &a.name).cmp(&(!b.name.is_root(), &b.name)));
 
     for s in obs.skipped.iter().filter(|_| opts.only.is_none()) {
-        plan.warnings.push(format!(
+        plan.warnings.push(Warning::from(format!(
             "{}: skipped: {}",
             crate::escape::Escaped::new(&cfg.home.join("profiles").join(&s.raw)),
             s.reason
-        ));
+        )));
         plan.skipped.push(Decision {
             profile: s.raw.clone(),
             slot: None,

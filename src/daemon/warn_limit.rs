@@ -1,0 +1,153 @@
+//! The daemon's warning filter (SPEC §9.3): the same warning about the same file is logged at
+//! most once a minute while its cause persists, whatever its text.
+//!
+//! Warnings are recognised by their [`Warning::key`] (file or profile, and kind of problem),
+//! never by their text, because a hostile agent controls the text (a JSON error's column, an
+//! excerpt). Rules, for one key:
+//! - first seen: logged;
+//! - seen again with the same text while the cause persists: not logged again, ever;
+//! - seen with another text, or again after its cause went away (a full pass without it):
+//!   logged only if the last time it was logged is at least [`REPEAT_AFTER`] ago.
+//!
+//! Memory is bounded by the warnings of one full pass plus those logged in the last minute.
+
+use crate::warning::Warning;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// The shortest interval between two log lines for one key.
+pub const REPEAT_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct Entry {
+    /// The text last seen (logged or not).
+    text: String,
+    /// When it was last logged.
+    logged_at: Instant,
+    /// Seen since its cause was last found gone.
+    active: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct WarnLimiter {
+    entries: HashMap<String, Entry>,
+}
+
+impl WarnLimiter {
+    /// Should `w` be logged now? Records it either way.
+    pub fn admit(&mut self, w: &Warning, now: Instant) -> bool {
+        let Some(e) = self.entries.get_mut(&w.key) else {
+            self.entries.insert(w.key.clone(), Entry { text: w.text.clone(), logged_at: now, active: true });
+            return true;
+        };
+        if e.active && e.text == w.text {
+            return false;
+        }
+        e.active = true;
+        if e.text != w.text {
+            e.text = w.text.clone();
+        }
+        if now.saturating_duration_since(e.logged_at) >= REPEAT_AFTER {
+            e.logged_at = now;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A full pass saw exactly `seen` (by key): every other cause is gone. Entries gone and
+    /// logged long enough ago are forgotten (they would be logged again anyway).
+    pub fn end_full_pass<'a>(&mut self, seen: impl IntoIterator<Item = &'a Warning>, now: Instant) {
+        let seen: HashSet<&str> = seen.into_iter().map(|w| w.key.as_str()).collect();
+        self.entries.retain(|k, e| {
+            if !seen.contains(k.as_str()) {
+                e.active = false;
+            }
+            e.active || now.saturating_duration_since(e.logged_at) < REPEAT_AFTER
+        });
+    }
+
+    /// Keys remembered (for tests).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_error(path: &str, column: u32) -> Warning {
+        Warning::about(path, "content", format!("{path} is not valid JSON (column {column})"))
+    }
+
+    #[test]
+    fn a_changing_text_about_one_file_is_logged_once_a_minute() {
+        let mut l = WarnLimiter::default();
+        let t0 = Instant::now();
+        let mut logged = 0;
+        // A rewrite every 10 ms for 5 minutes, each with another column, with full passes.
+        for i in 0..30_000u32 {
+            let now = t0 + Duration::from_millis(u64::from(i) * 10);
+            let w = json_error("/h/profiles/a/gateway_state.json", i);
+            if l.admit(&w, now) {
+                logged += 1;
+            }
+            if i % 100 == 0 {
+                l.end_full_pass([&w], now);
+            }
+        }
+        assert_eq!(logged, 5, "300 s of rewrites: one line a minute");
+    }
+
+    #[test]
+    fn the_same_text_persisting_is_logged_once() {
+        let mut l = WarnLimiter::default();
+        let t0 = Instant::now();
+        let w = json_error("/h/p/gateway_state.json", 3);
+        assert!(l.admit(&w, t0));
+        for m in 1..10 {
+            let now = t0 + Duration::from_secs(60 * m);
+            assert!(!l.admit(&w, now));
+            l.end_full_pass([&w], now);
+        }
+    }
+
+    #[test]
+    fn a_cause_that_flaps_is_logged_at_most_once_a_minute() {
+        let mut l = WarnLimiter::default();
+        let t0 = Instant::now();
+        let w = json_error("/h/p/gateway_state.json", 3);
+        let mut logged = 0;
+        for s in 0..120u64 {
+            let now = t0 + Duration::from_secs(s);
+            if s % 2 == 0 {
+                logged += u32::from(l.admit(&w, now));
+                l.end_full_pass([&w], now);
+            } else {
+                l.end_full_pass([], now);
+            }
+        }
+        assert_eq!(logged, 2);
+        // ... and comes back after a quiet minute: logged again.
+        let later = t0 + Duration::from_secs(300);
+        l.end_full_pass([], later);
+        assert!(l.is_empty(), "forgotten once gone and a minute old");
+        assert!(l.admit(&w, later));
+    }
+
+    #[test]
+    fn different_files_and_kinds_are_separate() {
+        let mut l = WarnLimiter::default();
+        let now = Instant::now();
+        assert!(l.admit(&json_error("/h/a/gateway_state.json", 1), now));
+        assert!(l.admit(&json_error("/h/b/gateway_state.json", 1), now));
+        assert!(l.admit(&Warning::about("/h/a/gateway_state.json", "too-large", "big".into()), now));
+        assert!(!l.admit(&json_error("/h/a/gateway_state.json", 2), now));
+        assert_eq!(l.len(), 3);
+    }
+}

@@ -1,0 +1,309 @@
+//! Profile files as last parsed, so a hostile volume cannot make every pass expensive
+//! (SPEC §9.3): a file is parsed again only when its identity (device, inode, size, mtime,
+//! ctime) changed, and a file hard-linked into many profiles is parsed at most once per pass.
+//!
+//! Invariants:
+//! - only results computed from a regular file whose identity was the same before and after
+//!   the read are kept, and only results (bounded: an intent with its warning, a prior exit, a
+//!   flag), never file contents;
+//! - a file whose mtime or ctime is within [`RACY_SECS`] of the read is not kept across passes
+//!   (its timestamps may not yet tell a same-size rewrite in the same clock tick apart); it is
+//!   still shared by its hard links within the pass;
+//! - entries no full pass used are dropped at its end ([`ProfileFileCache::end_full_pass`]), so
+//!   the cache holds at most one entry per admitted profile file.
+
+use crate::model::PriorExit;
+use crate::observe::safe_read::{MAX_STATE_FILE, ReadError, read_bounded};
+use crate::observe::scandir::FileKey;
+use crate::observe::volume::{
+    self, ENV_FILE, INTENT_FILE, IntentOutcome, IntentReading, LIFECYCLE_FILE, MAX_ENV_FILE,
+};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// A file changed this recently (seconds) is re-read by the next pass.
+pub const RACY_SECS: i64 = 2;
+
+/// Parsed results of one kind of file, by path and, within a pass, by inode.
+#[derive(Debug)]
+pub struct IdentityCache<T> {
+    by_path: HashMap<PathBuf, (FileKey, T, u64)>,
+    /// This pass's results by (device, inode): hard links share them. Cleared after each pass.
+    by_inode: HashMap<(u64, u64), (FileKey, T)>,
+    generation: u64,
+    /// Parses done (for tests and benchmarks).
+    pub parses: u64,
+    /// [`RACY_SECS`], but tests can make every file look old.
+    racy_secs: i64,
+}
+
+impl<T> Default for IdentityCache<T> {
+    fn default() -> Self {
+        IdentityCache {
+            by_path: HashMap::new(),
+            by_inode: HashMap::new(),
+            generation: 0,
+            parses: 0,
+            racy_secs: RACY_SECS,
+        }
+    }
+}
+
+fn key_of(m: &std::fs::Metadata) -> FileKey {
+    FileKey {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl<T: Clone> IdentityCache<T> {
+    /// The result of `parse` on the bounded read of `path`, from the cache when the file's
+    /// identity is unchanged. Anything that is not a regular file (missing, symlink, FIFO...)
+    /// is never opened and costs one `lstat` and a refusal, so it is not cached.
+    pub fn get(&mut self, path: &Path, limit: u64, parse: impl Fn(Result<Vec<u8>, ReadError>) -> T) -> T {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_file() => m,
+            _ => {
+                self.by_path.remove(path);
+                return parse(read_bounded(path, limit));
+            }
+        };
+        let key = key_of(&meta);
+        if let Some((k, value, used)) = self.by_path.get_mut(path)
+            && *k == key
+        {
+            *used = self.generation;
+            return value.clone();
+        }
+        if let Some((k, value)) = self.by_inode.get(&(key.dev, key.ino))
+            && *k == key
+        {
+            let value = value.clone();
+            self.remember(path, key, &value);
+            return value;
+        }
+        let value = parse(read_bounded(path, limit));
+        self.parses += 1;
+        let after =
+            std::fs::symlink_metadata(path).ok().filter(|m| m.file_type().is_file()).map(|m| key_of(&m));
+        if after == Some(key) {
+            self.by_inode.insert((key.dev, key.ino), (key, value.clone()));
+            self.remember(path, key, &value);
+        } else {
+            self.by_path.remove(path);
+        }
+        value
+    }
+
+    fn remember(&mut self, path: &Path, key: FileKey, value: &T) {
+        let racy = key.mtime.0.max(key.ctime.0) >= now_secs().saturating_sub(self.racy_secs);
+        if racy {
+            self.by_path.remove(path);
+        } else {
+            self.by_path.insert(path.to_path_buf(), (key, value.clone(), self.generation));
+        }
+    }
+
+    /// Ends a pass (full or partial): hard links are shared within a pass only.
+    pub fn end_pass(&mut self) {
+        self.by_inode.clear();
+    }
+
+    /// Ends a full pass: also forgets files no read used since the last full pass.
+    pub fn end_full_pass(&mut self) {
+        self.end_pass();
+        let generation = self.generation;
+        self.by_path.retain(|_, (_, _, used)| *used == generation);
+        self.generation += 1;
+    }
+}
+
+/// The three files of a profile the daemon reads, as last parsed.
+#[derive(Debug, Default)]
+pub struct ProfileFileCache {
+    pub intent: IdentityCache<IntentOutcome>,
+    pub prior: IdentityCache<PriorExit>,
+    pub env: IdentityCache<bool>,
+}
+
+impl ProfileFileCache {
+    /// `<dir>/gateway_state.json` (SPEC §5.2).
+    pub fn intent(&mut self, dir: &Path) -> IntentReading {
+        let path = dir.join(INTENT_FILE);
+        self.intent.get(&path, MAX_STATE_FILE, volume::intent_outcome).at(&path)
+    }
+
+    /// `<dir>/state/gateway.lifecycle.json` (SPEC §5.3).
+    pub fn prior_exit(&mut self, dir: &Path) -> PriorExit {
+        self.prior.get(&dir.join(LIFECYCLE_FILE), MAX_STATE_FILE, |r| {
+            r.map_or(PriorExit::Unknown, |b| volume::parse_prior_exit(&b))
+        })
+    }
+
+    /// Does `<dir>/.env` set `API_SERVER_PORT` (SPEC §7.4)?
+    pub fn env_sets_port(&mut self, dir: &Path) -> bool {
+        self.env.get(&dir.join(ENV_FILE), MAX_ENV_FILE, |r| r.is_ok_and(|b| volume::parse_env_sets_port(&b)))
+    }
+
+    pub fn end_pass(&mut self) {
+        self.intent.end_pass();
+        self.prior.end_pass();
+        self.env.end_pass();
+    }
+
+    pub fn end_full_pass(&mut self) {
+        self.intent.end_full_pass();
+        self.prior.end_full_pass();
+        self.env.end_full_pass();
+    }
+
+    /// Parses done so far, all kinds together.
+    pub fn parses(&self) -> u64 {
+        self.intent.parses + self.prior.parses + self.env.parses
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::time::Duration;
+
+    fn counting(c: &std::cell::Cell<u32>) -> impl Fn(Result<Vec<u8>, ReadError>) -> String + '_ {
+        move |r| {
+            c.set(c.get() + 1);
+            r.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_else(|e| e.to_string())
+        }
+    }
+
+    /// A cache for which no file is too recent to keep.
+    fn no_racy<T>() -> IdentityCache<T> {
+        IdentityCache { racy_secs: -1_000_000, ..Default::default() }
+    }
+
+    #[test]
+    fn files_are_parsed_again_only_when_their_identity_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        fs::write(&f, "one").unwrap();
+        let mut c = no_racy::<String>();
+        let n = std::cell::Cell::new(0);
+        for _pass in 0..3 {
+            assert_eq!(c.get(&f, 100, counting(&n)), "one");
+            c.end_full_pass();
+        }
+        assert_eq!(n.get(), 1);
+        // Rewritten in place, same size: mtime/ctime move, re-read.
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(&f, "two").unwrap();
+        assert_eq!(c.get(&f, 100, counting(&n)), "two");
+        assert_eq!(n.get(), 2);
+        // Replaced by rename: a new inode, re-read.
+        let tmp = t.path().join("tmp");
+        fs::write(&tmp, "three").unwrap();
+        fs::rename(&tmp, &f).unwrap();
+        assert_eq!(c.get(&f, 100, counting(&n)), "three");
+        assert_eq!(n.get(), 3);
+        // Gone: missing, and forgotten.
+        fs::remove_file(&f).unwrap();
+        assert_eq!(c.get(&f, 100, counting(&n)), "does not exist");
+        assert!(c.by_path.is_empty());
+        // Entries unused for a whole full pass are dropped.
+        fs::write(&f, "four").unwrap();
+        c.get(&f, 100, counting(&n));
+        c.end_full_pass();
+        assert_eq!(c.by_path.len(), 1);
+        c.end_full_pass();
+        assert!(c.by_path.is_empty());
+    }
+
+    #[test]
+    fn a_file_changed_just_now_is_read_again_by_the_next_pass() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        fs::write(&f, "one").unwrap();
+        let mut c = IdentityCache::<String>::default();
+        let n = std::cell::Cell::new(0);
+        c.get(&f, 100, counting(&n));
+        c.get(&f, 100, counting(&n));
+        assert_eq!(n.get(), 1, "shared within the pass");
+        c.end_pass();
+        c.get(&f, 100, counting(&n));
+        assert_eq!(n.get(), 2, "not trusted across passes while its timestamps are this fresh");
+    }
+
+    #[test]
+    fn hard_links_are_parsed_once_per_pass() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("big");
+        fs::write(&f, "x".repeat(4096)).unwrap();
+        let links: Vec<PathBuf> = (0..50).map(|i| t.path().join(format!("l{i}"))).collect();
+        for l in &links {
+            fs::hard_link(&f, l).unwrap();
+        }
+        let mut c = no_racy::<String>();
+        let n = std::cell::Cell::new(0);
+        for _pass in 0..3 {
+            for l in &links {
+                assert_eq!(c.get(l, 1 << 20, counting(&n)).len(), 4096);
+            }
+            c.end_pass();
+        }
+        assert_eq!(n.get(), 1, "50 links over 3 passes");
+        // Touched: every link's identity changed; parsed once for all of them.
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(&f, "y".repeat(4096)).unwrap();
+        for l in &links {
+            assert!(c.get(l, 1 << 20, counting(&n)).starts_with('y'));
+        }
+        assert_eq!(n.get(), 2);
+    }
+
+    #[test]
+    fn refused_files_are_not_opened_or_cached() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("fifo");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let mut c = IdentityCache::<String>::default();
+        let n = std::cell::Cell::new(0);
+        assert_eq!(c.get(&p, 100, counting(&n)), "is a FIFO, not a regular file");
+        assert!(c.by_path.is_empty() && c.by_inode.is_empty());
+    }
+
+    #[test]
+    fn profile_files_share_a_hard_linked_intent_but_name_each_path() {
+        let t = tempfile::tempdir().unwrap();
+        let big = t.path().join("state.json");
+        fs::write(&big, format!("{{\"desired_state\":\"{}\"}}", "x".repeat(100_000))).unwrap();
+        let mut cache = ProfileFileCache::default();
+        let mut warnings = Vec::new();
+        // (Each new link changes the inode's ctime: link them all first.)
+        let dirs: Vec<PathBuf> = (0..20).map(|i| t.path().join(format!("p{i}"))).collect();
+        for dir in &dirs {
+            fs::create_dir(dir).unwrap();
+            fs::hard_link(&big, dir.join(INTENT_FILE)).unwrap();
+        }
+        for dir in &dirs {
+            let r = cache.intent(dir);
+            assert_eq!(r.intent.desired_state.as_deref(), Some("invalid"));
+            let w = r.warning.expect("warning");
+            assert!(w.text.starts_with(&dir.join(INTENT_FILE).display().to_string()), "{}", w.text);
+            assert!(w.text.len() < 400, "bounded warning: {}", w.text.len());
+            warnings.push(w.key);
+        }
+        assert_eq!(cache.intent.parses, 1);
+        warnings.dedup();
+        assert_eq!(warnings.len(), 20, "one key per file");
+    }
+}
