@@ -158,7 +158,8 @@ fn small_service_limit_keeps_s6_starting_and_pruning() {
     let over = d.log_lines_with(&["c29", "not given a slot"]);
     assert!(!over.is_empty(), "c29 not reported as over the cap\n{}", d.stderr());
     let log = w.boot_log();
-    assert!(log.contains("profile=c29 prior_state=running action=skipped"), "{log}");
+    // SPEC §9.3: the files of a profile over the cap are not read, so its intent is unknown.
+    assert!(log.contains("profile=c29 prior_state=None action=skipped"), "{log}");
     assert!(log.contains("reason=capacity"), "{log}");
     // Adding more profiles changes nothing for s6, which keeps starting and pruning: removing
     // the first two names frees room for the next two.
