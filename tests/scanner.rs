@@ -1,5 +1,6 @@
 //! The s6 scanner as s6-overlay ships it (issue 6), run against both s6 generations: the host's
-//! (2.11) and, with `HERMES_TEST_S6_ROOT`, 2.13 from a trixie root (scripts/test.sh runs both).
+//! (2.11) and, with `HERMES_TEST_S6_ROOT`, 2.13 from a trixie root and 2.15 from a sid root
+//! (scripts/test.sh runs all three).
 //!
 //! - publishing and removing slots in quick succession never leaves a published slot
 //!   unsupervised nor a removed one supervised;
