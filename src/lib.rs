@@ -13,3 +13,4 @@ pub mod model;
 pub mod observe;
 pub mod plan;
 pub mod s6;
+pub mod shutdown;

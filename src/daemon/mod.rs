@@ -47,6 +47,9 @@ pub struct Daemon {
     absent: BTreeMap<ProfileName, Instant>,
     retries: BTreeMap<ProfileName, Backoff>,
     removals: Vec<PendingRemoval>,
+    /// Profiles waiting for removals in flight to give back room in s6-svscan's limit; planned
+    /// again as soon as a removal finishes.
+    deferred: BTreeSet<ProfileName>,
     /// Warnings already emitted (re-lists do not repeat them while the cause persists).
     warned: HashSet<String>,
     /// Last error per profile, and skipped profiles, for `status`.
@@ -77,6 +80,7 @@ impl Daemon {
             absent: BTreeMap::new(),
             retries: BTreeMap::new(),
             removals: Vec::new(),
+            deferred: BTreeSet::new(),
             warned: HashSet::new(),
             // Carry over what `once` (or a previous run) reported, so skips already logged at
             // boot are not logged again.
@@ -107,7 +111,10 @@ impl Daemon {
     /// Runs whatever timers are due: full re-list, expired graces, retries, removals.
     pub fn on_timer(&mut self) {
         let now = Instant::now();
-        self.poll_removals();
+        if self.poll_removals() && !self.deferred.is_empty() && !self.applier.shutdown.requested() {
+            // Room given back: the profiles that waited for it get their slots now.
+            self.partial_pass(self.deferred.clone());
+        }
         let period =
             if self.polling_fallback { FALLBACK_RELIST.min(self.cfg.resync) } else { self.cfg.resync };
         if now >= self.last_full + period {
@@ -158,6 +165,9 @@ impl Daemon {
             &mut self.slot_files,
         );
         self.slot_files.end_pass();
+        if self.applier.shutdown.requested() {
+            return;
+        }
         self.track_absent();
         let hold = self.held();
         let plan = plan::plan_with(&self.world, &self.cfg, &PassOptions { kind, only: None, hold: &hold });
@@ -184,6 +194,11 @@ impl Daemon {
     pub fn partial_pass(&mut self, dirty: BTreeSet<ProfileName>) {
         for name in &dirty {
             self.refresh(name);
+        }
+        // Supervisors of hidden slots count against s6-svscan's limit until they exit; only
+        // worth a look while some may still run.
+        if !self.removals.is_empty() || self.world.scanner.removing_units > 0 {
+            self.world.scanner.removing_units = observe::scanner::removing_units(&self.cfg.scandir);
         }
         self.track_absent();
         let hold = self.held();
@@ -283,6 +298,17 @@ impl Daemon {
         for w in &outcome.warnings {
             tracing::warn!("{w}");
         }
+        match scope {
+            None => self.deferred.clear(),
+            Some(s) => self.deferred.retain(|n| !s.contains(n)),
+        }
+        if !plan.deferred.is_empty() {
+            tracing::info!(
+                profiles = plan.deferred.len(),
+                "new slots wait until removed slots' supervisors have exited (s6-svscan's service limit)"
+            );
+        }
+        self.deferred.extend(plan.deferred.iter().cloned());
         let now = Instant::now();
         let failed: BTreeSet<&ProfileName> = outcome.errors.iter().map(|e| &e.profile).collect();
         for e in &outcome.errors {
@@ -329,20 +355,28 @@ impl Daemon {
         }
     }
 
-    /// Finishes removals whose supervisors are gone.
-    pub fn poll_removals(&mut self) {
+    /// Finishes removals whose supervisors are gone; `true` if one finished (room given back).
+    pub fn poll_removals(&mut self) -> bool {
         let scandir = self.cfg.scandir.clone();
-        self.removals.retain_mut(|r| match r.poll(&scandir) {
-            RemovalState::Waiting => true,
-            RemovalState::Done => {
-                tracing::debug!(slot = %r.label, "slot removed");
-                false
+        let mut finished = false;
+        self.removals.retain_mut(|r| {
+            if self.applier.shutdown.requested() {
+                return true;
             }
-            RemovalState::Stuck(why) => {
-                tracing::error!(slot = %r.label, "removal stuck: {why}");
-                false
+            match r.poll(&scandir) {
+                RemovalState::Waiting => true,
+                RemovalState::Done => {
+                    tracing::debug!(slot = %r.label, "slot removed");
+                    finished = true;
+                    false
+                }
+                RemovalState::Stuck(why) => {
+                    tracing::error!(slot = %r.label, "removal stuck: {why}");
+                    false
+                }
             }
         });
+        finished
     }
 
     /// Called on SIGTERM: removals in flight are abandoned (their hidden directories are
