@@ -302,7 +302,10 @@ impl Daemon {
             None => self.deferred.clear(),
             Some(s) => self.deferred.retain(|n| !s.contains(n)),
         }
-        if !plan.deferred.is_empty() {
+        if self.removals.is_empty() && outcome.removals.is_empty() && !plan.deferred.is_empty() {
+            // Nothing in flight will give room back: the next full pass plans them again.
+            tracing::debug!(profiles = plan.deferred.len(), "slots deferred to the next full pass");
+        } else if !plan.deferred.is_empty() {
             tracing::info!(
                 profiles = plan.deferred.len(),
                 "new slots wait until removed slots' supervisors have exited (s6-svscan's service limit)"

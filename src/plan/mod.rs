@@ -215,11 +215,14 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             budget -= 1;
             room_now -= 1;
             admitted.push(p);
-        } else if budget > 0 {
-            budget -= 1;
-            if in_scope(&p.name) {
+            if !in_scope(&p.name) {
+                // Room came back for a profile this partial pass does not cover (one that was
+                // over the cap): it gets its slot in the pass the daemon runs for it next.
                 plan.deferred.push(p.name.clone());
             }
+        } else if budget > 0 {
+            budget -= 1;
+            plan.deferred.push(p.name.clone());
         } else if in_scope(&p.name) {
             plan.warnings.push(if scanner_named < cfg.max_profiles {
                 format!(
