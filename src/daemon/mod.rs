@@ -336,6 +336,11 @@ impl Daemon {
         if plan.migrate_legacy {
             self.world.root_state_file_exists = true;
         }
+        for d in outcome.applied.iter().filter(|d| d.action != plan::ActionKind::Skipped) {
+            // A profile that was over the cap and got its slot in a partial pass (room given
+            // back) is no longer skipped.
+            self.report.skipped.remove(&d.profile);
+        }
         for d in &outcome.applied {
             tracing::info!(
                 profile = %d.profile,

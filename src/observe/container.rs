@@ -87,6 +87,8 @@ pub fn classify(command: &[String]) -> ContainerMode {
 }
 
 /// Scans `<proc_root>/<pid>/cmdline` in pid order; the first process with a main command decides.
+/// Processes in another pid namespace than `<proc_root>/self` (when both are readable) are not
+/// this container's and are skipped.
 ///
 /// Only entries made of ASCII digits are pids (`self`, `sys`... are not). Processes that vanish
 /// meanwhile, unreadable or oversized ([`MAX_CMDLINE`]) `cmdline`s and kernel threads (empty
@@ -104,7 +106,17 @@ pub fn detect(proc_root: &Path) -> ContainerMode {
         })
         .collect();
     pids.sort();
+    // The container's main command runs in the daemon's own pid namespace. Processes of nested
+    // pid namespaces (sandboxes, other tests' containers on a shared host) are listed too, but
+    // are not this container's: skip those whose namespace is known to differ.
+    let own_ns = std::fs::read_link(proc_root.join("self/ns/pid")).ok();
     for (_, name) in pids {
+        if let Some(own) = &own_ns
+            && let Ok(ns) = std::fs::read_link(proc_root.join(&name).join("ns/pid"))
+            && &ns != own
+        {
+            continue;
+        }
         let path = proc_root.join(name).join("cmdline");
         let Ok(bytes) = read_bounded(&path, MAX_CMDLINE) else {
             continue;
