@@ -187,9 +187,12 @@ impl Applier {
         out
     }
 
-    /// Writes `.gateway-ports.json` if the plan changed it (once per pass).
+    /// Writes `.gateway-ports.json` if the plan changed it (once per pass). Not when the pass
+    /// was abandoned for a stop: the write syncs to the volume, which can take long on a busy
+    /// disk, and the next start assigns the same ports again (the assignment is a function of
+    /// the profiles and the record, both unchanged).
     fn save_ports(&self, plan: &Plan, out: &mut Outcome) {
-        if !plan.ports_changed || out.ports_saved {
+        if !plan.ports_changed || out.ports_saved || out.abandoned {
             return;
         }
         out.ports_saved = true;

@@ -193,6 +193,9 @@ impl Daemon {
     /// Re-observes the given profiles and converges them alone.
     pub fn partial_pass(&mut self, dirty: BTreeSet<ProfileName>) {
         for name in &dirty {
+            if self.applier.shutdown.requested() {
+                return;
+            }
             self.refresh(name);
         }
         // Supervisors of hidden slots count against s6-svscan's limit until they exit; only
@@ -325,7 +328,8 @@ impl Daemon {
         let succeeded = |n: &ProfileName| !failed.contains(n) && scope.is_none_or(|s| s.contains(n));
         self.retries.retain(|n, _| !succeeded(n));
         self.report.errors.retain(|n, _| ProfileName::parse_any(n).map_or(true, |n| !succeeded(&n)));
-        for name in touched {
+        // Stopping: nothing reads `world` again.
+        for name in touched.iter().filter(|_| !outcome.abandoned) {
             self.refresh_slot(name);
         }
         // Leftovers are only ever cleared by full passes, which list them afresh.
