@@ -16,4 +16,5 @@ pub mod observe;
 pub mod plan;
 pub mod runtime;
 pub mod s6;
+pub mod shutdown;
 pub mod warning;

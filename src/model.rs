@@ -11,9 +11,10 @@ pub const ROOT_PROFILE: &str = "default";
 /// Prefix of every slot the daemon owns in the scandir.
 pub const SLOT_PREFIX: &str = "gateway-";
 
-/// The throwaway scandir entry the daemon publishes to make an s6 >= 2.12 scanner start slots
-/// that an aborted scan left unstarted. No profile slot can take this name (profile names
-/// never start with `-`).
+/// The throwaway scandir entry older daemons published to make an s6 >= 2.12 scanner start
+/// slots that an aborted scan left unstarted (the daemon now re-publishes such slots instead);
+/// a leftover of it is still recognised and taken away. No profile slot can take this name
+/// (profile names never start with `-`).
 pub const KICK_ENTRY: &str = "gateway--kick";
 
 /// s6-svscan refuses service names longer than this many bytes.

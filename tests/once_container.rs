@@ -284,3 +284,36 @@ fn the_first_judgment_of_a_boot_is_recorded_and_reused() {
     c.eq("next boot", modes(&out), vec!["normal".to_string()]);
     c.finish();
 }
+
+/// A dashboard container's main process in a *nested* pid namespace (another container or
+/// test on the same host) is not this container's main command: `once` in the outer
+/// namespace, which sees that process in its `/proc`, still supervises gateways.
+#[test]
+fn a_main_command_in_a_nested_pid_namespace_is_not_ours() {
+    let w = World::new();
+    w.profile("named").desired("running");
+    let mut nested = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc"])
+        // One word for unshare's own argv, which is in our namespace; the inner `sh -c` is not.
+        .args(["sh", "-c", "sh -c 'sleep 60; :' /opt/hermes/docker/main-wrapper.sh dashboard"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn unshare");
+    // Wait (bounded) until the nested process is visible in our /proc.
+    let visible = poll(WAIT, || {
+        let seen = fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            fs::read(e.path().join("cmdline"))
+                .map(|c| c.windows(15).any(|w| w == b"main-wrapper.sh"))
+                .unwrap_or(false)
+        });
+        if seen { Ok(()) } else { Err("nested main-wrapper.sh not visible".to_string()) }
+    });
+    let out = w.run(&["once"]);
+    let _ = nested.kill();
+    let _ = nested.wait();
+    visible.unwrap();
+    out.assert_code(0);
+    let mut c = Checks::new();
+    c.ok(wait_slots(&w.scandir, &wants(&[("default", Want::Down), ("named", Want::Up)])));
+    c.finish();
+}

@@ -24,6 +24,9 @@ pub struct Applier {
     /// has not started them yet; `once` does not: it mutates nothing afterwards, and the
     /// daemon's first pass confirms whatever is still unsupervised.
     pub confirm: bool,
+    /// Set on SIGTERM/SIGINT: a pass stops at its next safe point (between profiles, inside a
+    /// supervisor wait), leaving every slot hidden or fully published.
+    pub shutdown: crate::shutdown::Shutdown,
 }
 
 /// What applying a plan did.
@@ -43,6 +46,8 @@ pub struct Outcome {
     pub to_confirm: Vec<ProfileName>,
     /// The port record was written (or its write attempted) in this pass.
     pub ports_saved: bool,
+    /// A stop was requested: the pass stopped at a safe point before its end.
+    pub abandoned: bool,
 }
 
 /// A profile whose steps failed; the rest of its steps were not run.
@@ -146,6 +151,11 @@ impl Applier {
             }
         }
         for pp in &plan.profiles {
+            if self.shutdown.requested() {
+                // Safe point: every slot so far is published whole or still hidden.
+                out.abandoned = true;
+                break;
+            }
             if root_failed && pp.name.is_root() {
                 continue;
             }
@@ -158,7 +168,8 @@ impl Applier {
         }
         out.applied.extend(plan.skipped.iter().cloned());
         if plan.clear_kick
-            && let Err(e) = self.slots.unkick()
+            && !out.abandoned
+            && let Err(e) = self.slots.unkick(&self.shutdown)
         {
             out.warnings.push(format!("leftover {} not cleared: {e}", crate::model::KICK_ENTRY));
         }
@@ -185,9 +196,12 @@ impl Applier {
         out
     }
 
-    /// Writes `.gateway-ports.json` if the plan changed it (once per pass).
+    /// Writes `.gateway-ports.json` if the plan changed it (once per pass). Not when the pass
+    /// was abandoned for a stop: the write syncs to the volume, which can take long on a busy
+    /// disk, and the next start assigns the same ports again (the assignment is a function of
+    /// the profiles and the record, both unchanged).
     fn save_ports(&self, plan: &Plan, out: &mut Outcome) {
-        if !plan.ports_changed || out.ports_saved {
+        if !plan.ports_changed || out.ports_saved || out.abandoned {
             return;
         }
         out.ports_saved = true;
@@ -199,30 +213,50 @@ impl Applier {
     }
 
     /// Confirms that every slot published (or found unsupervised) in this pass is picked up by
-    /// s6-svscan; kicks the scanner once for those that are not; reports the rest as errors
-    /// naming what blocks the scan. No later pass mutates the scandir before this returns.
+    /// s6-svscan; re-publishes once, as brand-new directories, those that are not (once the
+    /// supervisors of this pass's removals, which count against s6-svscan's limit, are gone);
+    /// reports the rest as errors naming what blocks the scan. No later pass mutates the
+    /// scandir before this returns, unless a stop is requested (then it returns at once).
     fn confirm(&self, out: &mut Outcome) {
-        if out.to_confirm.is_empty() {
+        if out.to_confirm.is_empty() || out.abandoned {
             return;
         }
+        let stop = &self.shutdown;
         let dirs: Vec<_> = out.to_confirm.iter().map(|n| self.slots.slot_dir(n)).collect();
-        let mut stuck = scan::wait_supervised(&dirs);
-        if !stuck.is_empty() {
+        let mut stuck = scan::wait_supervised(&dirs, stop);
+        if !stuck.is_empty() && !stop.requested() {
+            // A scan met these while it failed (another entry, or the service limit while
+            // removed supervisors still counted): s6 >= 2.12 never starts them unless a scan
+            // meets a brand-new directory. Make them new, with the removals' room back first.
+            let deadline = std::time::Instant::now() + removal::KILL_AFTER;
+            for r in &out.removals {
+                scan::wait_unsupervised(&r.hidden, deadline, stop);
+            }
             tracing::warn!(
                 count = stuck.len(),
-                "published slots not picked up by s6-svscan; kicking the scanner"
+                "published slots not picked up by s6-svscan; re-publishing them as new directories"
             );
-            match self.slots.kick() {
-                Ok(()) => {
-                    stuck = scan::wait_supervised(&stuck);
-                    if let Err(e) = self.slots.unkick() {
-                        out.warnings.push(format!("{} not taken away: {e}", crate::model::KICK_ENTRY));
-                    }
+            let mut again = Vec::new();
+            for name in &out.to_confirm {
+                let dir = self.slots.slot_dir(name);
+                if !stuck.contains(&dir) || stop.requested() {
+                    continue;
                 }
-                Err(e) => out.warnings.push(format!("could not kick s6-svscan: {e}")),
+                match self.slots.republish(name) {
+                    Ok(true) => again.push(dir),
+                    Ok(false) => {}
+                    Err(e) => out.warnings.push(format!("slot {} not re-published: {e}", name.slot_name())),
+                }
             }
+            if !again.is_empty() && !stop.requested() {
+                match s6::rescan(&self.slots.scandir, true) {
+                    Ok(()) => {}
+                    Err(e) => out.warnings.push(format!("rescan not requested: {e}")),
+                }
+            }
+            stuck = scan::wait_supervised(&stuck, stop);
         }
-        if stuck.is_empty() {
+        if stuck.is_empty() || stop.requested() {
             return;
         }
         let why = scan::diagnose_blockers(&self.slots.scandir, out.to_confirm.len());

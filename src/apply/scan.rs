@@ -4,13 +4,19 @@
 //! are never started by later scans, unless a scan meets a brand-new directory. The daemon
 //! therefore (1) mutates the scandir only between its own scans: a pass does all its renames,
 //! sends one rescan, and confirms that every slot it published is supervised before any later
-//! pass mutates again; (2) when a slot is not picked up in time, publishes a throwaway
-//! brand-new entry ([`KICK_ENTRY`], a name no profile slot can take, with a `down` file so
-//! nothing runs) to make the scanner start it, then takes that entry away again.
+//! pass mutates again; (2) when a slot is not picked up in time (a scan met it while another
+//! entry failed, or while s6-svscan was over its service limit), re-publishes that slot as a
+//! brand-new directory: a scan that meets a new directory starts it, and needs no unit of the
+//! limit beyond the slot's own. (Older daemons published a throwaway entry, [`KICK_ENTRY`],
+//! instead; that entry itself does not fit when the scandir is at the limit. A leftover of it
+//! is still taken away.)
+//!
+//! Every wait here returns early once a stop is requested ([`Shutdown`]).
 
 use super::slot::{SlotError, SlotWriter};
-use crate::model::KICK_ENTRY;
+use crate::model::{KICK_ENTRY, ProfileName};
 use crate::s6;
+use crate::shutdown::Shutdown;
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,9 +33,10 @@ fn supervised(dir: &Path) -> bool {
     !matches!(s6::supervisor_pid(dir), Ok(None))
 }
 
-/// Waits until every directory is supervised, or until no new one has been for [`STALL`];
-/// returns those that are not. Polls the locks (a few µs each), sleeping briefly in between.
-pub fn wait_supervised(dirs: &[PathBuf]) -> Vec<PathBuf> {
+/// Waits until every directory is supervised, or until no new one has been for [`STALL`], or
+/// a stop is requested; returns those that are not. Polls the locks (a few µs each), sleeping
+/// briefly in between.
+pub fn wait_supervised(dirs: &[PathBuf], stop: &Shutdown) -> Vec<PathBuf> {
     let start = Instant::now();
     let mut pending: Vec<PathBuf> = dirs.to_vec();
     let mut last_progress = start;
@@ -42,7 +49,7 @@ pub fn wait_supervised(dirs: &[PathBuf]) -> Vec<PathBuf> {
             last_progress = now;
             pause = Duration::from_micros(100);
         }
-        if pending.is_empty() || now - last_progress >= STALL || now - start >= MAX_WAIT {
+        if pending.is_empty() || now - last_progress >= STALL || now - start >= MAX_WAIT || stop.requested() {
             return pending;
         }
         std::thread::sleep(pause);
@@ -50,14 +57,14 @@ pub fn wait_supervised(dirs: &[PathBuf]) -> Vec<PathBuf> {
     }
 }
 
-/// Waits until no supervisor holds `dir`'s lock (or its logger's); `false` on timeout.
-pub fn wait_unsupervised(dir: &Path, deadline: Instant) -> bool {
+/// Waits until no supervisor holds `dir`'s lock (or its logger's); `false` on timeout or stop.
+pub fn wait_unsupervised(dir: &Path, deadline: Instant, stop: &Shutdown) -> bool {
     let mut pause = Duration::from_micros(100);
     loop {
         if !supervised(dir) && !supervised(&dir.join("log")) {
             return true;
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || stop.requested() {
             return false;
         }
         std::thread::sleep(pause);
@@ -70,44 +77,64 @@ impl SlotWriter {
         self.scandir.join(KICK_ENTRY)
     }
 
-    /// Publishes the kick entry and asks for a scan. The entry has a `down` file: its
-    /// supervisor starts nothing.
-    pub fn kick(&self) -> Result<(), SlotError> {
+    /// Takes a leftover kick entry out of the scan (hide, prune); deletes it when its
+    /// supervisor is gone (else a later pass does).
+    pub fn unkick(&self, stop: &Shutdown) -> Result<(), SlotError> {
         let live = self.kick_dir();
-        if live.exists() {
-            self.unkick()?;
-        }
-        let staging = self.scandir.join(format!(".{KICK_ENTRY}.new"));
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| SlotError::Io { path: p, source }
-        };
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir(&staging).map_err(io(&staging))?;
-        std::fs::write(staging.join("down"), b"").map_err(io(&staging))?;
-        std::fs::write(staging.join("run"), b"#!/bin/sh\nexec sleep 1\n").map_err(io(&staging))?;
-        std::fs::set_permissions(staging.join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(io(&staging))?;
-        renameat2(AT_FDCWD, &staging, AT_FDCWD, &live, RenameFlags::RENAME_NOREPLACE)
-            .map_err(|e| SlotError::Io { path: live.clone(), source: e.into() })?;
-        s6::rescan(&self.scandir, false)?;
-        Ok(())
-    }
-
-    /// Takes the kick entry out of the scan again (hide, prune) once the scan it caused has
-    /// started its supervisor; deletes it when that supervisor is gone (else a later pass does).
-    pub fn unkick(&self) -> Result<(), SlotError> {
-        let live = self.kick_dir();
-        wait_supervised(std::slice::from_ref(&live));
         let hidden = self.scandir.join(format!(".{KICK_ENTRY}.rm-{:08x}", std::process::id()));
         let _ = std::fs::remove_dir_all(&hidden);
         renameat2(AT_FDCWD, &live, AT_FDCWD, &hidden, RenameFlags::RENAME_NOREPLACE)
             .map_err(|e| SlotError::Io { path: live.clone(), source: e.into() })?;
         s6::rescan(&self.scandir, true)?;
-        if wait_unsupervised(&hidden, Instant::now() + Duration::from_secs(1)) {
+        if wait_unsupervised(&hidden, Instant::now() + Duration::from_secs(1), stop) {
             std::fs::remove_dir_all(&hidden).map_err(|source| SlotError::Io { path: hidden, source })?;
         }
         Ok(())
+    }
+}
+
+impl SlotWriter {
+    /// Re-publishes a slot that no supervisor runs as a brand-new directory, so that the next
+    /// scan meets a directory it has never seen and starts it (on s6 >= 2.12 a directory a
+    /// failed scan already met is never started otherwise). Returns `false` when a supervisor
+    /// runs it after all (nothing to do).
+    ///
+    /// Steps: hide the slot (a removal name: invisible to s6-svscan from then on), make sure no
+    /// supervisor started in it meanwhile (if one did, the slot goes back under its name, which
+    /// s6 does not notice), move its entries into a new staging directory, publish that by
+    /// rename, delete the emptied old one. Interrupted anywhere, what is visible is either the
+    /// old slot or the new one, complete; hidden leftovers without a supervisor are cleared by
+    /// the next full pass, which also recreates a slot that went missing.
+    pub fn republish(&self, name: &ProfileName) -> Result<bool, SlotError> {
+        let live = self.slot_dir(name);
+        if supervised(&live) || supervised(&live.join("log")) {
+            return Ok(false);
+        }
+        let old = self.hide(name)?.hidden;
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| SlotError::Io { path: p, source }
+        };
+        if supervised(&old) || supervised(&old.join("log")) {
+            renameat2(AT_FDCWD, &old, AT_FDCWD, &live, RenameFlags::RENAME_NOREPLACE)
+                .map_err(|e| SlotError::Io { path: live.clone(), source: e.into() })?;
+            return Ok(false);
+        }
+        let staging = self.scandir.join(name.staging_name());
+        if std::fs::symlink_metadata(&staging).is_ok() {
+            std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+        }
+        std::fs::create_dir(&staging).map_err(io(&staging))?;
+        std::fs::set_permissions(&staging, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(io(&staging))?;
+        for e in std::fs::read_dir(&old).map_err(io(&old))? {
+            let e = e.map_err(io(&old))?;
+            std::fs::rename(e.path(), staging.join(e.file_name())).map_err(io(&e.path()))?;
+        }
+        renameat2(AT_FDCWD, &staging, AT_FDCWD, &live, RenameFlags::RENAME_NOREPLACE)
+            .map_err(|e| SlotError::Io { path: live.clone(), source: e.into() })?;
+        std::fs::remove_dir(&old).map_err(io(&old))?;
+        Ok(true)
     }
 }
 

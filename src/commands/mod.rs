@@ -46,5 +46,6 @@ pub fn applier(config: &Config) -> Result<Applier, ConfigError> {
         slots: SlotWriter { scandir: config.scandir.clone(), group: owner.map(|(_, g)| g) },
         home: HomeWriter::new(config.home.clone(), owner),
         confirm: true,
+        shutdown: crate::shutdown::Shutdown::default(),
     })
 }

@@ -1,8 +1,11 @@
 //! `hermes-reconciler run`: the daemon's event loop (SPEC §4, §6.3–6.5).
 //!
 //! One thread, asleep unless an inotify event, a signal or a timer is due: there is no busy
-//! polling. Every pass runs to completion between two awaits, so SIGTERM can never interrupt
-//! one half-way (a slot is either still hidden under its staging name or fully published).
+//! polling. Passes run between two awaits; SIGTERM/SIGINT also set a flag
+//! ([`crate::shutdown::Shutdown`]) that a pass checks at its safe points (between profiles,
+//! inside supervisor waits), so it stops within a moment, never half-way through a slot (a
+//! slot is either still hidden under its staging name or fully published), and the loop
+//! exits 0. The next start finishes what was left.
 
 use super::{EXIT_FAILURE, EXIT_OK};
 use crate::apply::Applier;
@@ -67,6 +70,11 @@ pub fn run(config: Config, applier: Applier, notify_fd: Option<i32>) -> i32 {
 }
 
 async fn main_loop(config: Config, applier: Applier, notify_fd: Option<i32>) -> i32 {
+    let stop = applier.shutdown.clone();
+    if let Err(e) = stop.install() {
+        tracing::error!("cannot install signal handlers: {e}");
+        return EXIT_FAILURE;
+    }
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -114,6 +122,10 @@ async fn main_loop(config: Config, applier: Applier, notify_fd: Option<i32>) -> 
 
     let mut daemon = Daemon::new(config, applier);
     daemon.full_pass(PassKind::Boot);
+    if stop.requested() {
+        tracing::info!("stopping during the first pass; the next start finishes it");
+        return EXIT_OK;
+    }
     notify_ready(notify_fd);
     tracing::info!(profiles = daemon.world.profiles.len(), "ready");
 
@@ -131,6 +143,9 @@ async fn main_loop(config: Config, applier: Applier, notify_fd: Option<i32>) -> 
         None => None,
     };
     loop {
+        if stop.requested() {
+            break;
+        }
         let deadline = tokio::time::Instant::from_std(daemon.next_deadline());
         let readable = async {
             match &events {

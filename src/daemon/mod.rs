@@ -61,6 +61,9 @@ pub struct Daemon {
     absent: BTreeMap<ProfileName, Instant>,
     retries: BTreeMap<ProfileName, Backoff>,
     removals: Vec<PendingRemoval>,
+    /// Profiles waiting for removals in flight to give back room in s6-svscan's limit; planned
+    /// again as soon as a removal finishes.
+    deferred: BTreeSet<ProfileName>,
     /// Warnings already emitted: the same problem of the same file at most once a minute,
     /// whatever its text (SPEC §9.3).
     warned: WarnLimiter,
@@ -97,6 +100,7 @@ impl Daemon {
             absent: BTreeMap::new(),
             retries: BTreeMap::new(),
             removals: Vec::new(),
+            deferred: BTreeSet::new(),
             warned: WarnLimiter::default(),
             // Carry over what `once` (or a previous run) reported, so skips already logged at
             // boot are not logged again.
@@ -132,7 +136,10 @@ impl Daemon {
     /// Runs whatever timers are due: full re-list, expired graces, retries, removals.
     pub fn on_timer(&mut self) {
         let now = Instant::now();
-        self.poll_removals();
+        if self.poll_removals() && !self.deferred.is_empty() && !self.applier.shutdown.requested() {
+            // Room given back: the profiles that waited for it get their slots now.
+            self.partial_pass(self.deferred.clone());
+        }
         let period =
             if self.polling_fallback { FALLBACK_RELIST.min(self.cfg.resync) } else { self.cfg.resync };
         if now >= self.last_full + period || (self.relist_pending && now >= self.last_full + RELIST_COALESCE)
@@ -236,6 +243,9 @@ impl Daemon {
         );
         self.slot_files.end_pass();
         self.profile_files.end_full_pass();
+        if self.applier.shutdown.requested() {
+            return;
+        }
         self.track_absent();
         let hold = self.held();
         let plan = plan::plan_with(&self.world, &self.cfg, &PassOptions { kind, only: None, hold: &hold });
@@ -261,6 +271,9 @@ impl Daemon {
     /// Re-observes the given profiles and converges them alone.
     pub fn partial_pass(&mut self, dirty: BTreeSet<ProfileName>) {
         for name in &dirty {
+            if self.applier.shutdown.requested() {
+                return;
+            }
             self.refresh(name);
         }
         let admitted = self.admitted_now();
@@ -270,6 +283,11 @@ impl Daemon {
             }
         }
         self.profile_files.end_pass();
+        // Supervisors of hidden slots count against s6-svscan's limit until they exit; only
+        // worth a look while some may still run.
+        if !self.removals.is_empty() || self.world.scanner.removing_units > 0 {
+            self.world.scanner.removing_units = observe::scanner::removing_units(&self.cfg.scandir);
+        }
         self.track_absent();
         let hold = self.held();
         let plan = plan::plan_with(
@@ -371,6 +389,20 @@ impl Daemon {
     ) {
         let apply_warnings: Vec<Warning> = outcome.warnings.iter().cloned().map(Warning::from).collect();
         self.emit_warnings(&apply_warnings, false);
+        match scope {
+            None => self.deferred.clear(),
+            Some(s) => self.deferred.retain(|n| !s.contains(n)),
+        }
+        if self.removals.is_empty() && outcome.removals.is_empty() && !plan.deferred.is_empty() {
+            // Nothing in flight will give room back: the next full pass plans them again.
+            tracing::debug!(profiles = plan.deferred.len(), "slots deferred to the next full pass");
+        } else if !plan.deferred.is_empty() {
+            tracing::info!(
+                profiles = plan.deferred.len(),
+                "new slots wait until removed slots' supervisors have exited (s6-svscan's service limit)"
+            );
+        }
+        self.deferred.extend(plan.deferred.iter().cloned());
         let now = Instant::now();
         let failed: BTreeSet<&ProfileName> = outcome.errors.iter().map(|e| &e.profile).collect();
         for e in &outcome.errors {
@@ -384,7 +416,8 @@ impl Daemon {
         let succeeded = |n: &ProfileName| !failed.contains(n) && scope.is_none_or(|s| s.contains(n));
         self.retries.retain(|n, _| !succeeded(n));
         self.report.errors.retain(|n, _| ProfileName::parse_any(n).map_or(true, |n| !succeeded(&n)));
-        for name in touched {
+        // Stopping: nothing reads `world` again.
+        for name in touched.iter().filter(|_| !outcome.abandoned) {
             self.refresh_slot(name);
         }
         // Leftovers are only ever cleared by full passes, which list them afresh.
@@ -394,6 +427,11 @@ impl Daemon {
         }
         if plan.migrate_legacy {
             self.world.root_state_file_exists = true;
+        }
+        for d in outcome.applied.iter().filter(|d| d.action != plan::ActionKind::Skipped) {
+            // A profile that was over the cap and got its slot in a partial pass (room given
+            // back) is no longer skipped.
+            self.report.skipped.remove(&d.profile);
         }
         for d in &outcome.applied {
             tracing::info!(
@@ -417,20 +455,28 @@ impl Daemon {
         }
     }
 
-    /// Finishes removals whose supervisors are gone.
-    pub fn poll_removals(&mut self) {
+    /// Finishes removals whose supervisors are gone; `true` if one finished (room given back).
+    pub fn poll_removals(&mut self) -> bool {
         let scandir = self.cfg.scandir.clone();
-        self.removals.retain_mut(|r| match r.poll(&scandir) {
-            RemovalState::Waiting => true,
-            RemovalState::Done => {
-                tracing::debug!(slot = %r.label, "slot removed");
-                false
+        let mut finished = false;
+        self.removals.retain_mut(|r| {
+            if self.applier.shutdown.requested() {
+                return true;
             }
-            RemovalState::Stuck(why) => {
-                tracing::error!(slot = %r.label, "removal stuck: {why}");
-                false
+            match r.poll(&scandir) {
+                RemovalState::Waiting => true,
+                RemovalState::Done => {
+                    tracing::debug!(slot = %r.label, "slot removed");
+                    finished = true;
+                    false
+                }
+                RemovalState::Stuck(why) => {
+                    tracing::error!(slot = %r.label, "removal stuck: {why}");
+                    false
+                }
             }
         });
+        finished
     }
 
     /// Called on SIGTERM: removals in flight are abandoned (their hidden directories are

@@ -89,7 +89,8 @@ pub fn classify(command: &[String]) -> ContainerMode {
 }
 
 /// Scans `<proc_root>/<pid>/cmdline` in pid order; the first process owned by root with a main
-/// command decides (SPEC §9.4).
+/// command decides (SPEC §9.4). Processes in another pid namespace than `<proc_root>/self`
+/// (when both are readable) are not this container's and are skipped.
 ///
 /// Only entries made of ASCII digits are pids (`self`, `sys`... are not). Processes that vanish
 /// meanwhile, unreadable or oversized ([`MAX_CMDLINE`]) `cmdline`s, kernel threads (empty
@@ -114,11 +115,21 @@ pub fn detect(proc_root: &Path) -> ContainerMode {
         })
         .collect();
     pids.sort();
+    // The container's main command runs in the daemon's own pid namespace. Processes of nested
+    // pid namespaces (sandboxes, other tests' containers on a shared host) are listed too, but
+    // are not this container's: skip those whose namespace is known to differ.
+    let own_ns = std::fs::read_link(proc_root.join("self/ns/pid")).ok();
     for (_, name) in pids {
         let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let Ok(dir) = openat(AT_FDCWD, &proc_root.join(name), flags, Mode::empty()) else {
             continue;
         };
+        if let Some(own) = &own_ns
+            && let Ok(ns) = nix::fcntl::readlinkat(&dir, "ns/pid")
+            && ns != own.as_os_str()
+        {
+            continue;
+        }
         let Some(bytes) = read_at(&dir, "cmdline", MAX_CMDLINE) else {
             continue;
         };

@@ -22,11 +22,20 @@ pub struct ScannerObs {
     pub foreign_units: u32,
     /// Scandir entries that are symlinks to nothing.
     pub dangling: Vec<String>,
+    /// Units still used by the daemon's own hidden directories whose supervisors have not
+    /// exited yet (removals in flight): s6-svscan counts them against its limit until then.
+    pub removing_units: u32,
 }
 
 impl Default for ScannerObs {
     fn default() -> Self {
-        ScannerObs { pid: None, limit_units: DEFAULT_LIMIT_UNITS, foreign_units: 0, dangling: Vec::new() }
+        ScannerObs {
+            pid: None,
+            limit_units: DEFAULT_LIMIT_UNITS,
+            foreign_units: 0,
+            dangling: Vec::new(),
+            removing_units: 0,
+        }
     }
 }
 
@@ -74,6 +83,24 @@ fn units(path: &Path) -> u32 {
     1 + u32::from(path.join("log").is_dir())
 }
 
+/// Units a hidden directory still uses: one per live supervisor (service, logger). A lock that
+/// cannot be read counts as alive, as in removals.
+fn supervised_units(path: &Path) -> u32 {
+    let alive = |d: &Path| s6::supervisor_pid(d).map(|p| p.is_some()).unwrap_or(true);
+    u32::from(alive(path)) + u32::from(path.join("log").is_dir() && alive(&path.join("log")))
+}
+
+/// Units used by the daemon's own hidden directories whose supervisors still run.
+pub fn removing_units(scandir: &Path) -> u32 {
+    let Ok(entries) = std::fs::read_dir(scandir) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| crate::model::is_own_hidden_entry(&e.file_name().to_string_lossy()))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| supervised_units(&e.path()))
+        .sum()
+}
+
 /// Observes the scanner and the scandir's other entries.
 pub fn observe_scanner(scandir: &Path) -> ScannerObs {
     let mut obs = ScannerObs { pid: s6::scanner_pid(scandir).ok().flatten(), ..Default::default() };
@@ -87,6 +114,9 @@ pub fn observe_scanner(scandir: &Path) -> ScannerObs {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
+            if crate::model::is_own_hidden_entry(&name) && e.file_type().is_ok_and(|t| t.is_dir()) {
+                obs.removing_units += supervised_units(&e.path());
+            }
             continue;
         }
         let path = e.path();

@@ -111,6 +111,9 @@ pub struct Plan {
     pub profiles: Vec<ProfilePlan>,
     /// Skipped entries that have no valid name (decisions without steps).
     pub skipped: Vec<Decision>,
+    /// Profiles that will get a slot but not yet: the room they need in s6-svscan's limit is
+    /// still used by slots being removed. Planned again once those supervisors are gone.
+    pub deferred: Vec<ProfileName>,
     pub warnings: Vec<Warning>,
 }
 
@@ -164,6 +167,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         clear_kick: opts.only.is_none() && obs.scandir.kick_leftover,
         profiles: Vec::new(),
         skipped: Vec::new(),
+        deferred: Vec::new(),
         warnings: obs.warnings.clone(),
     };
     if obs.mode == ContainerMode::Dashboard {
@@ -199,10 +203,30 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         |n| obs.scandir.slots.contains_key(n),
         cap.named,
     );
+    // What fits *now*: a slot whose profile is gone (held for the grace, or removed in this
+    // very pass) and a hidden one whose supervisors have not exited yet still count against the
+    // limit, and on s6 >= 2.12 a scan that meets a new slot over the limit never starts it.
+    // Slots that fit the cap but not the room left now are deferred, not skipped.
+    let units_left =
+        (obs.scanner.limit_units as usize).saturating_sub(obs.scanner.foreign_units as usize + 1);
+    let present_pairs =
+        obs.scandir.slots.len() + usize::from(!obs.scandir.slots.contains_key(&ProfileName::root()));
+    let mut room_now =
+        (units_left.saturating_sub(obs.scanner.removing_units as usize) / 2).saturating_sub(present_pairs);
     let mut admitted: Vec<&ProfileObs> = Vec::new();
     for p in &obs.profiles {
-        if admit.contains(&p.name) {
+        if p.name.is_root() || obs.scandir.slots.contains_key(&p.name) {
             admitted.push(p);
+        } else if admit.contains(&p.name) && room_now > 0 {
+            room_now -= 1;
+            admitted.push(p);
+            if !in_scope(&p.name) {
+                // Room came back for a profile this partial pass does not cover (one that was
+                // over the cap): it gets its slot in the pass the daemon runs for it next.
+                plan.deferred.push(p.name.clone());
+            }
+        } else if admit.contains(&p.name) {
+            plan.deferred.push(p.name.clone());
         } else if in_scope(&p.name) {
             plan.warnings.push(Warning::from(if scanner_named < cfg.max_profiles {
                 format!(

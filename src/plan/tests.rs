@@ -476,3 +476,37 @@ fn a_briefly_missing_or_invalid_state_file_does_not_renew_the_same_intent() {
     obs.previous_ports = plan(&obs0, &cfg, PassKind::Boot).ports;
     assert_eq!(plan(&obs, &cfg, PassKind::Continuous).step_count(), 0);
 }
+
+#[test]
+fn new_slots_wait_while_removed_supervisors_still_count_against_the_limit() {
+    // -C 40: room for the root and 18 named slots. Two hidden slots being removed still have
+    // their supervisors (4 units): the two profiles that fit the cap are deferred, not skipped
+    // and not created; once the supervisors are gone they are created.
+    let cfg = config(false, 400);
+    let mut profiles = vec![profile("default", intent(None, None))];
+    profiles.extend((0..20).map(|i| profile(&format!("p{i:02}"), intent(None, None))));
+    let mut obs = observed(profiles);
+    obs.scanner.limit_units = 40;
+    for n in std::iter::once("default".to_string()).chain((2..18).map(|i| format!("p{i:02}"))) {
+        let slot = slot_as_created(&obs, &cfg, &n);
+        obs.scandir.slots.insert(ProfileName::parse_any(&n).unwrap(), slot);
+    }
+    obs.profiles.retain(|p| !["p00", "p01"].contains(&p.name.as_str()));
+    obs.scanner.removing_units = 4;
+    let creates = |p: &Plan| -> Vec<String> {
+        p.profiles
+            .iter()
+            .filter(|pp| pp.steps.iter().any(|s| matches!(s, Step::Create { .. })))
+            .map(|pp| pp.name.to_string())
+            .collect()
+    };
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    assert!(creates(&p).is_empty(), "created {:?} while removals still count", creates(&p));
+    let deferred: Vec<&str> = p.deferred.iter().map(|n| n.as_str()).collect();
+    assert_eq!(deferred, ["p18", "p19"]);
+    assert_eq!(p.decisions().filter(|d| d.reason.as_deref() == Some("capacity")).count(), 0);
+    obs.scanner.removing_units = 0;
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    assert_eq!(creates(&p), ["p18", "p19"]);
+    assert!(p.deferred.is_empty());
+}

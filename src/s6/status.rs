@@ -63,7 +63,8 @@ pub struct ServiceStatus {
     /// 0 until the service has died once; not reset when it is restarted, so it describes the
     /// *previous* run while the service is up. See [`ServiceStatus::svstat_exitcode`].
     pub wait_status: u16,
-    /// Raw flag bit 0: the service was stopped with SIGSTOP (`s6-svc -p`).
+    /// Raw flag bit 0: the service was stopped with SIGSTOP (`s6-svc -p`). s6 2.15 also sets it
+    /// on a service that was never started (no pid): s6-svstat then says "not started yet".
     pub paused: bool,
     /// Raw flag bit 1: `./finish` is running; the pid field is then finish's pid.
     pub finishing: bool,
@@ -132,17 +133,24 @@ impl ServiceStatus {
         self.signal().is_some() && self.wait_status & 0x80 != 0
     }
 
-    /// The `exitcode` field of `s6-svstat -o`: `-1` while the service is up (the recorded wait
-    /// status belongs to an earlier run) or when the last process was killed by a signal,
-    /// otherwise its exit code. A service that never ran prints `0`.
-    pub fn svstat_exitcode(&self) -> i32 {
-        if self.is_up() { -1 } else { self.exit_code().unwrap_or(-1) }
+    /// The service never ran, as s6 2.15 records it (bit 0 with no pid; earlier versions never
+    /// set that bit on a service that is down).
+    fn never_started(&self) -> bool {
+        self.pid.is_none() && self.paused
     }
 
-    /// The `signum` field of `s6-svstat -o`: `-1` while up or when the last process exited
-    /// normally, otherwise the number of the signal that killed it.
+    /// The `exitcode` field of `s6-svstat -o`: `-1` while the service is up (the recorded wait
+    /// status belongs to an earlier run) or when the last process was killed by a signal,
+    /// otherwise its exit code. A service that never ran prints `0` up to s6 2.14, `-1` on 2.15
+    /// (which marks it "not started yet").
+    pub fn svstat_exitcode(&self) -> i32 {
+        if self.is_up() || self.never_started() { -1 } else { self.exit_code().unwrap_or(-1) }
+    }
+
+    /// The `signum` field of `s6-svstat -o`: `-1` while up, before the first run, or when the
+    /// last process exited normally, otherwise the number of the signal that killed it.
     pub fn svstat_signum(&self) -> i32 {
-        if self.is_up() { -1 } else { self.signal().unwrap_or(-1) }
+        if self.is_up() || self.never_started() { -1 } else { self.signal().unwrap_or(-1) }
     }
 
     /// Exactly what `s6-svstat -o up,wantedup,normallyup,ready,pid,exitcode <dir>` prints
@@ -369,6 +377,20 @@ mod tests {
         assert_eq!(st.svstat_exitcode(), -1);
         assert_eq!(st.up_pid(), Some(42));
         assert_eq!(st.svstat_line(true), "true true true true 42 -1");
+    }
+
+    #[test]
+    fn s6_status_never_started_on_2_15() {
+        // s6 2.15.1 writes, for a service with a `down` file it never started: no pid, wait
+        // status 0, flags 0x09 (bit 0 + ready); s6-svstat prints exitcode -1 ("not started yet").
+        let t = tai(1_700_000_000, 0);
+        let st = decode_status(&build35(t, t, 0, 0, 0x09)).unwrap();
+        assert_eq!(st.svstat_exitcode(), -1);
+        assert_eq!(st.svstat_signum(), -1);
+        assert_eq!(st.svstat_line(false), "false false false false -1 -1");
+        // Earlier versions leave bit 0 clear: exitcode 0.
+        let st = decode_status(&build35(t, t, 0, 0, 0x08)).unwrap();
+        assert_eq!(st.svstat_exitcode(), 0);
     }
 
     #[test]

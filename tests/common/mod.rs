@@ -128,8 +128,8 @@ impl Checks {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Which s6: the host's (Debian bookworm, 2.11) or a chroot's (HERMES_TEST_S6_ROOT, e.g. trixie
-// with 2.13, made by scripts/s6-trixie-root.sh)
+// Which s6: the host's (Debian bookworm, 2.11) or a chroot's (HERMES_TEST_S6_ROOT: trixie with
+// 2.13 or sid with 2.15, made by scripts/s6-root.sh)
 // ---------------------------------------------------------------------------------------------
 
 /// The root directory whose s6 the tests run, if not the host's.
