@@ -48,7 +48,7 @@ fn main() {
     let guard = init_tracing(&config.log_filter);
     let code = match cli.command {
         Command::Once { dry_run, json } => {
-            commands::once::run(&config, &Applier { confirm: false, ..applier }, dry_run, json)
+            commands::once::run(&config, &Applier { wait_for_pickup: false, ..applier }, dry_run, json)
         }
         Command::Run { notify_fd } => commands::run::run(config.clone(), applier, notify_fd),
         Command::Status { json } => commands::status::run(&config, json),

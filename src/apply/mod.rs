@@ -3,8 +3,8 @@
 
 pub mod boot_log;
 pub mod home;
+pub mod publish;
 pub mod removal;
-pub mod scan;
 pub mod slot;
 
 use crate::model::ProfileName;
@@ -23,7 +23,7 @@ pub struct Applier {
     /// scanner). The daemon does, so that none of its later mutations can abort a scan that
     /// has not started them yet; `once` does not: it mutates nothing afterwards, and the
     /// daemon's first pass confirms whatever is still unsupervised.
-    pub confirm: bool,
+    pub wait_for_pickup: bool,
     /// Set on SIGTERM/SIGINT: a pass stops at its next safe point (between profiles, inside a
     /// supervisor wait), leaving every slot hidden or fully published.
     pub shutdown: crate::shutdown::Shutdown,
@@ -177,13 +177,13 @@ impl Applier {
             // Prune when something left the scan, and when the daemon (re)creates slots: a slot
             // deleted by hand leaves its supervisor running in the deleted directory, and only a
             // prune stops that second copy.
-            let prune = !out.removals.is_empty() || (self.confirm && out.created > 0);
+            let prune = !out.removals.is_empty() || (self.wait_for_pickup && out.created > 0);
             let rescan = s6::rescan(&self.slots.scandir, prune);
             // The port record only has to be on the volume before the next container start:
             // written after the rescan byte, its fsync does not delay any gateway.
             self.save_ports(plan, &mut out);
             match rescan {
-                Ok(()) if self.confirm => self.confirm(&mut out),
+                Ok(()) if self.wait_for_pickup => self.confirm_supervised(&mut out),
                 Ok(()) => {}
                 Err(ControlError::NoSupervisor(_)) => out.warnings.push(format!(
                     "s6-svscan is not running on {}; the new slots start when it does",
@@ -217,20 +217,20 @@ impl Applier {
     /// supervisors of this pass's removals, which count against s6-svscan's limit, are gone);
     /// reports the rest as errors naming what blocks the scan. No later pass mutates the
     /// scandir before this returns, unless a stop is requested (then it returns at once).
-    fn confirm(&self, out: &mut Outcome) {
+    fn confirm_supervised(&self, out: &mut Outcome) {
         if out.to_confirm.is_empty() || out.abandoned {
             return;
         }
         let stop = &self.shutdown;
         let dirs: Vec<_> = out.to_confirm.iter().map(|n| self.slots.slot_dir(n)).collect();
-        let mut stuck = scan::wait_supervised(&dirs, stop);
+        let mut stuck = publish::wait_supervised(&dirs, stop);
         if !stuck.is_empty() && !stop.requested() {
             // A scan met these while it failed (another entry, or the service limit while
             // removed supervisors still counted): s6 >= 2.12 never starts them unless a scan
             // meets a brand-new directory. Make them new, with the removals' room back first.
             let deadline = std::time::Instant::now() + removal::KILL_AFTER;
             for r in &out.removals {
-                scan::wait_unsupervised(&r.hidden, deadline, stop);
+                publish::wait_unsupervised(&r.hidden, deadline, stop);
             }
             tracing::warn!(
                 count = stuck.len(),
@@ -254,12 +254,12 @@ impl Applier {
                     Err(e) => out.warnings.push(format!("rescan not requested: {e}")),
                 }
             }
-            stuck = scan::wait_supervised(&stuck, stop);
+            stuck = publish::wait_supervised(&stuck, stop);
         }
         if stuck.is_empty() || stop.requested() {
             return;
         }
-        let why = scan::diagnose_blockers(&self.slots.scandir, out.to_confirm.len());
+        let why = publish::diagnose_blockers(&self.slots.scandir, out.to_confirm.len());
         for name in &out.to_confirm {
             if stuck.contains(&self.slots.slot_dir(name)) {
                 out.errors.push(ProfileError {

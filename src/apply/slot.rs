@@ -11,7 +11,7 @@
 //!   the group `$HERMES_RUN_AS` gets `supervise/` and the control FIFO, never `event/`.
 
 use crate::model::{ProfileName, SlotRecord};
-use crate::observe::scandir::RECORD_FILE;
+use crate::observe::slots::RECORD_FILE;
 use crate::plan::render::SlotFile;
 use crate::s6::event::EVENT_MODE;
 use crate::s6::{self, ControlError, SupervisorCommand};

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::daemon::status_file;
 use crate::escape::{Escaped, escape, json_safe};
 use crate::model::ProfileName;
-use crate::observe::{self, scandir::slot_dir};
+use crate::observe::{self, slots::slot_dir};
 use crate::s6;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -126,7 +126,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
     let rows = rows(config);
     // Scandir problems as the daemon last saw them, plus what is there now.
     let mut scandir = status_file::read(&config.scandir).scandir;
-    for d in observe::scanner::observe_scanner(&config.scandir).dangling {
+    for d in observe::svscan::observe_scanner(&config.scandir).dangling {
         let w = format!("scandir entry {} is a dangling symlink", config.scandir.join(&d).display());
         if !scandir.iter().any(|s| s.starts_with(&w)) {
             scandir.push(w);

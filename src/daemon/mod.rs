@@ -19,7 +19,7 @@ use crate::apply::{Applier, Outcome};
 use crate::config::Config;
 use crate::model::ProfileName;
 use crate::observe::profile_files::ProfileFileCache;
-use crate::observe::scandir::{SlotFileCache, observe_slot, slot_dir};
+use crate::observe::slots::{SlotFileCache, observe_slot, slot_dir};
 use crate::observe::watch::{WatchError, Watcher};
 use crate::observe::{self, Observed};
 use crate::plan::{self, PassKind, PassOptions};
@@ -286,7 +286,7 @@ impl Daemon {
         // Supervisors of hidden slots count against s6-svscan's limit until they exit; only
         // worth a look while some may still run.
         if !self.removals.is_empty() || self.world.scanner.removing_units > 0 {
-            self.world.scanner.removing_units = observe::scanner::removing_units(&self.cfg.scandir);
+            self.world.scanner.removing_units = observe::svscan::removing_units(&self.cfg.scandir);
         }
         self.track_absent();
         let hold = self.held();

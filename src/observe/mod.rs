@@ -5,8 +5,8 @@
 pub mod container;
 pub mod profile_files;
 pub mod safe_read;
-pub mod scandir;
-pub mod scanner;
+pub mod slots;
+pub mod svscan;
 pub mod volume;
 pub mod watch;
 
@@ -15,7 +15,7 @@ use crate::model::{Intent, PriorExit, ProfileName};
 use crate::warning::Warning;
 use container::ContainerMode;
 use profile_files::ProfileFileCache;
-use scandir::ScandirObs;
+use slots::ScandirObs;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use volume::SkippedDir;
@@ -51,7 +51,7 @@ pub struct Observed {
     pub skipped: Vec<SkippedDir>,
     pub scandir: ScandirObs,
     /// s6-svscan's limit and the scandir's other entries.
-    pub scanner: scanner::ScannerObs,
+    pub scanner: svscan::ScannerObs,
     /// Recorded port assignments.
     pub previous_ports: BTreeMap<String, u16>,
     /// Problems met while observing that belong to no single profile.
@@ -68,7 +68,7 @@ impl Observed {
             profiles: Vec::new(),
             skipped: Vec::new(),
             scandir: ScandirObs::default(),
-            scanner: scanner::ScannerObs::default(),
+            scanner: svscan::ScannerObs::default(),
             previous_ports: BTreeMap::new(),
             warnings: Vec::new(),
             with_contenv: false,
@@ -158,7 +158,7 @@ pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
     observe_all_cached(
         config,
         proc_root,
-        &mut scandir::SlotFileCache::default(),
+        &mut slots::SlotFileCache::default(),
         &mut ProfileFileCache::default(),
     )
 }
@@ -171,13 +171,13 @@ pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
 pub fn observe_all_cached(
     config: &Config,
     proc_root: Option<&Path>,
-    cache: &mut scandir::SlotFileCache,
+    cache: &mut slots::SlotFileCache,
     profile_cache: &mut ProfileFileCache,
 ) -> Observed {
     let home = &config.home;
     let mut warnings = Vec::new();
-    let scandir = scandir::observe_scandir(&config.scandir, cache);
-    let scanner = scanner::observe_scanner(&config.scandir);
+    let scandir = slots::observe_scandir(&config.scandir, cache);
+    let scanner = svscan::observe_scanner(&config.scandir);
     let discovery = volume::discover(home);
     let cap = crate::plan::capacity::capacity(config, &scanner);
     let admitted = crate::plan::capacity::admitted(

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::model::ProfileName;
-use crate::observe::scanner::ScannerObs;
+use crate::observe::svscan::ScannerObs;
 use std::collections::BTreeSet;
 
 /// How many named slots may exist.

@@ -10,7 +10,7 @@ pub mod render;
 use crate::config::Config;
 use crate::model::{Intent, PriorExit, ProfileName, SlotRecord};
 use crate::observe::container::ContainerMode;
-use crate::observe::scandir::SlotObs;
+use crate::observe::slots::SlotObs;
 use crate::observe::{Observed, ProfileObs};
 use crate::warning::Warning;
 use render::{RenderInput, SlotFile};

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::RawSettings;
-use crate::observe::scandir::ScandirObs;
+use crate::observe::slots::ScandirObs;
 use crate::observe::volume::SkippedDir;
 use proptest::prelude::*;
 use std::path::PathBuf;

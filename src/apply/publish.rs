@@ -138,7 +138,7 @@ impl SlotWriter {
     }
 }
 
-/// What may keep s6-svscan from starting slots (see [`crate::observe::scanner::diagnose`]).
+/// What may keep s6-svscan from starting slots (see [`crate::observe::svscan::diagnose`]).
 pub fn diagnose_blockers(scandir: &Path, ours: usize) -> String {
-    crate::observe::scanner::diagnose(scandir, ours)
+    crate::observe::svscan::diagnose(scandir, ours)
 }
