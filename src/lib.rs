@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod escape;
+pub mod layout;
 pub mod model;
 pub mod observe;
 pub mod plan;

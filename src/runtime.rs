@@ -28,8 +28,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// File name of the container-mode record in the runtime directory.
-pub const MODE_RECORD: &str = "container-mode";
+pub use crate::layout::runtime::MODE_RECORD;
 
 /// Largest record read; a real one is under 100 bytes.
 const MAX_RECORD: u64 = 512;

@@ -3,7 +3,7 @@
 
 use crate::plan::Decision;
 
-pub const BOOT_LOG: &str = "container-boot.log";
+pub use crate::layout::home::BOOT_LOG;
 
 /// A file this large or larger is rotated to `container-boot.log.1` before appending.
 pub const ROTATE_AT: u64 = 256 * 1024;

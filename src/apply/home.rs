@@ -5,6 +5,7 @@
 //! are opened with `O_NOFOLLOW | O_NONBLOCK` and checked to be regular before a byte is written;
 //! files and directories the daemon creates are handed to `$HERMES_RUN_AS` when running as root.
 
+use crate::layout::home::LOGS_DIR;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, SFlag, fstat, fstatat, mkdirat};
@@ -146,8 +147,8 @@ impl HomeWriter {
     /// over. Only files it has just created with `O_EXCL` are chowned. Rotation is a rename in
     /// the directory (never an open of `<name>.1`) and only of a file it would append to.
     pub fn append_log(&self, name: &str, text: &str, rotate_at: u64) -> Result<(), HomeError> {
-        let dir = self.open_dir(Path::new("logs"), true)?;
-        let path = self.home.join("logs").join(name);
+        let dir = self.open_dir(Path::new(LOGS_DIR), true)?;
+        let path = self.home.join(LOGS_DIR).join(name);
         // Every round either writes or meets a race (the name changed under it); the agent
         // cannot win forever against the final replacement, which needs no existing file.
         for _ in 0..3 {

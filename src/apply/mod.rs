@@ -75,7 +75,7 @@ impl Applier {
                 // gateway runs as an unprivileged user and cannot misuse it beyond its rights,
                 // and one odd file must not keep the profile from getting its slot.
                 let rel = self.home.relative(dir).map_err(|e| e.to_string())?;
-                for f in ["gateway.pid", "processes.json"] {
+                for f in crate::layout::home::PID_LEFTOVERS {
                     match self.home.unlink(rel, f) {
                         Ok(true) => {
                             tracing::info!(file = %dir.join(f).display(), "removed a leftover of the previous container")
@@ -126,7 +126,11 @@ impl Applier {
         let mut out = Outcome::default();
         let mut root_failed = false;
         if plan.migrate_legacy {
-            match self.home.write_atomic(Path::new(""), "gateway_state.json", LEGACY_RECORD.as_bytes()) {
+            match self.home.write_atomic(
+                Path::new(""),
+                crate::layout::home::INTENT_FILE,
+                LEGACY_RECORD.as_bytes(),
+            ) {
                 Ok(()) => {
                     tracing::info!("legacy `gateway run` container: recorded the root gateway as running")
                 }
@@ -207,7 +211,7 @@ impl Applier {
         out.ports_saved = true;
         let mut json = serde_json::to_vec_pretty(&plan.ports).expect("a map of ports serialises");
         json.push(b'\n');
-        if let Err(e) = self.home.write_atomic(Path::new(""), crate::observe::PORTS_FILE, &json) {
+        if let Err(e) = self.home.write_atomic(Path::new(""), crate::layout::home::PORTS_FILE, &json) {
             out.warnings.push(format!("port assignments not saved: {e}"));
         }
     }

@@ -14,6 +14,7 @@
 //! Every wait here returns early once a stop is requested ([`Shutdown`]).
 
 use super::slot::{SlotError, SlotWriter};
+use crate::layout::slot::LOG_DIR;
 use crate::model::{KICK_ENTRY, ProfileName};
 use crate::s6;
 use crate::shutdown::Shutdown;
@@ -61,7 +62,7 @@ pub fn wait_supervised(dirs: &[PathBuf], stop: &Shutdown) -> Vec<PathBuf> {
 pub fn wait_unsupervised(dir: &Path, deadline: Instant, stop: &Shutdown) -> bool {
     let mut pause = Duration::from_micros(100);
     loop {
-        if !supervised(dir) && !supervised(&dir.join("log")) {
+        if !supervised(dir) && !supervised(&dir.join(LOG_DIR)) {
             return true;
         }
         if Instant::now() >= deadline || stop.requested() {
@@ -107,7 +108,7 @@ impl SlotWriter {
     /// the next full pass, which also recreates a slot that went missing.
     pub fn republish(&self, name: &ProfileName) -> Result<bool, SlotError> {
         let live = self.slot_dir(name);
-        if supervised(&live) || supervised(&live.join("log")) {
+        if supervised(&live) || supervised(&live.join(LOG_DIR)) {
             return Ok(false);
         }
         let old = self.hide(name)?.hidden;
@@ -115,7 +116,7 @@ impl SlotWriter {
             let p = p.to_path_buf();
             move |source| SlotError::Io { path: p, source }
         };
-        if supervised(&old) || supervised(&old.join("log")) {
+        if supervised(&old) || supervised(&old.join(LOG_DIR)) {
             renameat2(AT_FDCWD, &old, AT_FDCWD, &live, RenameFlags::RENAME_NOREPLACE)
                 .map_err(|e| SlotError::Io { path: live.clone(), source: e.into() })?;
             return Ok(false);

@@ -7,6 +7,7 @@
 //! here blocks: the caller polls.
 
 use super::slot::{SlotError, SlotWriter};
+use crate::layout::slot::LOG_DIR;
 use crate::model::ProfileName;
 use crate::s6::{self, SupervisorCommand};
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
@@ -82,7 +83,7 @@ impl PendingRemoval {
         // An error reading the lock counts as alive: never delete under a live supervisor.
         let alive = |d: PathBuf| s6::supervisor_pid(&d).map(|p| p.is_some()).unwrap_or(true);
         let main_alive = alive(self.hidden.clone());
-        let log_alive = alive(self.hidden.join("log"));
+        let log_alive = alive(self.hidden.join(LOG_DIR));
         if !main_alive && !log_alive {
             return match std::fs::remove_dir_all(&self.hidden) {
                 Ok(()) => RemovalState::Done,

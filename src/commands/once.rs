@@ -40,7 +40,7 @@ pub fn describe_steps(plan: &Plan, config: &Config) -> Vec<String> {
         ));
     }
     if plan.ports_changed {
-        out.push(format!("write {}/{}", config.home.display(), observe::PORTS_FILE));
+        out.push(format!("write {}/{}", config.home.display(), crate::layout::home::PORTS_FILE));
     }
     for h in &plan.clear_hidden {
         out.push(format!("clear leftover {}", config.scandir.join(h).display()));

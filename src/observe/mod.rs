@@ -20,9 +20,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use volume::SkippedDir;
 
-/// Where the volume keeps port assignments (SPEC §7.4).
-pub const PORTS_FILE: &str = ".gateway-ports.json";
-
 /// One profile as the volume describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProfileObs {
@@ -109,7 +106,7 @@ pub fn read_profile_files(p: &mut ProfileObs, cache: &mut ProfileFileCache) {
 /// Reads `.gateway-ports.json`: a JSON object of profile name → port. Anything else is a
 /// warning and an empty map (ports are then re-derived, which is stable by construction).
 pub fn read_ports(home: &Path) -> (BTreeMap<String, u16>, Option<Warning>) {
-    let path = home.join(PORTS_FILE);
+    let path = home.join(crate::layout::home::PORTS_FILE);
     match safe_read::read_bounded(&path, safe_read::MAX_STATE_FILE) {
         Ok(bytes) => match serde_json::from_slice::<BTreeMap<String, u16>>(&bytes) {
             Ok(map) => (map, None),
@@ -201,7 +198,8 @@ pub fn observe_all_cached(
     warnings.extend(ports_warning);
     Observed {
         mode: proc_root.map_or(ContainerMode::Normal, |p| crate::runtime::judged(&config.runtime_dir, p)),
-        root_state_file_exists: std::fs::symlink_metadata(home.join("gateway_state.json")).is_ok(),
+        root_state_file_exists: std::fs::symlink_metadata(home.join(crate::layout::home::INTENT_FILE))
+            .is_ok(),
         profiles,
         skipped: discovery.skipped,
         scandir,

@@ -1,14 +1,11 @@
 //! What the scandir holds: the daemon's `gateway-*` slots, their files and bookkeeping, and
 //! its own hidden staging or removal leftovers. Entries it does not own are not even read.
 
+use crate::layout::slot::{DOWN_FILE, RECORD_FILE, RENDERED};
 use crate::model::{KICK_ENTRY, ProfileName, SlotRecord, is_own_hidden_entry};
 use crate::observe::safe_read::read_bounded;
-use crate::plan::render::RENDERED;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-
-/// Bookkeeping file inside a slot's `data/` (s6 reserves `data/` for users).
-pub const RECORD_FILE: &str = "data/reconciler.json";
 
 /// Largest slot file read back for comparison; ours are far smaller.
 const MAX_SLOT_FILE: u64 = 64 * 1024;
@@ -113,7 +110,7 @@ pub fn observe_slot(dir: &Path, cache: &mut SlotFileCache) -> SlotObs {
     let record =
         cache.read(&dir.join(RECORD_FILE)).and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
     let files = RENDERED.iter().map(|rel| (*rel, cache.read(&dir.join(rel)))).collect();
-    let has_down = std::fs::symlink_metadata(dir.join("down")).is_ok();
+    let has_down = std::fs::symlink_metadata(dir.join(DOWN_FILE)).is_ok();
     let supervised = !matches!(crate::s6::supervisor_pid(dir), Ok(None));
     let event_open = crate::s6::event::slot_events_open(dir);
     SlotObs { record, files, has_down, supervised, event_open }

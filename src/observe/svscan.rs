@@ -6,6 +6,7 @@
 //! s6 ≥ 2.12's `-C`). s6 2.11's `-c N` counts a service with its logger once, i.e. `2N` units;
 //! both versions' defaults (500 pairs, 1000 services) are 1000 units.
 
+use crate::layout::slot::LOG_DIR;
 use crate::model::{KICK_ENTRY, ProfileName};
 use crate::s6;
 use std::path::Path;
@@ -80,14 +81,14 @@ pub fn parse_limit(cmdline: &[u8]) -> Option<u32> {
 
 /// Units one scandir entry uses: 1, plus 1 if it has a `log` sub-service.
 fn units(path: &Path) -> u32 {
-    1 + u32::from(path.join("log").is_dir())
+    1 + u32::from(path.join(LOG_DIR).is_dir())
 }
 
 /// Units a hidden directory still uses: one per live supervisor (service, logger). A lock that
 /// cannot be read counts as alive, as in removals.
 fn supervised_units(path: &Path) -> u32 {
     let alive = |d: &Path| s6::supervisor_pid(d).map(|p| p.is_some()).unwrap_or(true);
-    u32::from(alive(path)) + u32::from(path.join("log").is_dir() && alive(&path.join("log")))
+    u32::from(alive(path)) + u32::from(path.join(LOG_DIR).is_dir() && alive(&path.join(LOG_DIR)))
 }
 
 /// Units used by the daemon's own hidden directories whose supervisors still run.

@@ -19,18 +19,10 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// File name of the intent file in a profile directory (and in `$HERMES_HOME` for the root).
-pub const INTENT_FILE: &str = "gateway_state.json";
-/// Path of the lifecycle file, relative to a profile directory.
-pub const LIFECYCLE_FILE: &str = "state/gateway.lifecycle.json";
-/// File name of a profile's environment overrides.
-pub const ENV_FILE: &str = ".env";
-/// The marker that makes a directory under `profiles/` a profile.
-pub const MARKER_FILE: &str = "SOUL.md";
-/// Name of the directory under `$HERMES_HOME` holding named profiles.
-pub const PROFILES_DIR: &str = "profiles";
-/// Name of the tombstone folder under `profiles/`.
-pub const TOMBSTONE_DIR: &str = ".deleted";
+// The home's names are owned by [`crate::layout::home`]; re-exported for the watcher.
+pub use crate::layout::home::{
+    ENV_FILE, INTENT_FILE, LIFECYCLE_FILE, MARKER_FILE, PROFILES_DIR, TOMBSTONE_DIR,
+};
 /// Largest `.env` the daemon reads.
 pub const MAX_ENV_FILE: u64 = 1 << 20;
 

@@ -17,6 +17,7 @@
 //! - the descriptor is close-on-exec and closed before returning, so no child ever inherits a
 //!   writer that would keep the FIFO looking alive.
 
+use crate::layout::slot::{SUPERVISE_CONTROL, SUPERVISE_LOCK};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -77,7 +78,7 @@ pub enum ControlError {
 
 /// Path of the control FIFO of a service directory.
 pub fn control_path(service_dir: &Path) -> PathBuf {
-    service_dir.join("supervise").join("control")
+    service_dir.join(SUPERVISE_CONTROL)
 }
 
 /// Path of s6-svscan's control FIFO in a scandir.
@@ -87,7 +88,7 @@ pub fn scanner_control_path(scandir: &Path) -> PathBuf {
 
 /// Path of the lock s6-supervise holds for as long as it runs on a service directory.
 pub fn lock_path(service_dir: &Path) -> PathBuf {
-    service_dir.join("supervise").join("lock")
+    service_dir.join(SUPERVISE_LOCK)
 }
 
 /// Writes one control byte into `<service_dir>/supervise/control` (write-only, non-blocking).
