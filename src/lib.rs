@@ -6,6 +6,7 @@
 //! is). [`s6`] talks to s6 through its documented files; [`commands`] are the CLI's verbs.
 
 pub mod apply;
+pub mod capacity;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -19,3 +20,4 @@ pub mod runtime;
 pub mod s6;
 pub mod shutdown;
 pub mod warning;
+pub mod world;

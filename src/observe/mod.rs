@@ -13,65 +13,11 @@ pub mod watch;
 use crate::config::Config;
 use crate::model::{Intent, PriorExit, ProfileName};
 use crate::warning::Warning;
+pub use crate::world::{Observed, ProfileObs};
 use container::ContainerMode;
 use profile_files::ProfileFileCache;
-use slots::ScandirObs;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use volume::SkippedDir;
-
-/// One profile as the volume describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProfileObs {
-    pub name: ProfileName,
-    /// The profile's directory (`$HERMES_HOME` for the root).
-    pub dir: PathBuf,
-    /// The directory is reached through a symlink: read, never written into.
-    pub via_symlink: bool,
-    pub intent: Intent,
-    /// Why the intent file was ignored or a value refused, naming the file.
-    pub intent_warning: Option<Warning>,
-    pub prior_exit: PriorExit,
-    /// The profile's own `.env` sets `API_SERVER_PORT`.
-    pub env_sets_port: bool,
-}
-
-/// Everything a pass decides from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observed {
-    pub mode: ContainerMode,
-    /// `$HERMES_HOME/gateway_state.json` exists (the legacy migration needs its absence).
-    pub root_state_file_exists: bool,
-    /// Root first, then named profiles in name order.
-    pub profiles: Vec<ProfileObs>,
-    /// Marked directories that cannot be profiles.
-    pub skipped: Vec<SkippedDir>,
-    pub scandir: ScandirObs,
-    /// s6-svscan's limit and the scandir's other entries.
-    pub scanner: svscan::ScannerObs,
-    /// Recorded port assignments.
-    pub previous_ports: BTreeMap<String, u16>,
-    /// Problems met while observing that belong to no single profile.
-    pub warnings: Vec<Warning>,
-    pub with_contenv: bool,
-}
-
-impl Observed {
-    /// Nothing observed yet.
-    pub fn empty() -> Self {
-        Observed {
-            mode: ContainerMode::Normal,
-            root_state_file_exists: false,
-            profiles: Vec::new(),
-            skipped: Vec::new(),
-            scandir: ScandirObs::default(),
-            scanner: svscan::ScannerObs::default(),
-            previous_ports: BTreeMap::new(),
-            warnings: Vec::new(),
-            with_contenv: false,
-        }
-    }
-}
 
 /// Reads one profile's files (uncached).
 pub fn observe_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> ProfileObs {
@@ -176,8 +122,8 @@ pub fn observe_all_cached(
     let scandir = slots::observe_scandir(&config.scandir, cache);
     let scanner = svscan::observe_scanner(&config.scandir);
     let discovery = volume::discover(home);
-    let cap = crate::plan::capacity::capacity(config, &scanner);
-    let admitted = crate::plan::capacity::admitted(
+    let cap = crate::capacity::capacity(config, &scanner);
+    let admitted = crate::capacity::admitted(
         discovery.named.iter().map(|d| &d.name),
         |n| scandir.slots.contains_key(n),
         cap.named,

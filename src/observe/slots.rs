@@ -4,7 +4,8 @@
 use crate::layout::slot::{DOWN_FILE, RECORD_FILE, RENDERED};
 use crate::model::{KICK_ENTRY, ProfileName, SlotRecord, is_own_hidden_entry};
 use crate::observe::safe_read::read_bounded;
-use std::collections::{BTreeMap, HashMap};
+pub use crate::world::{ScandirObs, SlotObs};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Largest slot file read back for comparison; ours are far smaller.
@@ -72,33 +73,6 @@ impl SlotFileCache {
         self.entries.retain(|_, (_, _, used)| *used == generation);
         self.generation += 1;
     }
-}
-
-/// One existing slot directory.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SlotObs {
-    /// The daemon's record, if present and readable.
-    pub record: Option<SlotRecord>,
-    /// Current content of each rendered file (`None`: missing or unreadable).
-    pub files: BTreeMap<&'static str, Option<Vec<u8>>>,
-    /// `./down` exists: the slot is not normally up.
-    pub has_down: bool,
-    /// An s6-supervise holds the slot's lock (a published slot s6-svscan has picked up).
-    pub supervised: bool,
-    /// The `event/` of the slot or of its logger is not closed to other users (made by an older
-    /// build, with group `hermes`): see [`crate::s6::event`].
-    pub event_open: bool,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ScandirObs {
-    /// `false` when the scandir does not exist (s6 not there yet).
-    pub exists: bool,
-    pub slots: BTreeMap<ProfileName, SlotObs>,
-    /// The daemon's own dot-prefixed leftovers (interrupted creations or removals).
-    pub hidden: Vec<String>,
-    /// A throwaway kick entry left published by an interrupted daemon.
-    pub kick_leftover: bool,
 }
 
 pub fn slot_dir(scandir: &Path, name: &ProfileName) -> PathBuf {

@@ -11,34 +11,7 @@ use crate::model::{KICK_ENTRY, ProfileName};
 use crate::s6;
 use std::path::Path;
 
-/// The limit when s6-svscan's command line says nothing.
-pub const DEFAULT_LIMIT_UNITS: u32 = 1000;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScannerObs {
-    /// s6-svscan's pid, when it runs and is visible.
-    pub pid: Option<i32>,
-    pub limit_units: u32,
-    /// Units used by scandir entries that are not the daemon's slots.
-    pub foreign_units: u32,
-    /// Scandir entries that are symlinks to nothing.
-    pub dangling: Vec<String>,
-    /// Units still used by the daemon's own hidden directories whose supervisors have not
-    /// exited yet (removals in flight): s6-svscan counts them against its limit until then.
-    pub removing_units: u32,
-}
-
-impl Default for ScannerObs {
-    fn default() -> Self {
-        ScannerObs {
-            pid: None,
-            limit_units: DEFAULT_LIMIT_UNITS,
-            foreign_units: 0,
-            dangling: Vec::new(),
-            removing_units: 0,
-        }
-    }
-}
+pub use crate::world::{DEFAULT_LIMIT_UNITS, ScannerObs};
 
 /// The service limit in units from s6-svscan's argv (NUL-separated): `-c N` → 2N, `-C N` → N,
 /// the last one given wins; `None` when neither is given.

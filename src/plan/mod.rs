@@ -3,16 +3,16 @@
 //! Nothing here reads or writes anything; every rule of SPEC §6 that decides *whether* to act
 //! lives here and is tested without I/O. [`crate::apply`] carries the steps out.
 
-pub mod capacity;
+pub use crate::capacity;
 pub mod ports;
 pub mod render;
 
 use crate::config::Config;
 use crate::model::{Intent, PriorExit, ProfileName, SlotRecord};
-use crate::observe::container::ContainerMode;
-use crate::observe::slots::SlotObs;
-use crate::observe::{Observed, ProfileObs};
 use crate::warning::Warning;
+use crate::world::ContainerMode;
+use crate::world::SlotObs;
+use crate::world::{Observed, ProfileObs};
 use render::{RenderInput, SlotFile};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,9 +1,10 @@
-//! The capacity guard (SPEC §6.6) as a pure rule, shared by the planner (which profiles get a
-//! slot) and the observe layer (SPEC §9.3: files of profiles over the cap are not even read).
+//! The capacity guard (SPEC §6.6) as a pure rule, below both layers that use it: the planner
+//! (which profiles get a slot) and the observe layer (SPEC §9.3: files of profiles over the cap
+//! are not even read). `plan::capacity` re-exports it.
 
 use crate::config::Config;
 use crate::model::ProfileName;
-use crate::observe::svscan::ScannerObs;
+use crate::world::ScannerObs;
 use std::collections::BTreeSet;
 
 /// How many named slots may exist.
