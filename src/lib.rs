@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod escape;
+pub mod fsops;
 pub mod layout;
 pub mod model;
 pub mod observe;

@@ -14,11 +14,11 @@
 //! Every wait here returns early once a stop is requested ([`Shutdown`]).
 
 use super::slot::{SlotError, SlotWriter};
+use crate::fsops;
 use crate::layout::slot::LOG_DIR;
 use crate::model::{KICK_ENTRY, ProfileName};
 use crate::s6;
 use crate::shutdown::Shutdown;
-use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,10 @@ pub const STALL: Duration = Duration::from_millis(1500);
 /// Upper bound on the whole wait, whatever the progress.
 pub const MAX_WAIT: Duration = Duration::from_secs(120);
 
+/// Unknown counts as supervised: a slot is never re-published (nor a kick leftover deleted)
+/// under a supervisor that may be alive.
 fn supervised(dir: &Path) -> bool {
-    !matches!(s6::supervisor_pid(dir), Ok(None))
+    s6::supervisor(dir).maybe_alive()
 }
 
 /// Waits until every directory is supervised, or until no new one has been for [`STALL`], or
@@ -84,7 +86,7 @@ impl SlotWriter {
         let live = self.kick_dir();
         let hidden = self.scandir.join(format!(".{KICK_ENTRY}.rm-{:08x}", std::process::id()));
         let _ = std::fs::remove_dir_all(&hidden);
-        renameat2(AT_FDCWD, &live, AT_FDCWD, &hidden, RenameFlags::RENAME_NOREPLACE)
+        fsops::rename_noreplace(&live, &hidden)
             .map_err(|e| SlotError::Io { path: live.clone(), source: e.into() })?;
         s6::rescan(&self.scandir, true)?;
         if wait_unsupervised(&hidden, Instant::now() + Duration::from_secs(1), stop) {
@@ -117,7 +119,7 @@ impl SlotWriter {
             move |source| SlotError::Io { path: p, source }
         };
         if supervised(&old) || supervised(&old.join(LOG_DIR)) {
-            renameat2(AT_FDCWD, &old, AT_FDCWD, &live, RenameFlags::RENAME_NOREPLACE)
+            fsops::rename_noreplace(&old, &live)
                 .map_err(|e| SlotError::Io { path: live.clone(), source: e.into() })?;
             return Ok(false);
         }
@@ -132,7 +134,7 @@ impl SlotWriter {
             let e = e.map_err(io(&old))?;
             std::fs::rename(e.path(), staging.join(e.file_name())).map_err(io(&e.path()))?;
         }
-        renameat2(AT_FDCWD, &staging, AT_FDCWD, &live, RenameFlags::RENAME_NOREPLACE)
+        fsops::rename_noreplace(&staging, &live)
             .map_err(|e| SlotError::Io { path: live.clone(), source: e.into() })?;
         std::fs::remove_dir(&old).map_err(io(&old))?;
         Ok(true)

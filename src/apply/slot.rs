@@ -10,6 +10,7 @@
 //!   rights of SPEC §9.1 before s6-supervise first starts, because it keeps whatever it finds:
 //!   the group `$HERMES_RUN_AS` gets `supervise/` and the control FIFO, never `event/`.
 
+use crate::fsops::{self, Durability};
 use crate::layout::slot::{
     DATA_DIR, DOWN_FILE, EVENT_DIR, LOG_DIR, RECORD_FILE, SUPERVISE_CONTROL, SUPERVISE_DIR,
 };
@@ -18,7 +19,7 @@ use crate::plan::render::SlotFile;
 use crate::s6::event::EVENT_MODE;
 use crate::s6::{self, ControlError, SupervisorCommand};
 use nix::dir::Dir;
-use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstatat};
 use nix::unistd::{Gid, UnlinkatFlags, fchown, getegid, geteuid, mkfifo, unlinkat};
 use std::fs;
@@ -64,19 +65,10 @@ fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
     f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io(path))
 }
 
-/// Replaces `path` atomically: a sibling temp file, then rename over it.
+/// Replaces `path` atomically with exactly `mode` ([`fsops::replace`]). Not synced: the scandir
+/// is rebuilt at every container start.
 fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.hermes-reconciler.tmp"));
-    let created = match write_new(&tmp, content, mode) {
-        // A temp file left by an interrupted write: replace it.
-        Err(SlotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            fs::remove_file(&tmp).map_err(io(&tmp))?;
-            write_new(&tmp, content, mode)
-        }
-        other => other,
-    };
-    created.and_then(|()| fs::rename(&tmp, path).map_err(io(path)))
+    fsops::replace(path, content, mode, Durability::Volatile).map_err(io(path))
 }
 
 /// Closes one `event/` directory (see [`crate::s6::event`]) and clears what others planted in it.
@@ -188,7 +180,7 @@ impl SlotWriter {
         }
         let built = self.build(&staging, files, up, record);
         let published = built.and_then(|()| {
-            renameat2(AT_FDCWD, &staging, AT_FDCWD, &target, RenameFlags::RENAME_NOREPLACE).map_err(|e| {
+            fsops::rename_noreplace(&staging, &target).map_err(|e| {
                 if e == nix::errno::Errno::EEXIST {
                     SlotError::Exists(target.clone())
                 } else {
@@ -299,8 +291,11 @@ impl SlotWriter {
     pub fn clear_hidden(&self, entry: &str) -> Result<bool, SlotError> {
         let dir = self.scandir.join(entry);
         for d in [dir.clone(), dir.join(LOG_DIR)] {
-            if s6::supervisor_pid(&d)?.is_some() {
-                return Ok(false);
+            // Unknown is an error for the caller to report: the leftover stays.
+            match s6::supervisor(&d) {
+                s6::Liveness::Absent => {}
+                s6::Liveness::Alive(_) => return Ok(false),
+                s6::Liveness::Unknown(e) => return Err(e.into()),
             }
         }
         fs::remove_dir_all(&dir).map_err(io(&dir))?;

@@ -66,7 +66,8 @@ pub fn rows(config: &Config) -> Vec<Row> {
                 ready: status.as_ref().map(|s| s.is_ready()),
                 pid: status.as_ref().and_then(|s| s.up_pid()),
                 uptime_secs: status.as_ref().and_then(|s| s.since.elapsed().ok()).map(|d| d.as_secs()),
-                supervised: slot.is_some() && matches!(s6::supervisor_pid(&dir), Ok(Some(_))),
+                // Unknown shows as not supervised: the table states only what it could check.
+                supervised: slot.is_some() && s6::supervisor(&dir).surely_alive(),
                 port: world.previous_ports.get(name.as_str()).copied(),
                 last_action: record.and_then(|r| r.last_action.clone()),
                 last_action_at: record.and_then(|r| r.last_action_at.clone()),

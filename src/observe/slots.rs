@@ -85,7 +85,9 @@ pub fn observe_slot(dir: &Path, cache: &mut SlotFileCache) -> SlotObs {
         cache.read(&dir.join(RECORD_FILE)).and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
     let files = RENDERED.iter().map(|rel| (*rel, cache.read(&dir.join(rel)))).collect();
     let has_down = std::fs::symlink_metadata(dir.join(DOWN_FILE)).is_ok();
-    let supervised = !matches!(crate::s6::supervisor_pid(dir), Ok(None));
+    // A lock that cannot be read counts as supervised: plan then leaves the slot alone rather
+    // than re-publishing it under a supervisor that may be alive.
+    let supervised = crate::s6::supervisor(dir).maybe_alive();
     let event_open = crate::s6::event::slot_events_open(dir);
     SlotObs { record, files, has_down, supervised, event_open }
 }

@@ -60,7 +60,8 @@ fn units(path: &Path) -> u32 {
 /// Units a hidden directory still uses: one per live supervisor (service, logger). A lock that
 /// cannot be read counts as alive, as in removals.
 fn supervised_units(path: &Path) -> u32 {
-    let alive = |d: &Path| s6::supervisor_pid(d).map(|p| p.is_some()).unwrap_or(true);
+    // Unknown counts as alive: a unit that may be in use is not offered to new slots.
+    let alive = |d: &Path| s6::supervisor(d).maybe_alive();
     u32::from(alive(path)) + u32::from(path.join(LOG_DIR).is_dir() && alive(&path.join(LOG_DIR)))
 }
 

@@ -179,6 +179,41 @@ pub fn supervisor_pid(service_dir: &Path) -> Result<Option<i32>, ControlError> {
     lock_holder(lock_path(service_dir))
 }
 
+/// Whether a supervisor is alive on a service directory: the one liveness query (issue 11
+/// item 5). [`supervisor_pid`] answers it; this names its three outcomes so that each caller
+/// says, where it asks, what a lock it cannot read means for it.
+#[derive(Debug)]
+pub enum Liveness {
+    /// An s6-supervise holds the lock now; its pid in our namespace (0: not visible from here).
+    Alive(i32),
+    /// No supervisor: the lock file is missing or no write lock is held.
+    Absent,
+    /// The lock could not be queried (permissions, I/O error): the caller decides.
+    Unknown(ControlError),
+}
+
+impl Liveness {
+    /// Unknown counts as alive: for callers that must not act under a live supervisor
+    /// (deleting, re-publishing, counting units against s6-svscan's limit).
+    pub fn maybe_alive(&self) -> bool {
+        !matches!(self, Liveness::Absent)
+    }
+
+    /// Unknown counts as absent: for display (`status` shows only what it knows).
+    pub fn surely_alive(&self) -> bool {
+        matches!(self, Liveness::Alive(_))
+    }
+}
+
+/// The liveness of the supervisor of `service_dir` (see [`supervisor_pid`]).
+pub fn supervisor(service_dir: &Path) -> Liveness {
+    match supervisor_pid(service_dir) {
+        Ok(Some(pid)) => Liveness::Alive(pid),
+        Ok(None) => Liveness::Absent,
+        Err(e) => Liveness::Unknown(e),
+    }
+}
+
 /// Pid of the s6-svscan holding `<scandir>/.s6-svscan/lock`, if any (same rules as
 /// [`supervisor_pid`]).
 pub fn scanner_pid(scandir: &Path) -> Result<Option<i32>, ControlError> {
