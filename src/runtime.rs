@@ -105,7 +105,7 @@ const DIR_FLAGS: OFlag =
 /// Opens the runtime directory (creating it `0700` with `create`), then checks that it is
 /// trustworthy: the daemon's user owns it and no one else has any access. `Ok(None)`: it does
 /// not exist and `create` is false.
-fn open_dir(dir: &Path, create: bool) -> Result<Option<OwnedFd>, RuntimeError> {
+pub(crate) fn open_dir(dir: &Path, create: bool) -> Result<Option<OwnedFd>, RuntimeError> {
     let fd = match openat(AT_FDCWD, dir, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) if create => {
@@ -129,7 +129,9 @@ fn open_dir(dir: &Path, create: bool) -> Result<Option<OwnedFd>, RuntimeError> {
         fchmod(fd.as_fd(), Mode::from_bits_truncate(0o700)).map_err(|e| io_err(dir, e))?;
         if st.st_mode & 0o022 != 0 {
             // Others could write in it until now: whatever it holds is not trusted.
-            let _ = unlinkat(fd.as_fd(), MODE_RECORD, UnlinkatFlags::NoRemoveDir);
+            for record in [MODE_RECORD, crate::layout::runtime::STATUS_RECORD] {
+                let _ = unlinkat(fd.as_fd(), record, UnlinkatFlags::NoRemoveDir);
+            }
         }
     }
     Ok(Some(fd))

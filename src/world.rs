@@ -149,3 +149,19 @@ impl Default for ScannerObs {
         }
     }
 }
+
+/// What the daemon knows that s6 and the slots do not record, for `status`: the last error of
+/// each profile, the profiles skipped and why, and the findings about the scandir itself. Kept
+/// in the daemon's runtime directory ([`crate::layout::runtime::STATUS_RECORD`]), read by
+/// [`crate::observe::status_record`], written by [`crate::apply::status_record`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    /// Profile → last error message (cleared when the profile converges).
+    pub errors: BTreeMap<String, String>,
+    /// Profile (or raw directory name) → reason word it has no slot (SPEC §8.1).
+    pub skipped: BTreeMap<String, String>,
+    /// Findings of [`crate::warning::Scope::Scandir`] (e.g. dangling symlinks that block
+    /// s6 >= 2.12 scans), as sentences.
+    #[serde(default)]
+    pub scandir: Vec<String>,
+}

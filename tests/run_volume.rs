@@ -96,7 +96,7 @@ fn a_huge_desired_state_reads_as_invalid_and_a_later_running_is_applied() {
         String::from_utf8_lossy(&record).contains("\"invalid\""),
         format!("slot record does not hold `invalid`: {}", String::from_utf8_lossy(&record)),
     );
-    let status_file = fs::read(w.scandir.join(".hermes-reconciler-status.json")).unwrap_or_default();
+    let status_file = fs::read(w.runtime_dir().join("status.json")).unwrap_or_default();
     c.check(status_file.len() < 4096, format!("status file is {} bytes", status_file.len()));
     match status_rows(&w) {
         Ok(rows) => c.eq("status intent of big", rows["big"]["intent"].clone(), serde_json::json!("invalid")),

@@ -6,10 +6,12 @@ pub mod home;
 pub mod publish;
 pub mod removal;
 pub mod slot;
+pub mod status_record;
 
 use crate::model::ProfileName;
 use crate::plan::{Decision, Plan, Step};
 use crate::s6::{self, ControlError};
+use crate::warning::{Finding, Warning};
 use home::HomeWriter;
 use slot::SlotWriter;
 use std::path::Path;
@@ -37,7 +39,7 @@ pub struct Outcome {
     /// Profiles whose steps failed.
     pub errors: Vec<ProfileError>,
     /// Problems that did not stop a profile.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
     /// Slots published in this pass.
     pub created: usize,
     /// Slots hidden in this pass, waiting for their supervisors to exit.
@@ -82,7 +84,7 @@ impl Applier {
                         }
                         Ok(false) => {}
                         Err(e) => {
-                            out.warnings.push(format!("leftover of the previous container not removed: {e}"))
+                            out.warnings.push(Finding::LeftoverNotRemoved { error: e.to_string() }.into())
                         }
                     }
                 }
@@ -151,7 +153,9 @@ impl Applier {
                     tracing::info!(entry = %entry, "finishing an interrupted removal");
                     out.removals.push(removal::PendingRemoval::leftover(self.slots.scandir.join(entry)));
                 }
-                Err(e) => out.warnings.push(format!("leftover not cleared: {e}")),
+                Err(e) => out
+                    .warnings
+                    .push(Finding::LeftoverNotCleared { kick: false, error: e.to_string() }.into()),
             }
         }
         for pp in &plan.profiles {
@@ -175,7 +179,7 @@ impl Applier {
             && !out.abandoned
             && let Err(e) = self.slots.unkick(&self.shutdown)
         {
-            out.warnings.push(format!("leftover {} not cleared: {e}", crate::model::KICK_ENTRY));
+            out.warnings.push(Finding::LeftoverNotCleared { kick: true, error: e.to_string() }.into());
         }
         if out.created > 0 || !out.removals.is_empty() || !out.to_confirm.is_empty() {
             // Prune when something left the scan, and when the daemon (re)creates slots: a slot
@@ -189,11 +193,10 @@ impl Applier {
             match rescan {
                 Ok(()) if self.wait_for_pickup => self.confirm_supervised(&mut out),
                 Ok(()) => {}
-                Err(ControlError::NoSupervisor(_)) => out.warnings.push(format!(
-                    "s6-svscan is not running on {}; the new slots start when it does",
-                    self.slots.scandir.display()
-                )),
-                Err(e) => out.warnings.push(format!("rescan not requested: {e}")),
+                Err(ControlError::NoSupervisor(_)) => out
+                    .warnings
+                    .push(Finding::ScannerNotRunning { scandir: self.slots.scandir.clone() }.into()),
+                Err(e) => out.warnings.push(Finding::RescanNotRequested { error: e.to_string() }.into()),
             }
         }
         self.save_ports(plan, &mut out);
@@ -212,7 +215,7 @@ impl Applier {
         let mut json = serde_json::to_vec_pretty(&plan.ports).expect("a map of ports serialises");
         json.push(b'\n');
         if let Err(e) = self.home.write_atomic(Path::new(""), crate::layout::home::PORTS_FILE, &json) {
-            out.warnings.push(format!("port assignments not saved: {e}"));
+            out.warnings.push(Finding::PortsNotSaved { error: e.to_string() }.into());
         }
     }
 
@@ -249,13 +252,15 @@ impl Applier {
                 match self.slots.republish(name) {
                     Ok(true) => again.push(dir),
                     Ok(false) => {}
-                    Err(e) => out.warnings.push(format!("slot {} not re-published: {e}", name.slot_name())),
+                    Err(e) => out.warnings.push(
+                        Finding::NotRepublished { slot: name.slot_name(), error: e.to_string() }.into(),
+                    ),
                 }
             }
             if !again.is_empty() && !stop.requested() {
                 match s6::rescan(&self.slots.scandir, true) {
                     Ok(()) => {}
-                    Err(e) => out.warnings.push(format!("rescan not requested: {e}")),
+                    Err(e) => out.warnings.push(Finding::RescanNotRequested { error: e.to_string() }.into()),
                 }
             }
             stuck = publish::wait_supervised(&stuck, stop);

@@ -3,11 +3,11 @@
 
 use super::{EXIT_FAILURE, EXIT_OK};
 use crate::config::Config;
-use crate::daemon::status_file;
 use crate::escape::{Escaped, escape, json_safe};
 use crate::model::ProfileName;
 use crate::observe::{self, slots::slot_dir};
 use crate::s6;
+use crate::warning::Finding;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -42,7 +42,7 @@ pub struct Row {
 /// Builds the rows.
 pub fn rows(config: &Config) -> Vec<Row> {
     let world = observe::observe_all(config, None);
-    let report = status_file::read(&config.scandir);
+    let report = observe::status_record::read(&config.runtime_dir);
     let mut names: Vec<ProfileName> = world.profiles.iter().map(|p| p.name.clone()).collect();
     let known: BTreeSet<ProfileName> = names.iter().cloned().collect();
     names.extend(world.scandir.slots.keys().filter(|n| !known.contains(*n)).cloned());
@@ -126,10 +126,10 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 pub fn run(config: &Config, json: bool) -> i32 {
     let rows = rows(config);
     // Scandir problems as the daemon last saw them, plus what is there now.
-    let mut scandir = status_file::read(&config.scandir).scandir;
+    let mut scandir = observe::status_record::read(&config.runtime_dir).scandir;
     for d in observe::svscan::observe_scanner(&config.scandir).dangling {
-        let w = format!("scandir entry {} is a dangling symlink", config.scandir.join(&d).display());
-        if !scandir.iter().any(|s| s.starts_with(&w)) {
+        let w = Finding::DanglingScandirEntry { path: config.scandir.join(&d) }.to_string();
+        if !scandir.contains(&w) {
             scandir.push(w);
         }
     }

@@ -11,10 +11,10 @@
 //! - one profile's failure delays only that profile (exponential backoff).
 
 pub mod backoff;
-pub mod status_file;
 pub mod warn_limit;
 
 use crate::apply::removal::{PendingRemoval, RemovalState};
+use crate::apply::status_record::{self, StatusRecord};
 use crate::apply::{Applier, Outcome};
 use crate::config::Config;
 use crate::model::ProfileName;
@@ -23,7 +23,7 @@ use crate::observe::slots::{SlotFileCache, observe_slot, slot_dir};
 use crate::observe::watch::{WatchError, Watcher};
 use crate::observe::{self, Observed};
 use crate::plan::{self, PassKind, PassOptions};
-use crate::warning::Warning;
+use crate::warning::{Finding, Warning};
 use backoff::Backoff;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -68,7 +68,7 @@ pub struct Daemon {
     /// whatever its text (SPEC §9.3).
     warned: WarnLimiter,
     /// Last error per profile, and skipped profiles, for `status`.
-    pub report: status_file::StatusReport,
+    pub report: StatusRecord,
     pub last_full: Instant,
     /// Events asked for a full re-list; it runs once [`RELIST_COALESCE`] has passed since the
     /// last one.
@@ -90,7 +90,7 @@ impl Daemon {
                 None
             }
         };
-        let report = status_file::read(&cfg.scandir);
+        let report = StatusRecord::from(observe::status_record::read(&cfg.runtime_dir));
         Daemon {
             polling_fallback: watcher.is_none(),
             world: Observed::empty(),
@@ -249,21 +249,16 @@ impl Daemon {
         self.track_absent();
         let hold = self.held();
         let plan = plan::plan_with(&self.world, &self.cfg, &PassOptions { kind, only: None, hold: &hold });
-        let skipped: BTreeMap<String, String> = plan
-            .decisions()
-            .filter(|d| d.action == plan::ActionKind::Skipped)
-            .map(|d| (d.profile.clone(), d.reason.clone().unwrap_or_default()))
-            .collect();
+        let skipped = status_record::skips(plan.decisions());
         self.emit_warnings(&plan.warnings, true);
-        self.report.scandir =
-            plan.warnings.iter().filter(|w| w.contains("dangling symlink")).map(|w| w.text.clone()).collect();
+        self.report.scandir = status_record::scandir_findings(&plan.warnings);
         let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
         let mut outcome = self.applier.apply(&plan);
         // A skip is logged when it starts, not at every re-list while it lasts.
         let previous = std::mem::replace(&mut self.report.skipped, skipped);
         outcome.applied.retain(|d| {
             d.action != plan::ActionKind::Skipped
-                || previous.get(&d.profile) != Some(d.reason.as_ref().unwrap_or(&String::new()))
+                || previous.get(&d.profile).map(String::as_str) != Some(d.reason.as_deref().unwrap_or(""))
         });
         self.after_apply(&plan, outcome, &touched, None);
     }
@@ -311,7 +306,7 @@ impl Daemon {
             match observe::probe_named(&self.cfg.home, name) {
                 Ok(o) => o,
                 Err(w) => {
-                    self.emit_warnings(&[Warning::from(w)], false);
+                    self.emit_warnings(&[Warning::new(Finding::Discovery { text: w })], false);
                     None
                 }
             }
@@ -387,8 +382,7 @@ impl Daemon {
         touched: &[ProfileName],
         scope: Option<&BTreeSet<ProfileName>>,
     ) {
-        let apply_warnings: Vec<Warning> = outcome.warnings.iter().cloned().map(Warning::from).collect();
-        self.emit_warnings(&apply_warnings, false);
+        self.emit_warnings(&outcome.warnings, false);
         match scope {
             None => self.deferred.clear(),
             Some(s) => self.deferred.retain(|n| !s.contains(n)),
@@ -422,7 +416,9 @@ impl Daemon {
         }
         // Leftovers are only ever cleared by full passes, which list them afresh.
         self.world.scandir.hidden.clear();
-        if plan.ports_changed && !outcome.warnings.iter().any(|w| w.starts_with("port assignments")) {
+        if plan.ports_changed
+            && !outcome.warnings.iter().any(|w| matches!(w.finding, Finding::PortsNotSaved { .. }))
+        {
             self.world.previous_ports = plan.ports.clone();
         }
         if plan.migrate_legacy {
@@ -450,7 +446,7 @@ impl Daemon {
                 self.removals.push(r);
             }
         }
-        if let Err(e) = status_file::write(&self.cfg.scandir, &mut self.report) {
+        if let Err(e) = self.report.write(&self.cfg.runtime_dir) {
             tracing::debug!("status file not written: {e}");
         }
     }

@@ -6,13 +6,14 @@ pub mod container;
 pub mod profile_files;
 pub mod safe_read;
 pub mod slots;
+pub mod status_record;
 pub mod svscan;
 pub mod volume;
 pub mod watch;
 
 use crate::config::Config;
 use crate::model::{Intent, PriorExit, ProfileName};
-use crate::warning::Warning;
+use crate::warning::{Finding, Warning};
 pub use crate::world::{Observed, ProfileObs};
 use container::ContainerMode;
 use profile_files::ProfileFileCache;
@@ -139,7 +140,7 @@ pub fn observe_all_cached(
         profiles.push(p);
     }
     profile_cache.end_pass();
-    warnings.extend(discovery.warnings.into_iter().map(Warning::from));
+    warnings.extend(discovery.warnings.into_iter().map(|text| Warning::new(Finding::Discovery { text })));
     let (previous_ports, ports_warning) = read_ports(home);
     warnings.extend(ports_warning);
     Observed {

@@ -5,11 +5,14 @@
 
 pub use crate::capacity;
 pub mod ports;
+pub mod reason;
 pub mod render;
+
+pub use reason::Reason;
 
 use crate::config::Config;
 use crate::model::{Intent, PriorExit, ProfileName, SlotRecord};
-use crate::warning::Warning;
+use crate::warning::{CapacityBound, Finding, Warning};
 use crate::world::ContainerMode;
 use crate::world::SlotObs;
 use crate::world::{Observed, ProfileObs};
@@ -60,7 +63,7 @@ pub struct Decision {
     /// The effective intent (SPEC §5.2), `None` when there is none.
     pub prior_state: Option<String>,
     pub prior_exit: PriorExit,
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
 }
 
 /// One change to the world. Steps of one profile run in order; a failed step stops that
@@ -179,7 +182,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             action: ActionKind::Skipped,
             prior_state: None,
             prior_exit: PriorExit::Unknown,
-            reason: Some("dashboard-container".into()),
+            reason: Some(Reason::DashboardContainer),
         });
         return plan;
     }
@@ -189,10 +192,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         && !obs.root_state_file_exists;
 
     for d in obs.scanner.dangling.iter().filter(|_| opts.only.is_none()) {
-        plan.warnings.push(Warning::from(format!(
-            "scandir entry {} is a dangling symlink: s6-svscan >= 2.12 abandons every scan that meets it, so no slot starts or stops until it is removed",
-            cfg.scandir.join(d).display()
-        )));
+        plan.warnings.push(Warning::new(Finding::DanglingScandirEntry { path: cfg.scandir.join(d) }));
     }
     // Capacity (SPEC §6.6): named profiles that already have a slot keep it; new slots are
     // created in name order while the total stays within the cap.
@@ -228,17 +228,12 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         } else if admit.contains(&p.name) {
             plan.deferred.push(p.name.clone());
         } else if in_scope(&p.name) {
-            plan.warnings.push(Warning::from(if scanner_named < cfg.max_profiles {
-                format!(
-                    "profile {}: not given a slot: s6-svscan's limit of {} services leaves room for {} named slots",
-                    p.name, obs.scanner.limit_units, scanner_named
-                )
+            let bound = if scanner_named < cfg.max_profiles {
+                CapacityBound::Scanner { limit_units: obs.scanner.limit_units, named: scanner_named }
             } else {
-                format!(
-                    "profile {}: not given a slot: HERMES_RECONCILER_MAX_PROFILES={} named slots exist or are planned",
-                    p.name, cfg.max_profiles
-                )
-            }));
+                CapacityBound::Configured { max: cfg.max_profiles }
+            };
+            plan.warnings.push(Warning::new(Finding::OverCapacity { profile: p.name.clone(), bound }));
             plan.profiles.push(ProfilePlan {
                 name: p.name.clone(),
                 steps: vec![],
@@ -248,7 +243,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                     action: ActionKind::Skipped,
                     prior_state: p.intent.effective().map(str::to_owned),
                     prior_exit: p.prior_exit,
-                    reason: Some("capacity".into()),
+                    reason: Some(Reason::Capacity),
                 }),
             });
         }
@@ -265,8 +260,10 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             continue;
         }
         if let Some(w) = &p.intent_warning {
-            plan.warnings
-                .push(Warning { key: w.key.clone(), text: format!("profile {}: {}", p.name, w.text) });
+            plan.warnings.push(Warning::new(Finding::InProfile {
+                profile: p.name.clone(),
+                inner: Box::new(w.finding.clone()),
+            }));
         }
         let intent = if p.name.is_root() && plan.migrate_legacy { legacy_intent() } else { p.intent.clone() };
         let files = render::render(&RenderInput {
@@ -292,10 +289,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             continue;
         }
         if kind == PassKind::Boot {
-            plan.warnings.push(Warning::from(format!(
-                "slot {} has no profile; the daemon removes it after the removal grace",
-                name.slot_name()
-            )));
+            plan.warnings.push(Warning::new(Finding::SlotWithoutProfile { slot: name.slot_name() }));
         } else if !opts.hold.contains(name) {
             plan.profiles.push(ProfilePlan {
                 name: name.clone(),
@@ -306,7 +300,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                     action: ActionKind::Unregistered,
                     prior_state: None,
                     prior_exit: PriorExit::Unknown,
-                    reason: Some("profile-gone".into()),
+                    reason: Some(Reason::ProfileGone),
                 }),
             });
         }
@@ -315,18 +309,21 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
     plan.profiles.sort_by(|a, b| (!a.name.is_root(), &a.name).cmp(&(!b.name.is_root(), &b.name)));
 
     for s in obs.skipped.iter().filter(|_| opts.only.is_none()) {
-        plan.warnings.push(Warning::from(format!(
-            "{}: skipped: {}",
-            crate::escape::Escaped::new(&cfg.home.join("profiles").join(&s.raw)),
-            s.reason
-        )));
+        plan.warnings.push(Warning::new(Finding::SkippedDir {
+            path: cfg.home.join(crate::layout::home::PROFILES_DIR).join(&s.raw),
+            reason: s.reason.clone(),
+        }));
         plan.skipped.push(Decision {
             profile: s.raw.clone(),
             slot: None,
             action: ActionKind::Skipped,
             prior_state: None,
             prior_exit: PriorExit::Unknown,
-            reason: Some(if s.raw == "default" { "reserved-name".into() } else { "invalid-name".into() }),
+            reason: Some(if s.raw == crate::model::ROOT_PROFILE {
+                Reason::ReservedName
+            } else {
+                Reason::InvalidName
+            }),
         });
     }
     plan
@@ -351,7 +348,7 @@ fn plan_create(
     }
     let record = SlotRecord::new(intent.desired_state.clone(), up, render::digest(&files));
     steps.push(Step::Create { name: p.name.clone(), files, up, record });
-    let reason = (intent.runs() && !up).then(|| "multiplexed".to_string());
+    let reason = (intent.runs() && !up).then_some(Reason::Multiplexed);
     ProfilePlan {
         name: p.name.clone(),
         steps,
@@ -401,7 +398,7 @@ fn plan_adopt(
                 next.applied_desired = intent.desired_state.clone();
                 let up = intent.runs();
                 if up && !may_start(&p.name, cfg) {
-                    reason = Some("multiplexed".to_string());
+                    reason = Some(Reason::Multiplexed);
                     action = action.or(Some(ActionKind::Skipped));
                 } else {
                     steps.push(Step::Command { name: p.name.clone(), up });
@@ -421,7 +418,7 @@ fn plan_adopt(
     ProfilePlan { name: p.name.clone(), steps, decision: action.map(|a| decision(p, intent, a, reason)) }
 }
 
-fn decision(p: &ProfileObs, intent: &Intent, action: ActionKind, reason: Option<String>) -> Decision {
+fn decision(p: &ProfileObs, intent: &Intent, action: ActionKind, reason: Option<Reason>) -> Decision {
     Decision {
         profile: p.name.to_string(),
         slot: Some(p.name.slot_name()),
