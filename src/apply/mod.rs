@@ -13,7 +13,7 @@ use crate::plan::{Decision, Plan, Step};
 use crate::s6::{self, ControlError};
 use crate::warning::{Finding, Warning};
 use home::HomeWriter;
-use slot::SlotWriter;
+use slot::{SlotError, SlotWriter};
 use std::path::Path;
 
 /// Everything the apply layer writes through.
@@ -52,31 +52,41 @@ pub struct Outcome {
     pub abandoned: bool,
 }
 
-/// A profile whose steps failed; the rest of its steps were not run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProfileError {
-    pub profile: ProfileName,
-    pub message: String,
+/// Why a profile's step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error(transparent)]
+    Home(#[from] home::HomeError),
+    #[error("legacy migration record not written: {0}")]
+    LegacyRecord(home::HomeError),
+    /// Published, but s6-svscan did not pick the slot up (see [`publish`]).
+    #[error("slot {slot} is published but s6-svscan does not supervise it: {why}")]
+    NotSupervised { slot: String, why: String },
 }
 
-impl std::fmt::Display for ProfileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "profile {}: {}", self.profile, self.message)
-    }
+/// A profile whose steps failed; the rest of its steps were not run. Whether and when to try
+/// again is the daemon's policy (`daemon::retry`), not apply's.
+#[derive(Debug, thiserror::Error)]
+#[error("profile {profile}: {source}")]
+pub struct ProfileError {
+    pub profile: ProfileName,
+    pub source: StepError,
 }
 
 /// The legacy migration record (SPEC §5.4).
 pub const LEGACY_RECORD: &str = "{\"gateway_state\":\"running\",\"desired_state\":\"running\",\"migrated_from\":\"legacy-container-cmd\"}\n";
 
 impl Applier {
-    fn run_step(&self, step: &Step, out: &mut Outcome) -> Result<(), String> {
+    fn run_step(&self, step: &Step, out: &mut Outcome) -> Result<(), StepError> {
         match step {
             Step::SweepPidFiles { dir } => {
                 // A leftover that cannot be removed safely (a directory of that name, the
                 // profile swapped for a symlink since it was read) is reported and left: the
                 // gateway runs as an unprivileged user and cannot misuse it beyond its rights,
                 // and one odd file must not keep the profile from getting its slot.
-                let rel = self.home.relative(dir).map_err(|e| e.to_string())?;
+                let rel = self.home.relative(dir)?;
                 for f in crate::layout::home::PID_LEFTOVERS {
                     match self.home.unlink(rel, f) {
                         Ok(true) => {
@@ -91,24 +101,22 @@ impl Applier {
                 Ok(())
             }
             Step::Create { name, files, up, record } => {
-                self.slots.create(name, files, *up, record).map_err(|e| e.to_string())?;
+                self.slots.create(name, files, *up, record).map_err(StepError::from)?;
                 out.created += 1;
                 out.to_confirm.push(name.clone());
                 Ok(())
             }
-            Step::WriteFiles { name, files } => {
-                self.slots.write_files(name, files).map_err(|e| e.to_string())
-            }
-            Step::Command { name, up } => self.slots.command(name, *up).map_err(|e| e.to_string()),
+            Step::WriteFiles { name, files } => self.slots.write_files(name, files).map_err(StepError::from),
+            Step::Command { name, up } => self.slots.command(name, *up).map_err(StepError::from),
             Step::WriteRecord { name, record } => {
-                self.slots.write_record(name, record).map_err(|e| e.to_string())
+                self.slots.write_record(name, record).map_err(StepError::from)
             }
             Step::EnsureSupervised { name } => {
                 out.to_confirm.push(name.clone());
                 Ok(())
             }
             Step::CloseEvent { name } => {
-                let removed = self.slots.close_event(name).map_err(|e| e.to_string())?;
+                let removed = self.slots.close_event(name).map_err(StepError::from)?;
                 tracing::warn!(
                     slot = %name.slot_name(),
                     removed,
@@ -117,7 +125,7 @@ impl Applier {
                 Ok(())
             }
             Step::Remove { name } => {
-                out.removals.push(self.slots.hide(name).map_err(|e| e.to_string())?);
+                out.removals.push(self.slots.hide(name).map_err(StepError::from)?);
                 Ok(())
             }
         }
@@ -140,7 +148,7 @@ impl Applier {
                     root_failed = true;
                     out.errors.push(ProfileError {
                         profile: ProfileName::root(),
-                        message: format!("legacy migration record not written: {e}"),
+                        source: StepError::LegacyRecord(e),
                     });
                 }
             }
@@ -170,7 +178,7 @@ impl Applier {
             let stamped = stamp(&pp.steps, pp.decision.as_ref());
             let failed = stamped.iter().find_map(|s| self.run_step(s, &mut out).err());
             match failed {
-                Some(message) => out.errors.push(ProfileError { profile: pp.name.clone(), message }),
+                Some(source) => out.errors.push(ProfileError { profile: pp.name.clone(), source }),
                 None => out.applied.extend(pp.decision.clone()),
             }
         }
@@ -273,10 +281,7 @@ impl Applier {
             if stuck.contains(&self.slots.slot_dir(name)) {
                 out.errors.push(ProfileError {
                     profile: name.clone(),
-                    message: format!(
-                        "slot {} is published but s6-svscan does not supervise it: {why}",
-                        name.slot_name()
-                    ),
+                    source: StepError::NotSupervised { slot: name.slot_name(), why: why.clone() },
                 });
             }
         }

@@ -30,7 +30,7 @@ pub fn scandir_findings(warnings: &[Warning]) -> Vec<String> {
 
 /// Profile → message of each error.
 pub fn errors(errors: &[ProfileError]) -> BTreeMap<String, String> {
-    errors.iter().map(|e| (e.profile.to_string(), e.message.clone())).collect()
+    errors.iter().map(|e| (e.profile.to_string(), e.source.to_string())).collect()
 }
 
 /// The report of one whole pass (`once`): its errors, its skips, its scandir findings.

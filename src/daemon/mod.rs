@@ -11,6 +11,7 @@
 //! - one profile's failure delays only that profile (exponential backoff).
 
 pub mod backoff;
+pub mod retry;
 pub mod warn_limit;
 
 use crate::apply::removal::{PendingRemoval, RemovalState};
@@ -400,10 +401,18 @@ impl Daemon {
         let now = Instant::now();
         let failed: BTreeSet<&ProfileName> = outcome.errors.iter().map(|e| &e.profile).collect();
         for e in &outcome.errors {
-            let b = Backoff::after_failure(self.retries.get(&e.profile).copied(), now);
-            tracing::error!("{e}; retrying in {:?}", b.due - now);
-            self.retries.insert(e.profile.clone(), b);
-            self.report.errors.insert(e.profile.to_string(), e.message.clone());
+            match retry::error_policy(e) {
+                retry::Retry::Backoff => {
+                    let b = Backoff::after_failure(self.retries.get(&e.profile).copied(), now);
+                    tracing::error!("{e}; retrying in {:?}", b.due - now);
+                    self.retries.insert(e.profile.clone(), b);
+                }
+                retry::Retry::OnChange => {
+                    tracing::error!("{e}; not retried until the profile changes or the next full re-list");
+                    self.retries.remove(&e.profile);
+                }
+            }
+            self.report.errors.insert(e.profile.to_string(), e.source.to_string());
         }
         // Success clears a profile's backoff, whether or not it needed steps this time (a
         // retried profile that converged by other means must not stay due forever).
