@@ -36,7 +36,7 @@ pub fn random_suffix() -> std::io::Result<String> {
 }
 
 /// Creates a new file `.<name>.<random>` in `dir` with `O_EXCL | O_NOFOLLOW` (nothing planted
-/// there is opened; a new random name on `EEXIST`, [`TEMP_ATTEMPTS`] times). The mode given is
+/// there is opened; a new random name on `EEXIST`, up to 8 more times). The mode given is
 /// masked by the umask, as any `open`. Returns the temporary name and the open file.
 pub fn create_temp(dir: BorrowedFd<'_>, name: &str, mode: u32) -> std::io::Result<(String, OwnedFd)> {
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;

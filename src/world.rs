@@ -32,7 +32,7 @@ pub struct SkippedDir {
     /// The entry name, lossily decoded. Untrusted: it may hold control characters, so quote it
     /// (`{:?}`) when logging, as the `Display` impl does.
     pub raw: String,
-    /// Why it is skipped: the [`NameError`] text (prefixed by `the name is not UTF-8; ` for
+    /// Why it is skipped: the [`crate::model::NameError`] text (prefixed by `the name is not UTF-8; ` for
     /// names that are not UTF-8).
     pub reason: String,
 }
