@@ -88,3 +88,32 @@ impl StatusRecord {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn written_in_a_closed_runtime_dir_read_back_and_never_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("run");
+        let mut rec = StatusRecord::from(crate::observe::status_record::read(&dir));
+        assert_eq!(*rec, StatusReport::default(), "no directory yet: an empty report");
+        rec.errors.insert("bot".into(), "boom".into());
+        rec.write(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(crate::observe::status_record::read(&dir), *rec);
+        // A symlink planted at the record's name is replaced, not written through.
+        let outside = t.path().join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        let path = dir.join(STATUS_RECORD);
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        assert_eq!(crate::observe::status_record::read(&dir), StatusReport::default());
+        rec.skipped.insert("c".into(), "capacity".into());
+        rec.write(&dir).unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        assert_eq!(crate::observe::status_record::read(&dir), *rec);
+    }
+}
