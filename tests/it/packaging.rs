@@ -33,6 +33,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::kit::root_only;
+
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -359,6 +361,7 @@ impl Drop for Namespace {
 
 #[test]
 fn service_definition_is_an_s6_rc_longrun_with_readiness() {
+    root_only!();
     let svc = packaging().join("s6-rc.d").join(SERVICE);
     assert_eq!(fs::read_to_string(svc.join("type")).unwrap(), "longrun\n");
     assert_eq!(fs::read_to_string(svc.join("notification-fd")).unwrap(), "3\n");
@@ -384,6 +387,7 @@ fn service_definition_is_an_s6_rc_longrun_with_readiness() {
 
 #[test]
 fn longrun_under_s6_svscan_is_ready_converges_and_stops_with_exit_0_leaving_gateways_up() {
+    root_only!();
     let w = World::new();
     let scandir = w.tmp.path().join("service");
     fs::create_dir(&scandir).unwrap();
@@ -450,6 +454,7 @@ fn longrun_under_s6_svscan_is_ready_converges_and_stops_with_exit_0_leaving_gate
 
 #[test]
 fn longrun_with_a_configuration_error_fails_for_good_instead_of_restarting() {
+    root_only!();
     let w = World::new();
     let scandir = w.tmp.path().join("service");
     fs::create_dir(&scandir).unwrap();
@@ -624,6 +629,7 @@ fn tuple(p: &str, s: &str, a: &str, e: &str) -> (String, String, String, String)
 
 #[test]
 fn container_boot_profile_changes_and_restart_on_the_same_home() {
+    root_only!();
     let mut c = Container::new();
     let w = &c.world;
     w.profile("default", Some(r#"{"desired_state":"running"}"#));
@@ -774,6 +780,7 @@ fn assert_same_file(a: &Path, b: &Path) {
 
 #[test]
 fn install_script_puts_the_service_where_each_s6_overlay_layout_reads_it() {
+    root_only!();
     // s6-overlay 3.2.3.2: the user bundle lives in user-bundles.d.
     let root = fake_image_root("user-bundles.d/user");
     let r = root.path();
@@ -816,6 +823,7 @@ fn install_script_puts_the_service_where_each_s6_overlay_layout_reads_it() {
 
 #[test]
 fn prepare_script_locks_the_scandir_and_clears_only_its_own_leftovers() {
+    root_only!();
     let w = World::new();
     let scandir = w.tmp.path().join("service");
     fs::create_dir(&scandir).unwrap();
@@ -879,6 +887,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn lint_passes_on_the_repository() {
+    root_only!();
     let out = lint(&repo());
     assert!(out.status.success(), "scripts/lint.sh failed:\n{}", text(&out));
     let t = text(&out);
@@ -887,6 +896,7 @@ fn lint_passes_on_the_repository() {
 
 #[test]
 fn lint_fails_on_each_kind_of_finding() {
+    root_only!();
     // A small repository holding the packaging and scripts/lint.sh, clean to start with.
     let tmp = tempfile::Builder::new().prefix("hermes-pkg-lint-").tempdir().unwrap();
     let r = tmp.path();

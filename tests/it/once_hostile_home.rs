@@ -2,9 +2,7 @@
 //! in the container: the daemon runs as root with `HERMES_RUN_AS=hermes`, the volume belongs to
 //! `hermes`, and everything planted here is planted by `hermes` itself.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -64,6 +62,7 @@ fn check_victim(c: &mut Checks, victim: &Path, what: &str) {
 
 #[test]
 fn hard_link_at_the_boot_log_is_replaced_never_appended_to_nor_chowned() {
+    root_only!();
     let (w, (uid, _), victim) = container_world();
     let log = w.home.join("logs/container-boot.log");
     as_hermes_sh(&format!("ln '{}' '{}'", victim.display(), log.display()));
@@ -77,6 +76,7 @@ fn hard_link_at_the_boot_log_is_replaced_never_appended_to_nor_chowned() {
 
 #[test]
 fn hard_link_at_the_rotation_size_is_replaced_not_rotated_into_place() {
+    root_only!();
     let (w, (uid, _), victim) = container_world();
     // Big enough to trigger the rotation (256 KiB).
     std::fs::write(&victim, "x".repeat(300 << 10)).unwrap();
@@ -93,6 +93,7 @@ fn hard_link_at_the_rotation_size_is_replaced_not_rotated_into_place() {
 
 #[test]
 fn symlink_and_fifo_at_the_boot_log_are_replaced() {
+    root_only!();
     for kind in ["symlink", "fifo"] {
         let (w, (uid, _), victim) = container_world();
         let log = w.home.join("logs/container-boot.log");
@@ -110,6 +111,7 @@ fn symlink_and_fifo_at_the_boot_log_are_replaced() {
 
 #[test]
 fn a_hermes_owned_boot_log_is_appended_to_and_a_foreign_one_replaced() {
+    root_only!();
     let (w, (uid, _), _) = container_world();
     let log = w.home.join("logs/container-boot.log");
     as_hermes_sh(&format!("echo earlier > '{}'", log.display()));

@@ -12,9 +12,7 @@
 //! The planting runs as `hermes` with the host's tools (the kernel decides, not s6); the state
 //! changes go through the s6 under test (`s6-svc`/`s6-svstat` as `hermes`).
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -105,6 +103,7 @@ fn bounce_as_hermes(c: &mut Checks, slot: &Path) {
 
 #[test]
 fn hermes_cannot_plant_in_event_of_a_new_slot_and_the_symlink_attack_fails() {
+    root_only!();
     let (w, uid, gid) = container_world();
     w.once();
     let mut c = Checks::new();
@@ -165,6 +164,7 @@ fn hermes_cannot_plant_in_event_of_a_new_slot_and_the_symlink_attack_fails() {
 
 #[test]
 fn adopting_an_older_slot_closes_event_and_removes_what_hermes_planted() {
+    root_only!();
     let (w, uid, gid) = container_world();
     w.once();
     let mut c = Checks::new();
@@ -226,7 +226,7 @@ fn adopting_an_older_slot_closes_event_and_removes_what_hermes_planted() {
 fn readme_wait_snippet() -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let at = readme
-        .find("<!-- this block is run as hermes by tests/hostile_event.rs -->")
+        .find("<!-- this block is run as hermes by tests/it/hostile_event.rs -->")
         .expect("marker in README");
     let block = &readme[at..];
     let start = block.find("```sh\n").expect("sh block") + "```sh\n".len();
@@ -236,6 +236,7 @@ fn readme_wait_snippet() -> String {
 
 #[test]
 fn hermes_cannot_subscribe_but_the_readme_polling_snippet_waits_for_states() {
+    root_only!();
     let (w, _, _) = container_world();
     w.once();
     let mut c = Checks::new();

@@ -3,11 +3,7 @@
 //! `hermes`, leave no raw control byte in the daemon's stderr, `container-boot.log`, `status`
 //! or `status --json`, and forge no line.
 
-mod common;
-mod daemon;
-
-use common::*;
-use daemon::*;
+use crate::kit::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -32,6 +28,7 @@ fn check_clean(c: &mut Checks, what: &str, text: &[u8]) {
 
 #[test]
 fn hostile_names_and_values_are_escaped_in_logs_boot_log_and_status() {
+    root_only!();
     let (uid, gid) = ensure_hermes_user();
     let mut w = World::new();
     w.set_env("HERMES_RUN_AS", "hermes");

@@ -3,9 +3,7 @@
 //! loggers through the group rights of `supervise/`; `event/` is root's alone (issue 9 row 1,
 //! attacked in `tests/hostile_event.rs`); the gateway and its logger run as `hermes`.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -79,6 +77,7 @@ fn as_hermes(args: &[&OsStr]) -> std::process::Output {
 
 #[test]
 fn slots_are_root_owned_and_hermes_controls_them_through_group_rights() {
+    root_only!();
     let (uid, gid) = ensure_hermes_user();
     let mut w = World::new();
     w.set_env("HERMES_RUN_AS", "hermes");

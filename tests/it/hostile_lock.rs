@@ -8,11 +8,7 @@
 //! read lock, the kind s6 uses, not a `flock(2)` one); the slot is supervised by the s6 under
 //! test.
 
-mod common;
-mod daemon;
-
-use common::*;
-use daemon::*;
+use crate::kit::*;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -30,6 +26,7 @@ time.sleep(3600)
 
 #[test]
 fn a_read_lock_hermes_takes_as_the_supervisor_exits_does_not_pin_a_removal() {
+    root_only!();
     let (uid, gid) = ensure_hermes_user();
     let mut w = World::new();
     w.set_env("HERMES_RUN_AS", "hermes");

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::kit::root_only;
+
 use hermes_reconciler::s6::control::{control_path, lock_path};
 use hermes_reconciler::s6::status::{normally_up, tai64n_to_system_time};
 use hermes_reconciler::s6::{
@@ -212,6 +214,7 @@ fn innermost_pid(global: i32) -> u64 {
 
 #[test]
 fn decoder_and_normally_up_reproduce_svstat_for_every_kind_of_service() {
+    root_only!();
     let scan = Scan::start(&[
         ("sleeper", ServiceSpec { run: SLEEP, ..Default::default() }),
         ("parked", ServiceSpec { run: SLEEP, down: true, ..Default::default() }),
@@ -297,6 +300,7 @@ fn decoder_and_normally_up_reproduce_svstat_for_every_kind_of_service() {
 
 #[test]
 fn persistent_commands_flip_wanted_up_and_the_down_file() {
+    root_only!();
     let scan = Scan::start(&[("flip", ServiceSpec { run: SLEEP, ..Default::default() })]);
     let dir = scan.service("flip");
     let down = dir.join("down");
@@ -333,6 +337,7 @@ fn persistent_commands_flip_wanted_up_and_the_down_file() {
 
 #[test]
 fn kill_stops_a_service_that_ignores_sigterm() {
+    root_only!();
     let scan = Scan::start(&[(
         "stubborn",
         ServiceSpec {
@@ -362,6 +367,7 @@ fn kill_stops_a_service_that_ignores_sigterm() {
 
 #[test]
 fn rescan_supervises_a_service_renamed_into_the_scandir() {
+    root_only!();
     let scan = Scan::start(&[("first", ServiceSpec { run: SLEEP, ..Default::default() })]);
     // Build under a dot name (ignored by s6-svscan), then publish with rename().
     let staging = scan.scandir.join(".late");
@@ -387,6 +393,7 @@ fn rescan_supervises_a_service_renamed_into_the_scandir() {
 
 #[test]
 fn supervisor_pid_follows_the_lock_until_a_hidden_service_is_pruned() {
+    root_only!();
     let scan = Scan::start(&[
         ("victim", ServiceSpec { run: SLEEP, ..Default::default() }),
         ("bystander", ServiceSpec { run: SLEEP, ..Default::default() }),
@@ -427,6 +434,7 @@ fn supervisor_pid_follows_the_lock_until_a_hidden_service_is_pruned() {
 
 #[test]
 fn control_writes_without_a_reader_or_to_a_non_fifo_are_refused() {
+    root_only!();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("svc");
     fs::create_dir(&dir).unwrap();
@@ -479,6 +487,7 @@ fn control_writes_without_a_reader_or_to_a_non_fifo_are_refused() {
 
 #[test]
 fn tai64n_of_a_real_status_file_is_recent() {
+    root_only!();
     let scan = Scan::start(&[("clock", ServiceSpec { run: SLEEP, ..Default::default() })]);
     let dir = scan.service("clock");
     wait_status(&dir, "clock up", |s| s.is_up());
