@@ -62,11 +62,27 @@ impl Svscan {
     /// [`Svscan::start_with`], with `env` on top of `PATH` in s6-svscan's environment (which
     /// every supervisor and service inherits).
     pub fn start_env(scandir: &Path, log: &Path, options: &[&str], env: &[(&str, &OsStr)]) -> Svscan {
+        Svscan::spawn(scandir, log, options, env, s6_root())
+    }
+
+    /// The host's s6-svscan on `scandir`, whatever `HERMES_TEST_S6_ROOT` says: for the suites
+    /// that pin the generation (`s6_direct` compares the decoder with the host's s6-svstat).
+    pub fn start_on_host(scandir: &Path, log: &Path) -> Svscan {
+        Svscan::spawn(scandir, log, &[], &[], None)
+    }
+
+    fn spawn(
+        scandir: &Path,
+        log: &Path,
+        options: &[&str],
+        env: &[(&str, &OsStr)],
+        root: Option<PathBuf>,
+    ) -> Svscan {
         let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("svscan log file");
         let err = out.try_clone().expect("dup svscan log");
         let mut cmd = Command::new("unshare");
         cmd.args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc"]);
-        if let Some(root) = s6_root() {
+        if let Some(root) = root {
             cmd.args(["sh", "-c", CHROOT_SH]).arg(root).arg(shared_tmp());
         }
         cmd.arg("s6-svscan")
