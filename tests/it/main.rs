@@ -3,8 +3,8 @@
 //!
 //! One binary instead of one per file: the kit and the dependencies are compiled and linked
 //! once. Suites are selected by libtest filters on the module path, e.g.
-//! `cargo test --test it -- once_ run_ scanner` (what `scripts/test.sh` runs against s6 2.13 and
-//! 2.15) or `cargo test --test it -- run_drift::`.
+//! `cargo test --test it -- once_ run_ scanner --skip packaging::` (what `scripts/test.sh` runs
+//! against s6 2.13 and 2.15) or `cargo test --test it -- run_drift::`.
 //!
 //! Every test here needs root (it starts s6-svscan in a pid namespace, chroots, creates
 //! root-owned slots) and begins with `root_only!()`: as a user other than root, a plain

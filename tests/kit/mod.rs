@@ -39,7 +39,8 @@
 //! A test file written for the old layout (`tests/<name>.rs` with `mod common; mod daemon;
 //! use common::*; use daemon::*;`) moves over by `git mv tests/<name>.rs tests/it/`, replacing
 //! those four lines by `use crate::kit::*;`. Select suites with libtest filters on the module
-//! path: `cargo test --test it -- once_ run_ scanner`.
+//! path: `cargo test --test it -- once_ run_ scanner --skip packaging::` (the suites of the 2.13
+//! and 2.15 rows of `scripts/test.sh`).
 //!
 //! # In the benchmarks
 //!
