@@ -34,16 +34,11 @@ fn sh_as_hermes(uid: u32, gid: u32, script: &str) -> std::process::Output {
 /// A world like the container: volume owned by `hermes`, scandir owned by root, slots
 /// controlled by group `hermes`; profiles `work` (running) and `other` (running).
 fn container_world() -> (World, u32, u32) {
-    let (uid, gid) = ensure_hermes_user();
-    let mut w = World::new();
-    w.set_env("HERMES_RUN_AS", "hermes");
-    std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&w.scandir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (w, uid, gid) = World::for_hermes();
     w.root_profile().desired("stopped");
     w.profile("work").desired("running");
     w.profile("other").desired("running");
-    let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(&w.home).status().unwrap();
-    assert!(st.success());
+    chown_tree(&w.home, uid, gid);
     (w, uid, gid)
 }
 

@@ -6,12 +6,6 @@ use crate::kit::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
-
-fn chown_tree(p: &Path, uid: u32, gid: u32) {
-    let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(p).status().unwrap();
-    assert!(st.success(), "chown -R {}", p.display());
-}
 
 fn as_hermes_sh(script: &str) {
     let o = run_as("hermes", &[OsStr::new("sh"), OsStr::new("-c"), OsStr::new(script)]);
@@ -23,11 +17,7 @@ fn as_hermes_sh(script: &str) {
 /// it owns or can read and write, hence 0666: what root must not do is append to it or hand it
 /// to `hermes`).
 fn container_world() -> (World, (u32, u32), std::path::PathBuf) {
-    let (uid, gid) = ensure_hermes_user();
-    let mut w = World::new();
-    w.set_env("HERMES_RUN_AS", "hermes");
-    std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&w.scandir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (w, uid, gid) = World::for_hermes();
     w.profile("work").desired("running");
     std::fs::create_dir(w.home.join("logs")).unwrap();
     chown_tree(&w.home, uid, gid);

@@ -1,10 +1,14 @@
 //! The `hermes` user, and commands run as it (the hostile agent of SPEC §9).
 
 use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 
 use super::PATH;
 use super::s6::{s6_command, s6_root};
+use super::world::World;
 
 /// Creates the user and group `hermes` (10000:10000, as in the image) if they do not exist;
 /// tolerates a concurrent creation. With a chroot'ed s6 under test, the root gets the same
@@ -49,4 +53,25 @@ pub fn run_as(user: &str, argv: &[&OsStr]) -> std::process::Output {
         .env("PATH", PATH)
         .output()
         .expect("spawn s6-setuidgid")
+}
+
+/// `chown -R uid:gid p`: in the container the volume belongs to `hermes`.
+pub fn chown_tree(p: &Path, uid: u32, gid: u32) {
+    let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(p).status().unwrap();
+    assert!(st.success(), "chown -R {}", p.display());
+}
+
+impl World {
+    /// A world like the container's: the binary runs its gateways as `hermes`
+    /// (`HERMES_RUN_AS`), and the world's root and scandir are 0755 so that `hermes` reaches the
+    /// home and the slots (the scandir stays root's). Returns `hermes`' uid and gid; create the
+    /// profiles, then hand the home over with [`chown_tree`].
+    pub fn for_hermes() -> (World, u32, u32) {
+        let (uid, gid) = ensure_hermes_user();
+        let mut w = World::new();
+        w.set_env("HERMES_RUN_AS", "hermes");
+        fs::set_permissions(&w.root, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&w.scandir, fs::Permissions::from_mode(0o755)).unwrap();
+        (w, uid, gid)
+    }
 }
