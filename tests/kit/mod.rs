@@ -38,7 +38,7 @@
 //!
 //! A test file written for the old layout (`tests/<name>.rs` with `mod common; mod daemon;
 //! use common::*; use daemon::*;`) moves over by `git mv tests/<name>.rs tests/it/`, replacing
-//! those four lines by `use crate::kit::*;`. Select suites with libtest filters on the module
+//! those four lines by `use crate::kit::*;` and adding step 3. Select suites with libtest filters on the module
 //! path: `cargo test --test it -- once_ run_ scanner --skip packaging::` (the suites of the 2.13
 //! and 2.15 rows of `scripts/test.sh`).
 //!
@@ -46,8 +46,10 @@
 //!
 //! `benches/reconciler/main.rs` includes this tree with `#[path = "../../tests/kit/mod.rs"]`, so
 //! the benchmarks start s6-svscan and the daemon with the same code; paths inside the kit are
-//! relative (`super::`) for that reason. Everything the kit reads of s6's own files (control
-//! FIFOs, locks, `supervise/status`) goes through the library's `hermes_reconciler::s6`.
+//! relative (`super::`) for that reason. The tests judge s6's state with s6's own tools
+//! (`s6-svstat` of the generation under test is the reference); the benchmarks read and write
+//! s6's files (rescan and control bytes, `supervise/lock`, `supervise/status`) through the
+//! library's `hermes_reconciler::s6`, the code the daemon itself uses.
 
 // The integration tests and the benchmarks each use a part of the kit: what one of them leaves
 // unused is not dead.
