@@ -23,7 +23,6 @@
 //! on, so nothing outlives the test binary. No timing assertions: every wait polls with a
 //! generous bound. Needs root, `unshare`, s6 and git; scripts/lint.sh installs its linters.
 
-use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -33,7 +32,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::kit::root_only;
+use crate::kit::{BootLine, parse_boot_line, root_only};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -138,23 +137,6 @@ fn s6_rc_up(dir: &Path) -> Output {
     run(Command::new("s6-svc").args(["-uwU", "-T", "20000"]).arg(dir))
 }
 
-/// One line of `container-boot.log`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct LogLine {
-    timestamp: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl LogLine {
-    fn get(&self, key: &str) -> &str {
-        self.fields.get(key).map(String::as_str).unwrap_or_else(|| panic!("no {key} in {self:?}"))
-    }
-
-    fn profile_action(&self) -> (String, String) {
-        (self.get("profile").to_string(), self.get("action").to_string())
-    }
-}
-
 /// A test's `HERMES_HOME`, stand-in gateway and PATH directory, in a temporary directory.
 struct World {
     tmp: tempfile::TempDir,
@@ -243,21 +225,10 @@ impl World {
         Some((pid, argv.lines().map(str::to_owned).collect()))
     }
 
-    fn boot_log(&self) -> Vec<LogLine> {
+    /// Every line of `container-boot.log`, each checked against the documented format.
+    fn boot_log(&self) -> Vec<BootLine> {
         let text = fs::read_to_string(self.home.join("logs/container-boot.log")).unwrap_or_default();
-        text.lines()
-            .map(|line| {
-                let mut words = line.split(' ');
-                let timestamp = words.next().unwrap().to_string();
-                let fields = words
-                    .map(|w| {
-                        let (k, v) = w.split_once('=').unwrap_or_else(|| panic!("bad log line {line:?}"));
-                        (k.to_string(), v.to_string())
-                    })
-                    .collect();
-                LogLine { timestamp, fields }
-            })
-            .collect()
+        text.lines().map(|line| parse_boot_line(line).unwrap_or_else(|e| panic!("{e}"))).collect()
     }
 }
 
@@ -602,24 +573,17 @@ fn make_leftover(dir: &Path) {
 }
 
 /// Boot-pass lines: the last `n` lines of the log, which must share one timestamp.
-fn boot_pass(lines: &[LogLine], n: usize) -> Vec<LogLine> {
+fn boot_pass(lines: &[BootLine], n: usize) -> Vec<BootLine> {
     assert!(lines.len() >= n, "expected at least {n} lines: {lines:#?}");
     let pass = lines[lines.len() - n..].to_vec();
-    assert!(pass.iter().all(|l| l.timestamp == pass[0].timestamp), "one timestamp per boot pass: {pass:#?}");
+    assert!(pass.iter().all(|l| l.time == pass[0].time), "one timestamp per boot pass: {pass:#?}");
     pass
 }
 
-fn summary(lines: &[LogLine]) -> Vec<(String, String, String, String)> {
+fn summary(lines: &[BootLine]) -> Vec<(String, String, String, String)> {
     lines
         .iter()
-        .map(|l| {
-            (
-                l.get("profile").to_string(),
-                l.get("prior_state").to_string(),
-                l.get("action").to_string(),
-                l.get("prior_exit").to_string(),
-            )
-        })
+        .map(|l| (l.profile.clone(), l.prior_state.clone(), l.action.clone(), l.prior_exit.clone()))
         .collect()
 }
 
@@ -697,7 +661,8 @@ fn container_boot_profile_changes_and_restart_on_the_same_home() {
     expected.sort();
     let w = &c.world;
     ns.wait_for("the log lines of the changes", || {
-        let mut got: Vec<_> = w.boot_log()[5..].iter().map(LogLine::profile_action).collect();
+        let mut got: Vec<_> =
+            w.boot_log()[5..].iter().map(|l| (l.profile.clone(), l.action.clone())).collect();
         got.sort();
         (got == expected).then_some(())
     });
