@@ -2,15 +2,14 @@
 //! `once` that changes nothing, and container restarts (the pid namespace killed, the tmpfs
 //! scandir emptied or partly lost) with the boot-pass sweep of `gateway.pid`/`processes.json`.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[test]
 fn finish_parks_exit_0_and_78_and_restarts_exit_1() {
+    root_only!();
     let w = World::new();
     for n in ["clean0", "config78", "crash1", "steady"] {
         w.profile(n).desired("running");
@@ -78,6 +77,7 @@ fn snapshot(w: &World, profiles: &[&str]) -> Snapshot {
 
 #[test]
 fn second_once_changes_nothing() {
+    root_only!();
     let mut w = World::new();
     w.set_env("HERMES_RECONCILER_MAX_PROFILES", "10");
     w.root_profile().desired("running").lifecycle("exited");
@@ -146,6 +146,7 @@ fn second_once_changes_nothing() {
 
 #[test]
 fn container_restart_recreates_every_slot_and_sweeps_pid_files() {
+    root_only!();
     let mut w = World::new();
     let root = w.root_profile().desired("running");
     let alpha = w.profile("alpha").desired("running");
@@ -222,6 +223,7 @@ fn container_restart_recreates_every_slot_and_sweeps_pid_files() {
 
 #[test]
 fn only_the_recreated_slot_sweeps_pid_files() {
+    root_only!();
     let mut w = World::new();
     let root = w.root_profile().desired("running");
     let alpha = w.profile("alpha").desired("running");
@@ -263,6 +265,7 @@ fn only_the_recreated_slot_sweeps_pid_files() {
 
 #[test]
 fn a_pid_file_that_cannot_be_swept_is_reported_and_the_slot_still_created() {
+    root_only!();
     let w = World::new();
     let odd = w.profile("odd").desired("running");
     w.profile("plain").desired("running");

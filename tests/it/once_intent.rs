@@ -2,9 +2,7 @@
 //! combination of `desired_state` and `gateway_state`, with multiplexing on, and with the
 //! capacity guard; and what it writes to `container-boot.log`.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::collections::BTreeMap;
 
 const GATEWAY_STATES: [&str; 7] =
@@ -22,6 +20,7 @@ fn effective(desired: Option<&str>, gateway: Option<&str>) -> Option<String> {
 
 #[test]
 fn intent_table_over_desired_and_gateway_state() {
+    root_only!();
     let w = World::new();
     // name -> (desired, gateway); "absent" means the key is not in the file.
     let mut table: BTreeMap<String, (Option<&str>, Option<&str>)> = BTreeMap::new();
@@ -110,6 +109,7 @@ fn intent_table_over_desired_and_gateway_state() {
 
 #[test]
 fn prior_exit_comes_from_the_lifecycle_phase() {
+    root_only!();
     let w = World::new();
     w.root_profile().desired("running").lifecycle("exited");
     w.profile("crashed").desired("running").lifecycle("running");
@@ -152,6 +152,7 @@ fn prior_exit_comes_from_the_lifecycle_phase() {
 
 #[test]
 fn multiplexing_registers_named_profiles_down_and_leaves_root_alone() {
+    root_only!();
     let mut w = World::new();
     w.set_env("GATEWAY_MULTIPLEX_PROFILES", "1");
     w.root_profile().desired("running");
@@ -188,6 +189,7 @@ fn multiplexing_registers_named_profiles_down_and_leaves_root_alone() {
 
 #[test]
 fn capacity_cap_keeps_the_first_names_and_skips_the_rest() {
+    root_only!();
     let mut w = World::new();
     w.set_env("HERMES_RECONCILER_MAX_PROFILES", "3");
     w.root_profile().desired("running");

@@ -2,9 +2,7 @@
 //! owners and contents of the home and the scandir is equal before and after) and its `--json`
 //! lists the actions it would take; configuration and usage errors have their exit statuses.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,6 +39,7 @@ fn decisions(j: &Value) -> BTreeMap<String, (Option<String>, String, Option<Stri
 
 #[test]
 fn dry_run_on_a_fresh_home_changes_nothing_and_lists_actions() {
+    root_only!();
     let w = World::new();
     let root = w.root_profile().desired("running").pid_files().lifecycle("exited");
     w.profile("alpha").desired("running").pid_files();
@@ -102,6 +101,7 @@ fn dry_run_on_a_fresh_home_changes_nothing_and_lists_actions() {
 
 #[test]
 fn dry_run_after_a_pass_changes_nothing_and_lists_intent_changes() {
+    root_only!();
     let w = World::new();
     w.root_profile().desired("running");
     w.profile("alpha").desired("running");
@@ -144,6 +144,7 @@ fn dry_run_after_a_pass_changes_nothing_and_lists_intent_changes() {
 
 #[test]
 fn max_profiles_not_a_number_is_a_config_error_naming_the_variable() {
+    root_only!();
     let mut w = World::new();
     w.root_profile().desired("running");
     w.profile("alpha").desired("running");
@@ -162,6 +163,7 @@ fn max_profiles_not_a_number_is_a_config_error_naming_the_variable() {
 
 #[test]
 fn unknown_flag_is_a_usage_error() {
+    root_only!();
     let w = World::new();
     w.root_profile().desired("running");
     let before = digest(&w);

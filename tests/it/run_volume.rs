@@ -11,11 +11,7 @@
 //!
 //! Only final states are asserted, with the harness's generous bounds; never durations.
 
-mod common;
-mod daemon;
-
-use common::*;
-use daemon::*;
+use crate::kit::*;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -70,6 +66,7 @@ fn longest_line(text: &str) -> usize {
 
 #[test]
 fn a_huge_desired_state_reads_as_invalid_and_a_later_running_is_applied() {
+    root_only!();
     let (w, uid, gid) = hermes_world();
     let big = w.profile("big").desired("running");
     w.profile("canary");
@@ -119,6 +116,7 @@ fn a_huge_desired_state_reads_as_invalid_and_a_later_running_is_applied() {
 
 #[test]
 fn thousands_of_empty_directories_take_a_bounded_number_of_watches() {
+    root_only!();
     let (w, uid, gid) = hermes_world();
     w.profile("a").desired("running");
     w.profile("canary");
@@ -148,6 +146,7 @@ fn thousands_of_empty_directories_take_a_bounded_number_of_watches() {
 
 #[test]
 fn rewriting_invalid_json_with_a_moving_error_does_not_flood_the_log() {
+    root_only!();
     let (w, uid, gid) = hermes_world();
     let noisy = w.profile("noisy").desired("running");
     w.profile("canary");
@@ -217,6 +216,7 @@ impl Drop for HermesLoop {
 
 #[test]
 fn hard_linked_huge_files_in_many_profiles_do_not_starve_a_legitimate_profile() {
+    root_only!();
     let (w, uid, gid) = hermes_world();
     let legit = w.profile("a-legit").desired("running");
     w.profile("b-canary");

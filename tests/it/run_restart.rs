@@ -2,11 +2,7 @@
 //! middle of creating a slot), stopped with SIGTERM or SIGINT (exit 0, gateways keep running),
 //! readiness signalled with exactly one newline.
 
-mod common;
-mod daemon;
-
-use common::*;
-use daemon::*;
+use crate::kit::*;
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -28,6 +24,7 @@ fn fleet(w: &World, profiles: &[&str]) -> BTreeMap<String, (Option<i64>, Option<
 
 #[test]
 fn sigkill_and_restart_five_times_restarts_nothing() {
+    root_only!();
     let w = World::new();
     set_desired(&w.home, "running");
     for n in ["r1", "r2", "r3"] {
@@ -92,6 +89,7 @@ fn sigkill_and_restart_five_times_restarts_nothing() {
 
 #[test]
 fn sigterm_and_sigint_exit_zero_and_gateways_keep_running() {
+    root_only!();
     let w = World::new();
     set_desired(&w.home, "running");
     w.profile("g1").desired("running");
@@ -127,6 +125,7 @@ fn sigterm_and_sigint_exit_zero_and_gateways_keep_running() {
 
 #[test]
 fn sigterm_while_waiting_for_s6_exits_zero() {
+    root_only!();
     let w = World::without_svscan();
     let mut d = Daemon::spawn(&w, &[]);
     must(
@@ -157,6 +156,7 @@ fn sigterm_while_waiting_for_s6_exits_zero() {
 /// without redoing anything.
 #[test]
 fn run_after_once_adopts_without_redoing() {
+    root_only!();
     let w = World::new();
     set_desired(&w.home, "running");
     w.profile("a1").desired("running");
@@ -203,6 +203,7 @@ fn wakeups(pid: i32) -> u64 {
 /// two idle seconds (a 2 ms poll loop would make about a thousand), not in time.
 #[test]
 fn idle_daemon_sleeps() {
+    root_only!();
     let w = World::new();
     w.profile("i1").desired("running");
     w.profile("i2");
@@ -223,6 +224,7 @@ fn idle_daemon_sleeps() {
 /// service and its logger to be down, then delete), not leave the gateway running forever.
 #[test]
 fn a_removal_abandoned_by_sigterm_is_finished_by_the_next_daemon() {
+    root_only!();
     let w = World::new();
     let stubborn = w.root.join("stubborn-gateway");
     std::fs::write(&stubborn, format!("#!/bin/sh\ntrap '' TERM\nexec {} \"$@\"\n", w.standin.display()))

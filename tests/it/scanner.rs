@@ -10,11 +10,7 @@
 //!   keeps starting and pruning; the profiles over the cap are reported;
 //! - the status decoder reads what this generation of s6 writes.
 
-mod common;
-mod daemon;
-
-use common::*;
-use daemon::*;
+use crate::kit::*;
 use std::collections::BTreeSet;
 use std::fs;
 use std::time::Duration;
@@ -26,6 +22,7 @@ fn gateway_ran(w: &World, name: &str) -> bool {
 
 #[test]
 fn publish_then_remove_300_rounds_never_strands_a_slot() {
+    root_only!();
     const ROUNDS: usize = 300;
     let mut w = World::without_svscan();
     // Room for 300 victims, 300 newcomers and the root, loggers counted.
@@ -101,6 +98,7 @@ fn publish_then_remove_300_rounds_never_strands_a_slot() {
 
 #[test]
 fn dangling_symlink_is_reported_and_the_slot_supervised_once_it_is_gone() {
+    root_only!();
     let w = World::new();
     let link = w.scandir.join("broken-service");
     std::os::unix::fs::symlink(w.root.join("nowhere"), &link).unwrap();
@@ -151,6 +149,7 @@ impl Drop for Burners {
 
 #[test]
 fn small_service_limit_keeps_s6_starting_and_pruning() {
+    root_only!();
     let _load = Burners::start();
     let mut w = World::without_svscan();
     // 40 services with loggers counted separately: `-C 40` on s6 >= 2.12, `-c 20` (pairs) on 2.11.
@@ -231,6 +230,7 @@ fn small_service_limit_keeps_s6_starting_and_pruning() {
 
 #[test]
 fn status_decoder_reads_this_generation_of_s6() {
+    root_only!();
     let w = World::new();
     w.profile("up").desired("running");
     w.profile("down").desired("stopped");
@@ -269,6 +269,7 @@ fn status_decoder_reads_this_generation_of_s6() {
 
 #[test]
 fn sigterm_during_a_300_profile_storm_exits_at_once_and_a_restart_finishes_the_work() {
+    root_only!();
     const N: usize = 300;
     let w = World::new();
     let mut d = Daemon::start(&w, &[]);
@@ -381,6 +382,7 @@ fn publish_then_hide(w: &World, i: usize, confirm: bool) -> bool {
 
 #[test]
 fn publish_then_hide_strands_slots_unless_each_publish_is_confirmed() {
+    root_only!();
     const ROUNDS: usize = 300;
     let mut w = World::without_svscan();
     let limit = if s6_version() >= (2, 12) { ["-C", "2000"] } else { ["-c", "1000"] };
@@ -410,6 +412,7 @@ fn publish_then_hide_strands_slots_unless_each_publish_is_confirmed() {
 
 #[test]
 fn sigterm_during_a_supervisor_confirmation_wait_exits_at_once() {
+    root_only!();
     let mut w = World::new();
     let mut d = Daemon::start(&w, &[]);
     // A frozen s6-svscan keeps its control FIFO open but starts nothing: the daemon publishes

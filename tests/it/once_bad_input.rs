@@ -3,9 +3,7 @@
 //! and has no effect on the others; `once` never hangs, never follows a symlink out of the home
 //! and no file content can forge a `container-boot.log` line.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -21,6 +19,7 @@ fn one_warning(c: &mut Checks, out: &Outcome, profile: &str, path: &std::path::P
 
 #[test]
 fn malformed_state_files_mean_no_intent_with_one_warning_each() {
+    root_only!();
     let w = World::new();
     w.root_profile().desired("running");
     w.profile("good-up").desired("running");
@@ -84,6 +83,7 @@ fn malformed_state_files_mean_no_intent_with_one_warning_each() {
 
 #[test]
 fn non_regular_and_symlinked_state_files_never_block_or_get_followed() {
+    root_only!();
     let w = World::new();
     w.profile("good-up").desired("running");
     w.profile("good-down").desired("stopped");
@@ -142,6 +142,7 @@ fn non_regular_and_symlinked_state_files_never_block_or_get_followed() {
 
 #[test]
 fn invalid_names_are_skipped_with_one_warning_each() {
+    root_only!();
     let w = World::new();
     // The root is stopped; profiles/default says running but must not touch the root slot.
     w.root_profile().desired("stopped");
@@ -220,6 +221,7 @@ fn invalid_names_are_skipped_with_one_warning_each() {
 
 #[test]
 fn tombstones_staging_and_unmarked_directories_are_ignored_silently() {
+    root_only!();
     let w = World::new();
     w.root_profile().desired("running");
     w.profile("good").desired("running");
@@ -254,6 +256,7 @@ fn tombstones_staging_and_unmarked_directories_are_ignored_silently() {
 
 #[test]
 fn file_content_cannot_forge_a_boot_log_line() {
+    root_only!();
     let w = World::new();
     w.root_profile().desired("running");
     w.profile("good").desired("stopped");

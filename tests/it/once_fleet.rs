@@ -2,9 +2,7 @@
 //! the expected slots supervised, the running ones up and the others down with a `down` file,
 //! and every started stand-in got the right arguments, environment and a distinct port.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
@@ -22,6 +20,7 @@ const MIX: [(Option<&str>, Option<&str>, bool); 8] = [
 
 #[test]
 fn thirty_profiles_in_mixed_states_are_supervised_as_intended() {
+    root_only!();
     let w = World::new();
     let mut want: BTreeMap<String, Want> = BTreeMap::new();
     // Profiles whose .env sets API_SERVER_PORT: the run script must not export one.

@@ -2,9 +2,7 @@
 //! when the reader closes the pipe early: exit 0, nothing on stderr, no panic. The output is
 //! several times a pipe's 64 KiB buffer, so the program is still writing when the pipe closes.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 
@@ -34,6 +32,7 @@ fn closed_early(w: &World, args: &[&str], read_some: impl FnOnce(&mut BufReader<
 
 #[test]
 fn status_exits_quietly_when_its_reader_closes_the_pipe() {
+    root_only!();
     let w = World::without_svscan();
     for i in 0..3000 {
         w.profile(&format!("p{i:05}"));

@@ -2,11 +2,7 @@
 //! service, the daemon's own leftovers and an inotify queue overflow are all settled by a full
 //! re-list; a scandir entry the daemon does not own is never touched.
 
-mod common;
-mod daemon;
-
-use common::*;
-use daemon::*;
+use crate::kit::*;
 use nix::sys::signal::Signal;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -74,6 +70,7 @@ fn live_gateways(w: &World, profile: &str) -> Vec<i64> {
 /// `rm_rf_of_a_live_slot_leaves_exactly_one_gateway`).
 #[test]
 fn hand_made_drift_is_repaired_at_the_next_periodic_relist() {
+    root_only!();
     let w = World::new();
     for n in ["deleted", "edited", "keep"] {
         w.profile(n).desired("running");
@@ -184,6 +181,7 @@ fn hand_made_drift_is_repaired_at_the_next_periodic_relist() {
 /// s6-svscan to prune (`an`) when it publishes.
 #[test]
 fn rm_rf_of_a_live_slot_leaves_exactly_one_gateway() {
+    root_only!();
     let w = World::new();
     w.profile("victim").desired("running");
     w.profile("bystander").desired("running");
@@ -221,6 +219,7 @@ fn rm_rf_of_a_live_slot_leaves_exactly_one_gateway() {
 /// away: only the re-list the overflow triggers can converge them.
 #[test]
 fn inotify_overflow_triggers_a_full_relist() {
+    root_only!();
     let w = World::new();
     let noisy = w.profile("noisy");
     w.profile("doomed").desired("running");
@@ -273,6 +272,7 @@ fn inotify_overflow_triggers_a_full_relist() {
 /// delete): the next passes must finish that removal.
 #[test]
 fn interrupted_removal_with_a_live_supervisor_is_finished() {
+    root_only!();
     let w = World::new();
     w.profile("kept").desired("running");
     hand_made_service(&w, "gateway-ghost", true);

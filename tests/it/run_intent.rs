@@ -3,11 +3,7 @@
 //! flips end on the last one; a gateway parked by exit 78 stays down across re-lists and a
 //! daemon restart until `desired_state` takes a new value.
 
-mod common;
-mod daemon;
-
-use common::*;
-use daemon::*;
+use crate::kit::*;
 use std::fs;
 use std::time::Duration;
 
@@ -17,6 +13,7 @@ fn up_pid(w: &World, profile: &str) -> Option<i64> {
 
 #[test]
 fn flapping_marker_and_replaced_state_file_never_restart_the_gateway() {
+    root_only!();
     let w = World::new();
     let steady = w.profile("steady").desired("running");
     w.profile("witness").desired("running");
@@ -93,6 +90,7 @@ fn flapping_marker_and_replaced_state_file_never_restart_the_gateway() {
 
 #[test]
 fn fifty_quick_desired_state_flips_end_on_the_last_write() {
+    root_only!();
     let w = World::new();
     let a = w.profile("flipa");
     let b = w.profile("flipb").desired("running");
@@ -126,6 +124,7 @@ fn fifty_quick_desired_state_flips_end_on_the_last_write() {
 
 #[test]
 fn exit_78_stays_down_across_relists_and_a_restart_until_desired_state_changes() {
+    root_only!();
     let w = World::new();
     let fatal = w.profile("fatal").desired("running");
     w.profile("canary");
@@ -169,6 +168,7 @@ fn exit_78_stays_down_across_relists_and_a_restart_until_desired_state_changes()
 
 #[test]
 fn multiplexing_never_starts_named_slots_but_applies_stops() {
+    root_only!();
     let w = World::new();
     set_desired(&w.home, "running");
     let m1 = w.profile("m1").desired("running");
@@ -222,6 +222,7 @@ fn multiplexing_never_starts_named_slots_but_applies_stops() {
 /// is a new intent: the parked gateway must not be started again.
 #[test]
 fn parked_gateway_stays_parked_when_the_same_desired_state_is_rewritten() {
+    root_only!();
     let w = World::new();
     let fatal = w.profile("fatal").desired("running");
     w.profile("canary");

@@ -3,14 +3,8 @@
 //! `hermes`, leave no raw control byte in the daemon's stderr, `container-boot.log`, `status`
 //! or `status --json`, and forge no line.
 
-mod common;
-mod daemon;
-
-use common::*;
-use daemon::*;
+use crate::kit::*;
 use std::ffi::OsStr;
-use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
 /// What a forged line would start with.
 const FORGED: &str = "2001-01-01T00:00:00.000000Z";
@@ -32,14 +26,10 @@ fn check_clean(c: &mut Checks, what: &str, text: &[u8]) {
 
 #[test]
 fn hostile_names_and_values_are_escaped_in_logs_boot_log_and_status() {
-    let (uid, gid) = ensure_hermes_user();
-    let mut w = World::new();
-    w.set_env("HERMES_RUN_AS", "hermes");
-    std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&w.scandir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    root_only!();
+    let (w, uid, gid) = World::for_hermes();
     w.profile("work");
-    let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(&w.home).status().unwrap();
-    assert!(st.success());
+    chown_tree(&w.home, uid, gid);
     // Planted by hermes: an invalid profile directory whose name forges a log line and clears
     // the screen, and an intent value doing the same (JSON escapes in the file, raw once read).
     let profiles = w.home.join("profiles");

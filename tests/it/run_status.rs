@@ -2,11 +2,7 @@
 //! directory, while the daemon runs and after it stopped (including changes made behind its
 //! back), and `status` itself changes nothing.
 
-mod common;
-mod daemon;
-
-use common::*;
-use daemon::*;
+use crate::kit::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +23,7 @@ fn untouched(w: &World) -> Untouched {
 
 #[test]
 fn status_json_agrees_with_s6_with_and_without_the_daemon() {
+    root_only!();
     let w = World::new();
     set_desired(&w.home, "running");
     w.profile("up1").desired("running");
@@ -130,6 +127,7 @@ fn status_json_agrees_with_s6_with_and_without_the_daemon() {
 /// skipped in `status`, and gets its slot once a re-list finds room.
 #[test]
 fn status_reports_capacity_skips_until_there_is_room() {
+    root_only!();
     let w = World::new();
     for n in ["c1", "c2", "c3"] {
         w.profile(n).desired("running");

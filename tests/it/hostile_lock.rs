@@ -8,13 +8,8 @@
 //! read lock, the kind s6 uses, not a `flock(2)` one); the slot is supervised by the s6 under
 //! test.
 
-mod common;
-mod daemon;
-
-use common::*;
-use daemon::*;
+use crate::kit::*;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
 /// Blocks until a read lock on `argv[1]` is granted (that is, until no write lock is held),
@@ -30,15 +25,11 @@ time.sleep(3600)
 
 #[test]
 fn a_read_lock_hermes_takes_as_the_supervisor_exits_does_not_pin_a_removal() {
-    let (uid, gid) = ensure_hermes_user();
-    let mut w = World::new();
-    w.set_env("HERMES_RUN_AS", "hermes");
-    std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&w.scandir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    root_only!();
+    let (w, uid, gid) = World::for_hermes();
     w.profile("work").desired("running");
     w.profile("keep").desired("running");
-    let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(&w.home).status().unwrap();
-    assert!(st.success());
+    chown_tree(&w.home, uid, gid);
     let d = Daemon::start(&w, &[("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS)]);
     converge(&w, &d, &[("work", Want::Up), ("keep", Want::Up)]);
 
@@ -56,6 +47,18 @@ fn a_read_lock_hermes_takes_as_the_supervisor_exits_does_not_pin_a_removal() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn setpriv python3");
+    // The slot may go only once hermes holds the file open: python starts slowly on a loaded
+    // machine, and opened after the removal has begun, the path is already gone.
+    let fds = format!("/proc/{}/fd", holder.id());
+    let opened = poll(WAIT, || {
+        let mut fds = std::fs::read_dir(&fds).into_iter().flatten().flatten();
+        if fds.any(|e| std::fs::read_link(e.path()).ok().as_deref() == Some(lock.as_path())) {
+            Ok(())
+        } else {
+            Err(format!("hermes has not opened {} yet", lock.display()))
+        }
+    });
+    must(&d, "hermes opening supervise/lock", opened);
 
     std::fs::remove_dir_all(w.profile_dir("work")).unwrap();
     let gone = poll(WAIT, || {

@@ -23,7 +23,6 @@
 //! on, so nothing outlives the test binary. No timing assertions: every wait polls with a
 //! generous bound. Needs root, `unshare`, s6 and git; scripts/lint.sh installs its linters.
 
-use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -32,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::kit::{BootLine, parse_boot_line, root_only};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -136,23 +137,6 @@ fn s6_rc_up(dir: &Path) -> Output {
     run(Command::new("s6-svc").args(["-uwU", "-T", "20000"]).arg(dir))
 }
 
-/// One line of `container-boot.log`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct LogLine {
-    timestamp: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl LogLine {
-    fn get(&self, key: &str) -> &str {
-        self.fields.get(key).map(String::as_str).unwrap_or_else(|| panic!("no {key} in {self:?}"))
-    }
-
-    fn profile_action(&self) -> (String, String) {
-        (self.get("profile").to_string(), self.get("action").to_string())
-    }
-}
-
 /// A test's `HERMES_HOME`, stand-in gateway and PATH directory, in a temporary directory.
 struct World {
     tmp: tempfile::TempDir,
@@ -241,21 +225,10 @@ impl World {
         Some((pid, argv.lines().map(str::to_owned).collect()))
     }
 
-    fn boot_log(&self) -> Vec<LogLine> {
+    /// Every line of `container-boot.log`, each checked against the documented format.
+    fn boot_log(&self) -> Vec<BootLine> {
         let text = fs::read_to_string(self.home.join("logs/container-boot.log")).unwrap_or_default();
-        text.lines()
-            .map(|line| {
-                let mut words = line.split(' ');
-                let timestamp = words.next().unwrap().to_string();
-                let fields = words
-                    .map(|w| {
-                        let (k, v) = w.split_once('=').unwrap_or_else(|| panic!("bad log line {line:?}"));
-                        (k.to_string(), v.to_string())
-                    })
-                    .collect();
-                LogLine { timestamp, fields }
-            })
-            .collect()
+        text.lines().map(|line| parse_boot_line(line).unwrap_or_else(|e| panic!("{e}"))).collect()
     }
 }
 
@@ -359,6 +332,7 @@ impl Drop for Namespace {
 
 #[test]
 fn service_definition_is_an_s6_rc_longrun_with_readiness() {
+    root_only!();
     let svc = packaging().join("s6-rc.d").join(SERVICE);
     assert_eq!(fs::read_to_string(svc.join("type")).unwrap(), "longrun\n");
     assert_eq!(fs::read_to_string(svc.join("notification-fd")).unwrap(), "3\n");
@@ -384,6 +358,7 @@ fn service_definition_is_an_s6_rc_longrun_with_readiness() {
 
 #[test]
 fn longrun_under_s6_svscan_is_ready_converges_and_stops_with_exit_0_leaving_gateways_up() {
+    root_only!();
     let w = World::new();
     let scandir = w.tmp.path().join("service");
     fs::create_dir(&scandir).unwrap();
@@ -450,6 +425,7 @@ fn longrun_under_s6_svscan_is_ready_converges_and_stops_with_exit_0_leaving_gate
 
 #[test]
 fn longrun_with_a_configuration_error_fails_for_good_instead_of_restarting() {
+    root_only!();
     let w = World::new();
     let scandir = w.tmp.path().join("service");
     fs::create_dir(&scandir).unwrap();
@@ -597,24 +573,17 @@ fn make_leftover(dir: &Path) {
 }
 
 /// Boot-pass lines: the last `n` lines of the log, which must share one timestamp.
-fn boot_pass(lines: &[LogLine], n: usize) -> Vec<LogLine> {
+fn boot_pass(lines: &[BootLine], n: usize) -> Vec<BootLine> {
     assert!(lines.len() >= n, "expected at least {n} lines: {lines:#?}");
     let pass = lines[lines.len() - n..].to_vec();
-    assert!(pass.iter().all(|l| l.timestamp == pass[0].timestamp), "one timestamp per boot pass: {pass:#?}");
+    assert!(pass.iter().all(|l| l.time == pass[0].time), "one timestamp per boot pass: {pass:#?}");
     pass
 }
 
-fn summary(lines: &[LogLine]) -> Vec<(String, String, String, String)> {
+fn summary(lines: &[BootLine]) -> Vec<(String, String, String, String)> {
     lines
         .iter()
-        .map(|l| {
-            (
-                l.get("profile").to_string(),
-                l.get("prior_state").to_string(),
-                l.get("action").to_string(),
-                l.get("prior_exit").to_string(),
-            )
-        })
+        .map(|l| (l.profile.clone(), l.prior_state.clone(), l.action.clone(), l.prior_exit.clone()))
         .collect()
 }
 
@@ -624,6 +593,7 @@ fn tuple(p: &str, s: &str, a: &str, e: &str) -> (String, String, String, String)
 
 #[test]
 fn container_boot_profile_changes_and_restart_on_the_same_home() {
+    root_only!();
     let mut c = Container::new();
     let w = &c.world;
     w.profile("default", Some(r#"{"desired_state":"running"}"#));
@@ -691,7 +661,8 @@ fn container_boot_profile_changes_and_restart_on_the_same_home() {
     expected.sort();
     let w = &c.world;
     ns.wait_for("the log lines of the changes", || {
-        let mut got: Vec<_> = w.boot_log()[5..].iter().map(LogLine::profile_action).collect();
+        let mut got: Vec<_> =
+            w.boot_log()[5..].iter().map(|l| (l.profile.clone(), l.action.clone())).collect();
         got.sort();
         (got == expected).then_some(())
     });
@@ -774,6 +745,7 @@ fn assert_same_file(a: &Path, b: &Path) {
 
 #[test]
 fn install_script_puts_the_service_where_each_s6_overlay_layout_reads_it() {
+    root_only!();
     // s6-overlay 3.2.3.2: the user bundle lives in user-bundles.d.
     let root = fake_image_root("user-bundles.d/user");
     let r = root.path();
@@ -816,6 +788,7 @@ fn install_script_puts_the_service_where_each_s6_overlay_layout_reads_it() {
 
 #[test]
 fn prepare_script_locks_the_scandir_and_clears_only_its_own_leftovers() {
+    root_only!();
     let w = World::new();
     let scandir = w.tmp.path().join("service");
     fs::create_dir(&scandir).unwrap();
@@ -879,6 +852,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn lint_passes_on_the_repository() {
+    root_only!();
     let out = lint(&repo());
     assert!(out.status.success(), "scripts/lint.sh failed:\n{}", text(&out));
     let t = text(&out);
@@ -887,6 +861,7 @@ fn lint_passes_on_the_repository() {
 
 #[test]
 fn lint_fails_on_each_kind_of_finding() {
+    root_only!();
     // A small repository holding the packaging and scripts/lint.sh, clean to start with.
     let tmp = tempfile::Builder::new().prefix("hermes-pkg-lint-").tempdir().unwrap();
     let r = tmp.path();

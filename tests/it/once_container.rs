@@ -2,9 +2,7 @@
 //! its own pid namespace next to a process whose argv carries `.../main-wrapper.sh <command>`,
 //! as s6-overlay's CMD would be, so `/proc` shows that process and nothing of the host's.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::fs;
 use std::process::Command;
 
@@ -33,6 +31,7 @@ fn once_in_container(w: &World, main: &str, args: &[&str]) -> Outcome {
 
 #[test]
 fn legacy_gateway_run_container_migrates_the_root_and_starts_it() {
+    root_only!();
     let w = World::new();
     w.profile("named").desired("running");
     let out = once_in_container(&w, "hermes gateway run", &["once"]);
@@ -50,6 +49,7 @@ fn legacy_gateway_run_container_migrates_the_root_and_starts_it() {
 
 #[test]
 fn no_migration_with_no_supervise_or_an_existing_state_file() {
+    root_only!();
     for (main, env, state) in [
         ("gateway run --no-supervise", None, None),
         ("gateway run", Some(("HERMES_GATEWAY_NO_SUPERVISE", "yes")), None),
@@ -74,6 +74,7 @@ fn no_migration_with_no_supervise_or_an_existing_state_file() {
 
 #[test]
 fn dashboard_container_supervises_nothing_and_says_so() {
+    root_only!();
     let w = World::new();
     w.root_profile().desired("running");
     w.profile("named").desired("running");
@@ -90,6 +91,7 @@ fn dashboard_container_supervises_nothing_and_says_so() {
 
 #[test]
 fn dashboard_container_run_signals_readiness_and_idles_until_sigterm() {
+    root_only!();
     use std::io::Read;
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
@@ -160,6 +162,7 @@ fn dashboard_container_run_signals_readiness_and_idles_until_sigterm() {
 /// planted there blocked the port record and the legacy migration record on every pass.
 #[test]
 fn directories_at_predictable_temporary_names_do_not_block_the_home_records() {
+    root_only!();
     let w = World::new();
     w.profile("named").desired("running");
     for name in [".gateway_state.json", "..gateway-ports.json"] {
@@ -210,6 +213,7 @@ fn modes(out: &Outcome) -> Vec<String> {
 /// container, even as the lowest pid with a main command.
 #[test]
 fn a_hermes_process_posing_as_the_dashboard_main_command_is_ignored() {
+    root_only!();
     ensure_hermes_user();
     let w = World::new();
     w.root_profile().desired("running");
@@ -251,6 +255,7 @@ fn a_hermes_process_posing_as_the_dashboard_main_command_is_ignored() {
 /// another main command; a new container (another pid 1) judges again.
 #[test]
 fn the_first_judgment_of_a_boot_is_recorded_and_reused() {
+    root_only!();
     ensure_hermes_user();
     let w = World::new();
     w.root_profile().desired("running");
@@ -290,6 +295,7 @@ fn the_first_judgment_of_a_boot_is_recorded_and_reused() {
 /// namespace, which sees that process in its `/proc`, still supervises gateways.
 #[test]
 fn a_main_command_in_a_nested_pid_namespace_is_not_ours() {
+    root_only!();
     let w = World::new();
     w.profile("named").desired("running");
     let mut nested = Command::new("unshare")

@@ -3,9 +3,7 @@
 //! namespace leaves no process behind. Also the boot-log line checker against good and bad
 //! lines, since every boot-log assertion of the other files relies on it.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -25,6 +23,7 @@ fn process_alive(pid: i32) -> bool {
 
 #[test]
 fn hand_made_slot_is_supervised_and_namespace_kill_leaves_nothing() {
+    root_only!();
     let mut w = World::new();
     let init = w.svscan.as_ref().unwrap().init_pid().expect("init pid");
     assert!(process_alive(init));
@@ -97,6 +96,7 @@ fn hand_made_slot_is_supervised_and_namespace_kill_leaves_nothing() {
 
 #[test]
 fn boot_line_checker_accepts_the_format_and_rejects_forgeries() {
+    root_only!();
     let good = "2026-01-01T00:00:00+0000 profile=alpha prior_state=running action=started prior_exit=clean";
     let l = parse_boot_line(good).unwrap();
     assert_eq!(
@@ -132,6 +132,7 @@ fn boot_line_checker_accepts_the_format_and_rejects_forgeries() {
 
 #[test]
 fn svstat_output_parser() {
+    root_only!();
     assert_eq!(
         parse_svstat("true true false false 3 -1\n").unwrap(),
         SvStat { up: true, wanted_up: true, normally_up: false, ready: false, pid: Some(3), exitcode: -1 }

@@ -4,7 +4,7 @@
 //! mount namespace (`unshare --pid --fork --kill-child --mount --mount-proc`), so tests can run
 //! in parallel and cleanup is total: SIGKILL to a pid namespace's init, sent from outside it,
 //! kills every process in the namespace (s6-svscan, each s6-supervise, each service). The
-//! [`Scan`] guard does that on drop, including when a test panics; and the `unshare` process gets
+//! [`Scan`] guard (the kit's `Svscan`) does that on drop, including when a test panics; and the `unshare` process gets
 //! a parent-death SIGKILL, which `--kill-child` passes on to s6-svscan, so even a test binary
 //! that is killed outright leaves nothing running.
 //!
@@ -18,10 +18,11 @@
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use crate::kit::{Svscan, root_only};
 
 use hermes_reconciler::s6::control::{control_path, lock_path};
 use hermes_reconciler::s6::status::{normally_up, tai64n_to_system_time};
@@ -29,8 +30,6 @@ use hermes_reconciler::s6::{
     ControlError, ServiceStatus, SupervisorCommand, decode_status, read_status, rescan, send_command,
     supervisor_pid,
 };
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 /// Upper bound of every wait for s6 to act. Things normally happen within milliseconds.
 const WAIT: Duration = Duration::from_secs(10);
@@ -47,14 +46,12 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// An `s6-svscan` running as init of its own pid namespace on a temporary scandir.
+/// The host's `s6-svscan` running as init of its own pid namespace on a temporary scandir
+/// (the kit's [`Svscan`], killed with everything in its namespace on drop).
 struct Scan {
-    /// The `unshare` process; s6-svscan is its only child.
-    unshare: Child,
-    /// Pid (in our namespace) of s6-svscan, the namespace's init; `None` until found.
-    init: Option<i32>,
+    _svscan: Svscan,
     scandir: PathBuf,
-    /// Dropped after `Drop::drop` has killed everything running in it.
+    /// Dropped after the namespace is gone (fields drop in order).
     _tmp: tempfile::TempDir,
 }
 
@@ -105,25 +102,8 @@ impl Scan {
         for (name, spec) in services {
             make_service(&scandir.join(name), spec);
         }
-        let log = fs::File::create(tmp.path().join("s6-svscan.log")).unwrap();
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "s6-svscan"])
-            .arg(&scandir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // SAFETY: the closure runs in the forked child before exec and only makes one
-        // async-signal-safe system call (prctl), allocating nothing.
-        unsafe {
-            cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
-        }
-        let unshare = cmd.spawn().expect("spawn unshare (util-linux) with s6-svscan");
-        let mut scan = Scan { unshare, init: None, scandir, _tmp: tmp };
-        let upid = scan.unshare.id();
-        scan.init = Some(wait_for("unshare to fork the namespace init", || {
-            let children = fs::read_to_string(format!("/proc/{upid}/task/{upid}/children")).ok()?;
-            children.split_whitespace().next()?.parse().ok()
-        }));
+        let svscan = Svscan::start_on_host(&scandir, &tmp.path().join("s6-svscan.log"));
+        let scan = Scan { _svscan: svscan, scandir, _tmp: tmp };
         for (name, _) in services {
             let dir = scan.service(name);
             wait_for(&format!("first status of {name}"), || read_status(&dir).unwrap());
@@ -133,28 +113,6 @@ impl Scan {
 
     fn service(&self, name: &str) -> PathBuf {
         self.scandir.join(name)
-    }
-}
-
-impl Drop for Scan {
-    fn drop(&mut self) {
-        if self.init.is_none() {
-            // Failed before the init was found: look once more.
-            let upid = self.unshare.id();
-            self.init = fs::read_to_string(format!("/proc/{upid}/task/{upid}/children"))
-                .ok()
-                .and_then(|c| c.split_whitespace().next()?.parse().ok());
-        }
-        if let Some(init) = self.init {
-            let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
-        }
-        // unshare exits once its child (the init) is gone; if it somehow does not, kill it.
-        let deadline = Instant::now() + WAIT;
-        while matches!(self.unshare.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.unshare.kill();
-        let _ = self.unshare.wait();
     }
 }
 
@@ -212,6 +170,7 @@ fn innermost_pid(global: i32) -> u64 {
 
 #[test]
 fn decoder_and_normally_up_reproduce_svstat_for_every_kind_of_service() {
+    root_only!();
     let scan = Scan::start(&[
         ("sleeper", ServiceSpec { run: SLEEP, ..Default::default() }),
         ("parked", ServiceSpec { run: SLEEP, down: true, ..Default::default() }),
@@ -297,6 +256,7 @@ fn decoder_and_normally_up_reproduce_svstat_for_every_kind_of_service() {
 
 #[test]
 fn persistent_commands_flip_wanted_up_and_the_down_file() {
+    root_only!();
     let scan = Scan::start(&[("flip", ServiceSpec { run: SLEEP, ..Default::default() })]);
     let dir = scan.service("flip");
     let down = dir.join("down");
@@ -333,6 +293,7 @@ fn persistent_commands_flip_wanted_up_and_the_down_file() {
 
 #[test]
 fn kill_stops_a_service_that_ignores_sigterm() {
+    root_only!();
     let scan = Scan::start(&[(
         "stubborn",
         ServiceSpec {
@@ -362,6 +323,7 @@ fn kill_stops_a_service_that_ignores_sigterm() {
 
 #[test]
 fn rescan_supervises_a_service_renamed_into_the_scandir() {
+    root_only!();
     let scan = Scan::start(&[("first", ServiceSpec { run: SLEEP, ..Default::default() })]);
     // Build under a dot name (ignored by s6-svscan), then publish with rename().
     let staging = scan.scandir.join(".late");
@@ -387,6 +349,7 @@ fn rescan_supervises_a_service_renamed_into_the_scandir() {
 
 #[test]
 fn supervisor_pid_follows_the_lock_until_a_hidden_service_is_pruned() {
+    root_only!();
     let scan = Scan::start(&[
         ("victim", ServiceSpec { run: SLEEP, ..Default::default() }),
         ("bystander", ServiceSpec { run: SLEEP, ..Default::default() }),
@@ -427,6 +390,7 @@ fn supervisor_pid_follows_the_lock_until_a_hidden_service_is_pruned() {
 
 #[test]
 fn control_writes_without_a_reader_or_to_a_non_fifo_are_refused() {
+    root_only!();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("svc");
     fs::create_dir(&dir).unwrap();
@@ -479,6 +443,7 @@ fn control_writes_without_a_reader_or_to_a_non_fifo_are_refused() {
 
 #[test]
 fn tai64n_of_a_real_status_file_is_recent() {
+    root_only!();
     let scan = Scan::start(&[("clock", ServiceSpec { run: SLEEP, ..Default::default() })]);
     let dir = scan.service("clock");
     wait_status(&dir, "clock up", |s| s.is_up());

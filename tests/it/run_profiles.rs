@@ -2,11 +2,7 @@
 //! (`rm -rf`, `mv a b`, the whole `profiles/` replaced), a home that does not exist yet and an
 //! s6-svscan that starts after the daemon. Each converges without a restart.
 
-mod common;
-mod daemon;
-
-use common::*;
-use daemon::*;
+use crate::kit::*;
 use std::fs;
 use std::time::Duration;
 
@@ -41,6 +37,7 @@ fn slot_fully_gone(w: &World, d: &Daemon, profile: &str) {
 
 #[test]
 fn profiles_that_appear_get_slots() {
+    root_only!();
     let w = World::new();
     let d = Daemon::start(&w, &[]);
     converge(&w, &d, &[("default", Want::Down)]);
@@ -105,6 +102,7 @@ fn profiles_that_appear_get_slots() {
 
 #[test]
 fn rm_rf_and_rename_remove_exactly_their_slots() {
+    root_only!();
     let w = World::new();
     for n in ["aa", "bb", "keep", "marker", "tomb"] {
         w.profile(n).desired("running");
@@ -186,6 +184,7 @@ fn rm_rf_and_rename_remove_exactly_their_slots() {
 
 #[test]
 fn profiles_dir_deleted_and_recreated() {
+    root_only!();
     let w = World::new();
     w.profile("old1").desired("running");
     w.profile("old2");
@@ -211,6 +210,7 @@ fn profiles_dir_deleted_and_recreated() {
 
 #[test]
 fn home_created_after_the_daemon_started() {
+    root_only!();
     let w = World::new();
     fs::remove_dir_all(&w.home).unwrap();
     // No periodic re-list within the test: only inotify can make it converge.
@@ -233,6 +233,7 @@ fn home_created_after_the_daemon_started() {
 
 #[test]
 fn svscan_started_two_seconds_after_the_daemon() {
+    root_only!();
     let mut w = World::without_svscan();
     w.profile("early").desired("running");
     w.profile("quiet");
@@ -262,6 +263,7 @@ fn svscan_started_two_seconds_after_the_daemon() {
 
 #[test]
 fn changes_made_while_the_daemon_was_down_converge_when_it_starts() {
+    root_only!();
     let w = World::new();
     w.profile("stays").desired("running");
     w.profile("goes").desired("running");
@@ -290,6 +292,7 @@ fn changes_made_while_the_daemon_was_down_converge_when_it_starts() {
 /// one `skipped` line each, however many re-lists follow; no slot; the others unaffected.
 #[test]
 fn invalid_names_are_skipped_once_under_the_daemon() {
+    root_only!();
     let w = World::new();
     w.profile("fine").desired("running");
     let d = Daemon::start(&w, &[("HERMES_RECONCILER_RESYNC_SECS", "1")]);
@@ -324,6 +327,7 @@ fn invalid_names_are_skipped_once_under_the_daemon() {
 
 #[test]
 fn forty_profiles_created_at_once_all_converge() {
+    root_only!();
     let w = World::new();
     let d = Daemon::start(&w, &[]);
     let names: Vec<String> = (0..40).map(|i| format!("p{i:02}")).collect();
@@ -361,6 +365,7 @@ fn forty_profiles_created_at_once_all_converge() {
 /// the deletion.) No periodic re-list within the test: only the watches can make it converge.
 #[test]
 fn home_deleted_and_recreated_under_the_daemon() {
+    root_only!();
     let w = World::new();
     w.profile("before").desired("running");
     let d = Daemon::start(

@@ -3,18 +3,10 @@
 //! loggers through the group rights of `supervise/`; `event/` is root's alone (issue 9 row 1,
 //! attacked in `tests/hostile_event.rs`); the gateway and its logger run as `hermes`.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::ffi::OsStr;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::process::Command;
-
-fn chown_tree(p: &Path, uid: u32, gid: u32) {
-    let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(p).status().unwrap();
-    assert!(st.success(), "chown -R {}", p.display());
-}
 
 /// Every entry of `slot` outside `supervise/` and `event/`: root-owned and not writable by
 /// `hermes` (neither by group `hermes` nor by others); then those, of the service and the logger.
@@ -79,12 +71,9 @@ fn as_hermes(args: &[&OsStr]) -> std::process::Output {
 
 #[test]
 fn slots_are_root_owned_and_hermes_controls_them_through_group_rights() {
-    let (uid, gid) = ensure_hermes_user();
-    let mut w = World::new();
-    w.set_env("HERMES_RUN_AS", "hermes");
+    root_only!();
     // Like the container: the volume belongs to hermes, the scandir to root.
-    std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&w.scandir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (w, uid, gid) = World::for_hermes();
     w.root_profile().desired("stopped");
     w.profile("work").desired("running");
     chown_tree(&w.home, uid, gid);

@@ -12,9 +12,7 @@
 //! The planting runs as `hermes` with the host's tools (the kernel decides, not s6); the state
 //! changes go through the s6 under test (`s6-svc`/`s6-svstat` as `hermes`).
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -36,16 +34,11 @@ fn sh_as_hermes(uid: u32, gid: u32, script: &str) -> std::process::Output {
 /// A world like the container: volume owned by `hermes`, scandir owned by root, slots
 /// controlled by group `hermes`; profiles `work` (running) and `other` (running).
 fn container_world() -> (World, u32, u32) {
-    let (uid, gid) = ensure_hermes_user();
-    let mut w = World::new();
-    w.set_env("HERMES_RUN_AS", "hermes");
-    std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&w.scandir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (w, uid, gid) = World::for_hermes();
     w.root_profile().desired("stopped");
     w.profile("work").desired("running");
     w.profile("other").desired("running");
-    let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(&w.home).status().unwrap();
-    assert!(st.success());
+    chown_tree(&w.home, uid, gid);
     (w, uid, gid)
 }
 
@@ -105,6 +98,7 @@ fn bounce_as_hermes(c: &mut Checks, slot: &Path) {
 
 #[test]
 fn hermes_cannot_plant_in_event_of_a_new_slot_and_the_symlink_attack_fails() {
+    root_only!();
     let (w, uid, gid) = container_world();
     w.once();
     let mut c = Checks::new();
@@ -165,6 +159,7 @@ fn hermes_cannot_plant_in_event_of_a_new_slot_and_the_symlink_attack_fails() {
 
 #[test]
 fn adopting_an_older_slot_closes_event_and_removes_what_hermes_planted() {
+    root_only!();
     let (w, uid, gid) = container_world();
     w.once();
     let mut c = Checks::new();
@@ -226,7 +221,7 @@ fn adopting_an_older_slot_closes_event_and_removes_what_hermes_planted() {
 fn readme_wait_snippet() -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let at = readme
-        .find("<!-- this block is run as hermes by tests/hostile_event.rs -->")
+        .find("<!-- this block is run as hermes by tests/it/hostile_event.rs -->")
         .expect("marker in README");
     let block = &readme[at..];
     let start = block.find("```sh\n").expect("sh block") + "```sh\n".len();
@@ -236,6 +231,7 @@ fn readme_wait_snippet() -> String {
 
 #[test]
 fn hermes_cannot_subscribe_but_the_readme_polling_snippet_waits_for_states() {
+    root_only!();
     let (w, _, _) = container_world();
     w.once();
     let mut c = Checks::new();

@@ -2,18 +2,10 @@
 //! in the container: the daemon runs as root with `HERMES_RUN_AS=hermes`, the volume belongs to
 //! `hermes`, and everything planted here is planted by `hermes` itself.
 
-mod common;
-
-use common::*;
+use crate::kit::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
-
-fn chown_tree(p: &Path, uid: u32, gid: u32) {
-    let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(p).status().unwrap();
-    assert!(st.success(), "chown -R {}", p.display());
-}
 
 fn as_hermes_sh(script: &str) {
     let o = run_as("hermes", &[OsStr::new("sh"), OsStr::new("-c"), OsStr::new(script)]);
@@ -25,11 +17,7 @@ fn as_hermes_sh(script: &str) {
 /// it owns or can read and write, hence 0666: what root must not do is append to it or hand it
 /// to `hermes`).
 fn container_world() -> (World, (u32, u32), std::path::PathBuf) {
-    let (uid, gid) = ensure_hermes_user();
-    let mut w = World::new();
-    w.set_env("HERMES_RUN_AS", "hermes");
-    std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&w.scandir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (w, uid, gid) = World::for_hermes();
     w.profile("work").desired("running");
     std::fs::create_dir(w.home.join("logs")).unwrap();
     chown_tree(&w.home, uid, gid);
@@ -64,6 +52,7 @@ fn check_victim(c: &mut Checks, victim: &Path, what: &str) {
 
 #[test]
 fn hard_link_at_the_boot_log_is_replaced_never_appended_to_nor_chowned() {
+    root_only!();
     let (w, (uid, _), victim) = container_world();
     let log = w.home.join("logs/container-boot.log");
     as_hermes_sh(&format!("ln '{}' '{}'", victim.display(), log.display()));
@@ -77,6 +66,7 @@ fn hard_link_at_the_boot_log_is_replaced_never_appended_to_nor_chowned() {
 
 #[test]
 fn hard_link_at_the_rotation_size_is_replaced_not_rotated_into_place() {
+    root_only!();
     let (w, (uid, _), victim) = container_world();
     // Big enough to trigger the rotation (256 KiB).
     std::fs::write(&victim, "x".repeat(300 << 10)).unwrap();
@@ -93,6 +83,7 @@ fn hard_link_at_the_rotation_size_is_replaced_not_rotated_into_place() {
 
 #[test]
 fn symlink_and_fifo_at_the_boot_log_are_replaced() {
+    root_only!();
     for kind in ["symlink", "fifo"] {
         let (w, (uid, _), victim) = container_world();
         let log = w.home.join("logs/container-boot.log");
@@ -110,6 +101,7 @@ fn symlink_and_fifo_at_the_boot_log_are_replaced() {
 
 #[test]
 fn a_hermes_owned_boot_log_is_appended_to_and_a_foreign_one_replaced() {
+    root_only!();
     let (w, (uid, _), _) = container_world();
     let log = w.home.join("logs/container-boot.log");
     as_hermes_sh(&format!("echo earlier > '{}'", log.display()));
