@@ -17,6 +17,10 @@ pub struct StatusReport {
     /// Problems of the scandir itself (e.g. dangling symlinks that block s6 >= 2.12 scans).
     #[serde(default)]
     pub scandir: Vec<String>,
+    /// The watcher backend of the daemon that wrote the report (`inotify`, `poll (N ms)`, or
+    /// none); absent when no daemon has run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<String>,
     /// What was last written, so an unchanged report is not rewritten.
     #[serde(skip)]
     pub written: Option<Vec<u8>>,
