@@ -37,13 +37,13 @@ use warn_limit::WarnLimiter;
 
 /// The reconciler's state between passes.
 pub struct Daemon {
-    pub cfg: Config,
-    pub applier: Applier,
-    pub world: Observed,
-    pub watcher: Option<Watcher>,
+    cfg: Config,
+    applier: Applier,
+    world: Observed,
+    watcher: Option<Watcher>,
     /// The watcher cannot see everything (none, or its watch limit exhausted): re-list every
     /// [`FALLBACK_RELIST`].
-    pub polling_fallback: bool,
+    polling_fallback: bool,
     /// Slots whose profile is gone, and since when.
     absent: BTreeMap<ProfileName, Instant>,
     retries: BTreeMap<ProfileName, Backoff>,
@@ -55,8 +55,8 @@ pub struct Daemon {
     /// whatever its text (SPEC §9.3).
     warned: WarnLimiter,
     /// Last error per profile, and skipped profiles, for `status`.
-    pub report: status_file::StatusReport,
-    pub last_full: Instant,
+    report: status_file::StatusReport,
+    last_full: Instant,
     /// Events asked for a full re-list; it runs once [`RELIST_COALESCE`] has passed since the
     /// last one.
     relist_pending: bool,
