@@ -156,3 +156,46 @@ fn auto_on_a_real_tmpfs_watches_with_inotify() {
     c.eq("status watch", status_watch(&w), serde_json::json!("inotify"));
     c.finish();
 }
+
+/// Watch-limit exhaustion (SPEC §6.3): the daemon runs in a user namespace of its own whose
+/// inotify watch limit (`/proc/sys/user/max_inotify_watches`, per user namespace, so the host's
+/// budget is untouched) leaves room for the base watches only. It logs the fallback once and
+/// converges by re-listing every two seconds (the periodic re-list is an hour away).
+#[test]
+fn watch_limit_exhaustion_falls_back_to_relisting() {
+    let w = World::new();
+    w.profile("alpha");
+    w.profile("beta");
+    let base = w.command(&["run"]);
+    let stderr_path = w.root.join("limited.stderr");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-U", "-r", "sh", "-c", "echo 4 >/proc/sys/user/max_inotify_watches && exec \"$0\" run"])
+        .arg(base.get_program())
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+        .env("HERMES_RECONCILER_WATCH", "inotify")
+        .env("HERMES_RECONCILER_RESYNC_SECS", "3600")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&stderr_path).unwrap());
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(cmd.spawn().expect("unshare"));
+    let stderr = || fs::read_to_string(&stderr_path).unwrap_or_default();
+    let r = wait_slots(&w.scandir, &wants(&[("alpha", Want::Down), ("beta", Want::Down)]));
+    assert!(r.is_ok(), "{r:?}\n{}", stderr());
+    // Room for one profile's watch at most: a change in the other is seen only by re-listing.
+    set_desired(&w.profile_dir("alpha"), "running");
+    set_desired(&w.profile_dir("beta"), "running");
+    w.profile("gamma").desired("running");
+    let r = wait_slots(&w.scandir, &wants(&[("alpha", Want::Up), ("beta", Want::Up), ("gamma", Want::Up)]));
+    assert!(r.is_ok(), "{r:?}\n{}", stderr());
+    let text = stderr();
+    let fallback = text.lines().filter(|l| l.contains("WARN") && l.contains("watch limit exhausted")).count();
+    assert_eq!(fallback, 1, "the fallback is logged once:\n{text}");
+}
