@@ -284,6 +284,22 @@ mod tests {
         assert_eq!(c.remove_grace, Duration::from_millis(2000));
         assert_eq!(c.max_profiles, 400);
         assert_eq!(c.runtime_dir, PathBuf::from("/run/hermes-reconciler"));
+        assert_eq!(c.watch, WatchMode::Auto);
+        assert_eq!(c.poll, Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn watch_backends() {
+        for (v, want) in
+            [("inotify", WatchMode::Inotify), ("POLL", WatchMode::Poll), ("auto", WatchMode::Auto)]
+        {
+            assert_eq!(Config::resolve(&env(&[("HERMES_RECONCILER_WATCH", v)])).unwrap().watch, want);
+        }
+        let mut raw = env(&[("HERMES_RECONCILER_WATCH", "inotify")]);
+        raw.flags.insert("HERMES_RECONCILER_WATCH", "poll".into());
+        raw.flags.insert("HERMES_RECONCILER_POLL_MS", "250".into());
+        let c = Config::resolve(&raw).unwrap();
+        assert_eq!((c.watch, c.poll), (WatchMode::Poll, Duration::from_millis(250)));
     }
 
     #[test]
@@ -316,6 +332,9 @@ mod tests {
             ("HERMES_RECONCILER_RUNTIME_DIR", "/run/service"),
             ("HERMES_RECONCILER_RUNTIME_DIR", "/run/service/.hermes"),
             ("HERMES_RECONCILER_RUNTIME_DIR", "/opt/data/run"),
+            ("HERMES_RECONCILER_WATCH", "fanotify"),
+            ("HERMES_RECONCILER_POLL_MS", "0"),
+            ("HERMES_RECONCILER_POLL_MS", "fast"),
         ] {
             let e = Config::resolve(&env(&[(var, value)])).unwrap_err();
             assert_eq!(e.var, var);

@@ -153,8 +153,8 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
             .map(|d| (d.profile.clone(), d.reason.clone().unwrap_or_default()))
             .collect(),
         scandir: warnings.iter().filter(|w| w.contains("dangling symlink")).map(|w| w.text.clone()).collect(),
-        // The boot pass watches nothing; the daemon reports its backend when it starts.
-        watch: None,
+        // The boot pass watches nothing: keep what a daemon of this boot reported.
+        watch: status_file::read(&config.scandir).watch,
         written: None,
     };
     if plan.mode != ContainerMode::Dashboard
