@@ -23,6 +23,19 @@ pub struct Config {
     /// The daemon's own root-only runtime state (SPEC §9.4); never inside the scandir or the
     /// home, which other users can write.
     pub runtime_dir: PathBuf,
+    /// Which watcher backend to use (SPEC §6.3): `auto` decides from the home's filesystem.
+    pub watch: WatchMode,
+    /// Period of the polling backend.
+    pub poll: Duration,
+}
+
+/// `HERMES_RECONCILER_WATCH`: how the volume is watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    /// inotify, unless the home is on a filesystem where inotify misses changes made elsewhere.
+    Auto,
+    Inotify,
+    Poll,
 }
 
 /// One setting: its environment variable, its flag and its default.
@@ -54,9 +67,11 @@ pub const RUNTIME_DIR: Setting = Setting {
     flag: "--runtime-dir",
     default: "/run/hermes-reconciler",
 };
+pub const WATCH: Setting = Setting { var: "HERMES_RECONCILER_WATCH", flag: "--watch", default: "auto" };
+pub const POLL_MS: Setting = Setting { var: "HERMES_RECONCILER_POLL_MS", flag: "--poll-ms", default: "2000" };
 
 /// Every setting, in the order of SPEC §3 (used by `--help` texts and the README table).
-pub const ALL: [&Setting; 11] = [
+pub const ALL: [&Setting; 13] = [
     &HOME,
     &SCANDIR,
     &MULTIPLEX,
@@ -68,6 +83,8 @@ pub const ALL: [&Setting; 11] = [
     &MAX_PROFILES,
     &LOG,
     &RUNTIME_DIR,
+    &WATCH,
+    &POLL_MS,
 ];
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -211,7 +228,24 @@ impl Config {
                 });
             }
         }
+        let (watch, src) = raw.get(&WATCH);
+        let watch = match watch.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => WatchMode::Auto,
+            "inotify" => WatchMode::Inotify,
+            "poll" => WatchMode::Poll,
+            _ => {
+                return Err(ConfigError {
+                    var: WATCH.var,
+                    value: watch,
+                    why: "expected auto, inotify or poll".into(),
+                    source_kind: src,
+                });
+            }
+        };
+        let poll = Duration::from_millis(number_of(raw, &POLL_MS, 100, 3_600_000)?);
         Ok(Config {
+            watch,
+            poll,
             runtime_dir,
             home,
             scandir,
@@ -250,6 +284,22 @@ mod tests {
         assert_eq!(c.remove_grace, Duration::from_millis(2000));
         assert_eq!(c.max_profiles, 400);
         assert_eq!(c.runtime_dir, PathBuf::from("/run/hermes-reconciler"));
+        assert_eq!(c.watch, WatchMode::Auto);
+        assert_eq!(c.poll, Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn watch_backends() {
+        for (v, want) in
+            [("inotify", WatchMode::Inotify), ("POLL", WatchMode::Poll), ("auto", WatchMode::Auto)]
+        {
+            assert_eq!(Config::resolve(&env(&[("HERMES_RECONCILER_WATCH", v)])).unwrap().watch, want);
+        }
+        let mut raw = env(&[("HERMES_RECONCILER_WATCH", "inotify")]);
+        raw.flags.insert("HERMES_RECONCILER_WATCH", "poll".into());
+        raw.flags.insert("HERMES_RECONCILER_POLL_MS", "250".into());
+        let c = Config::resolve(&raw).unwrap();
+        assert_eq!((c.watch, c.poll), (WatchMode::Poll, Duration::from_millis(250)));
     }
 
     #[test]
@@ -282,6 +332,9 @@ mod tests {
             ("HERMES_RECONCILER_RUNTIME_DIR", "/run/service"),
             ("HERMES_RECONCILER_RUNTIME_DIR", "/run/service/.hermes"),
             ("HERMES_RECONCILER_RUNTIME_DIR", "/opt/data/run"),
+            ("HERMES_RECONCILER_WATCH", "fanotify"),
+            ("HERMES_RECONCILER_POLL_MS", "0"),
+            ("HERMES_RECONCILER_POLL_MS", "fast"),
         ] {
             let e = Config::resolve(&env(&[(var, value)])).unwrap_err();
             assert_eq!(e.var, var);

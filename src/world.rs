@@ -164,4 +164,8 @@ pub struct StatusReport {
     /// s6 >= 2.12 scans), as sentences.
     #[serde(default)]
     pub scandir: Vec<String>,
+    /// The watcher backend of the daemon that wrote the report (`inotify`, `poll (N ms)`, or
+    /// none); absent when no daemon has run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<String>,
 }

@@ -39,6 +39,7 @@ pub fn of_pass(plan_warnings: &[Warning], outcome: &Outcome) -> StatusReport {
         errors: errors(&outcome.errors),
         skipped: skips(&outcome.applied),
         scandir: scandir_findings(plan_warnings),
+        watch: None,
     }
 }
 

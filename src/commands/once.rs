@@ -145,6 +145,8 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
     warnings.extend(outcome.warnings.iter().cloned());
     let mut errors: Vec<String> = outcome.errors.iter().map(ToString::to_string).collect();
     let mut report = StatusRecord::from(status_record::of_pass(&warnings, &outcome));
+    // The boot pass watches nothing: keep what a daemon of this boot reported.
+    report.watch = crate::observe::status_record::read(&config.runtime_dir).watch;
     if plan.mode != ContainerMode::Dashboard
         && let Err(e) = report.write(&config.runtime_dir)
     {

@@ -126,7 +126,9 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 pub fn run(config: &Config, json: bool) -> i32 {
     let rows = rows(config);
     // Scandir problems as the daemon last saw them, plus what is there now.
-    let mut scandir = observe::status_record::read(&config.runtime_dir).scandir;
+    let report = observe::status_record::read(&config.runtime_dir);
+    let watch = report.watch;
+    let mut scandir = report.scandir;
     for d in observe::svscan::observe_scanner(&config.scandir).dangling {
         let w = Finding::DanglingScandirEntry { path: config.scandir.join(&d) }.to_string();
         if !scandir.contains(&w) {
@@ -135,7 +137,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let written = print(&mut out, &rows, &scandir, json).and_then(|()| out.flush());
+    let written = print(&mut out, &rows, &scandir, watch.as_deref(), json).and_then(|()| out.flush());
     output_done(written)
 }
 
@@ -158,9 +160,16 @@ fn output_done(written: std::io::Result<()>) -> i32 {
     }
 }
 
-fn print(out: &mut impl Write, rows: &[Row], scandir: &[String], json: bool) -> std::io::Result<()> {
+/// `watch`: the watcher backend the daemon last reported (`None`: no daemon has run).
+fn print(
+    out: &mut impl Write,
+    rows: &[Row],
+    scandir: &[String],
+    watch: Option<&str>,
+    json: bool,
+) -> std::io::Result<()> {
     if json {
-        let doc = serde_json::json!({ "profiles": rows, "scandir": scandir });
+        let doc = serde_json::json!({ "profiles": rows, "scandir": scandir, "watch": watch });
         return writeln!(out, "{}", json_safe(&doc.to_string()));
     }
     for w in scandir {
@@ -191,6 +200,7 @@ fn print(out: &mut impl Write, rows: &[Row], scandir: &[String], json: bool) -> 
             error.unwrap_or_default()
         )?;
     }
+    writeln!(out, "watch: {}", Escaped::new(watch.unwrap_or("- (no daemon has run)")))?;
     Ok(())
 }
 

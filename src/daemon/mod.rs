@@ -11,8 +11,12 @@
 //! - one profile's failure delays only that profile (exponential backoff).
 
 pub mod backoff;
+mod event_loop;
 pub mod retry;
+pub mod schedule;
 pub mod warn_limit;
+
+pub use event_loop::run;
 
 use crate::apply::removal::{PendingRemoval, RemovalState};
 use crate::apply::status_record::{self, StatusRecord};
@@ -21,43 +25,26 @@ use crate::config::Config;
 use crate::model::ProfileName;
 use crate::observe::profile_files::ProfileFileCache;
 use crate::observe::slots::{SlotFileCache, observe_slot, slot_dir};
-use crate::observe::watch::{WatchError, Watcher};
+use crate::observe::watch::{self, Batch, EventStream, WatchError, Watcher};
 use crate::observe::{self, Observed};
 use crate::plan::{self, PassKind, PassOptions};
 use crate::warning::{Finding, Warning};
 use backoff::Backoff;
+pub use schedule::{FALLBACK_RELIST, RELIST_COALESCE, relist_due_at};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use warn_limit::WarnLimiter;
-
-/// Re-list period while inotify cannot watch everything (limit exhausted).
-pub const FALLBACK_RELIST: Duration = Duration::from_secs(2);
-/// How often pending removals are checked; only while one is pending.
-pub const REMOVAL_POLL: Duration = Duration::from_millis(2);
-/// ... and once every removal in flight has waited this long (a gateway slow to stop, or one
-/// ignoring SIGTERM until the kill), checked less often.
-pub const REMOVAL_POLL_SLOW_AFTER: Duration = Duration::from_millis(200);
-pub const REMOVAL_POLL_SLOW: Duration = Duration::from_millis(100);
-/// Shortest interval between two full re-lists asked for by events (overflow, `profiles/`
-/// or `profiles/.deleted` created or removed, a watch lost): a hostile loop of such events
-/// costs at most one re-list a second (SPEC §9.3). Dirty profiles are served meanwhile.
-pub const RELIST_COALESCE: Duration = Duration::from_secs(1);
-
-/// When a re-list asked for by events may run (SPEC §9.3): at once if the last full pass is
-/// at least [`RELIST_COALESCE`] old, else as soon as it is. Pure, for the event loop and tests.
-pub fn relist_due_at(last_full: Instant, now: Instant) -> Instant {
-    now.max(last_full + RELIST_COALESCE)
-}
 
 /// The reconciler's state between passes.
 pub struct Daemon {
-    pub cfg: Config,
-    pub applier: Applier,
-    pub world: Observed,
-    pub watcher: Option<Watcher>,
-    /// inotify is not (fully) available: re-list every [`FALLBACK_RELIST`].
-    pub polling_fallback: bool,
+    cfg: Config,
+    applier: Applier,
+    world: Observed,
+    watcher: Option<Watcher>,
+    /// The watcher cannot see everything (none, or its watch limit exhausted): re-list every
+    /// [`FALLBACK_RELIST`].
+    polling_fallback: bool,
     /// Slots whose profile is gone, and since when.
     absent: BTreeMap<ProfileName, Instant>,
     retries: BTreeMap<ProfileName, Backoff>,
@@ -69,8 +56,8 @@ pub struct Daemon {
     /// whatever its text (SPEC §9.3).
     warned: WarnLimiter,
     /// Last error per profile, and skipped profiles, for `status`.
-    pub report: StatusRecord,
-    pub last_full: Instant,
+    report: StatusRecord,
+    last_full: Instant,
     /// Events asked for a full re-list; it runs once [`RELIST_COALESCE`] has passed since the
     /// last one.
     relist_pending: bool,
@@ -81,18 +68,36 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(cfg: Config, applier: Applier) -> Self {
-        let watcher = match Watcher::new(&cfg.home) {
-            Ok(w) => Some(w),
+    /// The daemon's state, and the stream of its watcher's events (`None` without a watcher:
+    /// then it re-lists every [`FALLBACK_RELIST`]). The backend is logged here, once.
+    pub fn new(cfg: Config, applier: Applier) -> (Self, Option<EventStream>) {
+        let backend = watch::choose(cfg.watch, &cfg.home);
+        let (watcher, events) = match Watcher::new(&cfg.home, backend, cfg.poll) {
+            Ok((w, e)) => {
+                match backend {
+                    watch::Backend::Inotify => {
+                        tracing::info!(watch = "inotify", "watching the volume with inotify")
+                    }
+                    watch::Backend::Poll => tracing::info!(
+                        watch = "poll",
+                        period_ms = cfg.poll.as_millis() as u64,
+                        "watching the volume by polling"
+                    ),
+                }
+                (Some(w), Some(e))
+            }
             Err(e) => {
-                tracing::warn!(
-                    "inotify unavailable ({e}); falling back to re-listing every {FALLBACK_RELIST:?}"
-                );
-                None
+                tracing::warn!("{e}; falling back to re-listing every {FALLBACK_RELIST:?}");
+                (None, None)
             }
         };
-        let report = StatusRecord::from(observe::status_record::read(&cfg.runtime_dir));
-        Daemon {
+        let mut report = StatusRecord::from(observe::status_record::read(&cfg.runtime_dir));
+        report.watch = Some(match &watcher {
+            Some(_) if backend == watch::Backend::Poll => format!("poll ({} ms)", cfg.poll.as_millis()),
+            Some(_) => "inotify".to_string(),
+            None => format!("none (re-listing every {} s)", FALLBACK_RELIST.as_secs()),
+        });
+        let daemon = Daemon {
             polling_fallback: watcher.is_none(),
             world: Observed::empty(),
             watcher,
@@ -110,62 +115,74 @@ impl Daemon {
             relist_pending: false,
             slot_files: SlotFileCache::default(),
             profile_files: ProfileFileCache::default(),
+        };
+        (daemon, events)
+    }
+
+    /// The timer state as the pure schedule sees it.
+    fn timers<'a>(&'a self, removals: &'a [Instant]) -> schedule::Timers<'a> {
+        schedule::Timers {
+            last_full: self.last_full,
+            resync: self.cfg.resync,
+            fallback: self.polling_fallback,
+            relist_pending: self.relist_pending,
+            remove_grace: self.cfg.remove_grace,
+            absent: &self.absent,
+            retries: &self.retries,
+            removals,
         }
     }
 
     /// When the next timer-driven work is due.
-    pub fn next_deadline(&self) -> Instant {
-        let period =
-            if self.polling_fallback { FALLBACK_RELIST.min(self.cfg.resync) } else { self.cfg.resync };
-        let mut next = self.last_full + period;
-        if self.relist_pending {
-            next = next.min(relist_due_at(self.last_full, Instant::now()));
-        }
-        for since in self.absent.values() {
-            next = next.min(*since + self.cfg.remove_grace);
-        }
-        for b in self.retries.values() {
-            next = next.min(b.due);
-        }
-        if let Some(youngest) = self.removals.iter().map(|r| r.since.elapsed()).min() {
-            let poll = if youngest < REMOVAL_POLL_SLOW_AFTER { REMOVAL_POLL } else { REMOVAL_POLL_SLOW };
-            next = next.min(Instant::now() + poll);
-        }
-        next
+    pub fn next_deadline(&self, now: Instant) -> Instant {
+        let removals: Vec<Instant> = self.removals.iter().map(|r| r.since).collect();
+        self.timers(&removals).next_deadline(now)
     }
 
-    /// Runs whatever timers are due: full re-list, expired graces, retries, removals.
-    pub fn on_timer(&mut self) {
-        let now = Instant::now();
-        if self.poll_removals() && !self.deferred.is_empty() && !self.applier.shutdown.requested() {
+    /// Runs whatever timers are due at `now`: removals, full re-list, expired graces, retries.
+    pub fn on_timer(&mut self, now: Instant) {
+        let removals: Vec<Instant> = self.removals.iter().map(|r| r.since).collect();
+        let due = self.timers(&removals).due(now);
+        if due.removals
+            && self.poll_removals()
+            && !self.deferred.is_empty()
+            && !self.applier.shutdown.requested()
+        {
             // Room given back: the profiles that waited for it get their slots now.
             self.partial_pass(self.deferred.clone());
         }
-        let period =
-            if self.polling_fallback { FALLBACK_RELIST.min(self.cfg.resync) } else { self.cfg.resync };
-        if now >= self.last_full + period || (self.relist_pending && now >= self.last_full + RELIST_COALESCE)
-        {
+        if due.full {
             self.full_pass(PassKind::Continuous);
-            return;
+        } else if !due.profiles.is_empty() {
+            self.partial_pass(due.profiles);
         }
-        let mut due: BTreeSet<ProfileName> = self
-            .absent
-            .iter()
-            .filter(|(_, since)| now >= **since + self.cfg.remove_grace)
-            .map(|(n, _)| n.clone())
-            .collect();
-        due.extend(self.retries.iter().filter(|(_, b)| now >= b.due).map(|(n, _)| n.clone()));
-        if !due.is_empty() {
-            self.partial_pass(due);
+    }
+
+    /// A batch of watcher events: the changed profiles are served first, then a re-list if the
+    /// batch asks for one (coalesced): a storm of re-list events never delays a profile's own
+    /// change (SPEC §9.3).
+    pub fn on_events(&mut self, batch: Batch, now: Instant) {
+        let mut changes = watch::interpret(&self.cfg.home, &batch.events);
+        changes.relist |= batch.overflowed;
+        if let Some(w) = self.watcher.as_mut()
+            && let Err(e) = w.follow(&changes)
+        {
+            tracing::warn!("a new entry of profiles/ is not watched: {e}; re-listing");
+            changes.relist = true;
+        }
+        if !changes.dirty.is_empty() {
+            self.partial_pass(changes.dirty);
+        }
+        if changes.relist {
+            self.request_relist(now);
         }
     }
 
     /// An event asks for a full re-list: run it now if the last one is at least
     /// [`RELIST_COALESCE`] old, else once it is (from [`Daemon::on_timer`]). Call it after
     /// serving the event's dirty profiles, so they never wait for a re-list.
-    pub fn request_relist(&mut self) {
+    pub fn request_relist(&mut self, now: Instant) {
         self.relist_pending = true;
-        let now = Instant::now();
         if relist_due_at(self.last_full, now) <= now {
             self.full_pass(PassKind::Continuous);
         }
@@ -191,7 +208,7 @@ impl Daemon {
             Ok(fresh) => fresh,
             Err(e) => {
                 if !self.polling_fallback {
-                    tracing::warn!("inotify watch failed: {e}; re-listing every {FALLBACK_RELIST:?}");
+                    tracing::warn!("watch failed: {e}; re-listing every {FALLBACK_RELIST:?}");
                 }
                 self.polling_fallback = true;
                 Vec::new()
@@ -217,7 +234,7 @@ impl Daemon {
             match w.establish() {
                 Ok(()) => {
                     if self.polling_fallback {
-                        tracing::info!("inotify watches re-established; periodic re-listing back to normal");
+                        tracing::info!("watches re-established; periodic re-listing back to normal");
                     }
                     self.polling_fallback = false;
                 }
@@ -230,7 +247,9 @@ impl Daemon {
                     self.polling_fallback = true;
                 }
                 Err(e) => {
-                    tracing::warn!("inotify watch failed: {e}; re-listing every {FALLBACK_RELIST:?}");
+                    if !self.polling_fallback {
+                        tracing::warn!("watch failed: {e}; re-listing every {FALLBACK_RELIST:?}");
+                    }
                     self.polling_fallback = true;
                 }
             }
@@ -488,37 +507,5 @@ impl Daemon {
     /// cleared by the next start once their supervisors are gone).
     pub fn pending_removals(&self) -> usize {
         self.removals.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The event loop's use of [`relist_due_at`]: a request runs the re-list when due, else
-    /// leaves it pending for the timer, which runs it when due.
-    #[test]
-    fn a_storm_of_relist_requests_gives_at_most_one_relist_a_second() {
-        let t0 = Instant::now();
-        let mut last_full = t0;
-        let mut pending = false;
-        let mut runs = Vec::new();
-        // A request every 5 ms for 10 s (a mkdir/rmdir loop), the timer checked every 1 ms.
-        for ms in 0..10_000u64 {
-            let now = t0 + Duration::from_millis(ms);
-            if ms % 5 == 0 {
-                pending = true;
-            }
-            if pending && relist_due_at(last_full, now) <= now {
-                runs.push(now);
-                last_full = now;
-                pending = false;
-            }
-        }
-        assert_eq!(runs.len(), 9, "{runs:?}");
-        assert!(runs.windows(2).all(|w| w[1] - w[0] >= RELIST_COALESCE));
-        // A lone request long after the last re-list runs at once.
-        let later = last_full + Duration::from_secs(5);
-        assert_eq!(relist_due_at(last_full, later), later);
     }
 }

@@ -33,6 +33,7 @@ mod run_profiles;
 mod run_restart;
 mod run_status;
 mod run_volume;
+mod run_watch_backends;
 mod s6_direct;
 mod scanner;
 mod status_pipe;

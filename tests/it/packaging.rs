@@ -1,7 +1,8 @@
-//! The packaging (`packaging/`, `scripts/lint.sh`) against the real thing: s6 2.11 from Debian,
+//! The packaging (`s6-rc.d/`, `user-bundles.d/`, `cont-init.d/`, `scripts/install.sh`,
+//! `scripts/lint.sh`) against the real thing: s6 2.11 from Debian,
 //! the built binary, `unshare` namespaces standing in for a container, shellcheck and hadolint.
 //!
-//! - The s6-rc longrun `packaging/s6-rc.d/hermes-reconciler`, installed as the plain service
+//! - The s6-rc longrun `s6-rc.d/hermes-reconciler`, installed as the plain service
 //!   directory that s6-rc compiles it into (`run`, `finish`, `type`, `notification-fd`, copied
 //!   verbatim), runs under a real s6-svscan: ready through its notification fd, converging, and
 //!   stopping with exit 0 while the gateways keep running; with a configuration error it fails
@@ -9,7 +10,7 @@
 //! - A container's life: a pid + mount namespace with a tmpfs scandir and a persistent
 //!   `HERMES_HOME`, booted like s6-overlay boots (s6-svscan, then the cont-init.d scripts as
 //!   root, then the longrun), changed while it runs, killed and booted again on the same home.
-//! - `packaging/install.sh` against image root filesystems of both s6-overlay layouts, and the
+//! - `scripts/install.sh` against image root filesystems of both s6-overlay layouts, and the
 //!   cont-init.d prepare script against a scandir with leftovers of every kind.
 //! - `scripts/lint.sh` passes on the repository and fails on each kind of finding.
 //!
@@ -45,10 +46,6 @@ const SERVICE: &str = "hermes-reconciler";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn packaging() -> PathBuf {
-    repo().join("packaging")
 }
 
 /// Polls `f` every 10 ms until it returns `Some`, for at most [`WAIT`].
@@ -121,7 +118,7 @@ fn run(cmd: &mut Command) -> Output {
 /// `run`, `finish`, `type` and `notification-fd`, byte for byte and with their modes, plus the
 /// `down` file with which s6-rc-init installs every longrun (s6-rc then starts it, [`s6_rc_up`]).
 fn install_longrun(scandir: &Path) -> PathBuf {
-    let src = packaging().join("s6-rc.d").join(SERVICE);
+    let src = repo().join("s6-rc.d").join(SERVICE);
     let dst = scandir.join(SERVICE);
     fs::create_dir(&dst).unwrap();
     for f in ["run", "finish", "type", "notification-fd"] {
@@ -333,12 +330,12 @@ impl Drop for Namespace {
 #[test]
 fn service_definition_is_an_s6_rc_longrun_with_readiness() {
     root_only!();
-    let svc = packaging().join("s6-rc.d").join(SERVICE);
+    let svc = repo().join("s6-rc.d").join(SERVICE);
     assert_eq!(fs::read_to_string(svc.join("type")).unwrap(), "longrun\n");
     assert_eq!(fs::read_to_string(svc.join("notification-fd")).unwrap(), "3\n");
     assert_eq!(fs::read(svc.join("dependencies.d/base")).unwrap(), b"");
     // s6-overlay 3.2.3.2 (the version the Dockerfile pins) reads the user bundle here.
-    let member = packaging().join("user-bundles.d/user/contents.d").join(SERVICE);
+    let member = repo().join("user-bundles.d/user/contents.d").join(SERVICE);
     assert_eq!(fs::read(member).unwrap(), b"");
     let script = fs::read_to_string(svc.join("run")).unwrap();
     assert!(script.starts_with("#!/bin/sh\n"), "{script}");
@@ -349,7 +346,7 @@ fn service_definition_is_an_s6_rc_longrun_with_readiness() {
         let mode = fs::metadata(svc.join(f)).unwrap().permissions().mode();
         assert_eq!(mode & 0o111, 0o111, "{f} must be executable");
     }
-    for entry in fs::read_dir(packaging().join("cont-init.d")).unwrap() {
+    for entry in fs::read_dir(repo().join("cont-init.d")).unwrap() {
         let path = entry.unwrap().path();
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o111, 0o111, "{} must be executable", path.display());
@@ -514,8 +511,8 @@ impl Container {
             |cmd| {
                 self.world.env(cmd, &self.scandir);
                 cmd.env("SEED", seed)
-                    .env("CONT_INIT", packaging().join("cont-init.d"))
-                    .env("SERVICE_SRC", packaging().join("s6-rc.d").join(SERVICE));
+                    .env("CONT_INIT", repo().join("cont-init.d"))
+                    .env("SERVICE_SRC", repo().join("s6-rc.d").join(SERVICE));
             },
             log,
         );
@@ -734,7 +731,7 @@ fn fake_image_root(bundle: &str) -> tempfile::TempDir {
 }
 
 fn install_into(root: &Path) -> Output {
-    run(Command::new("sh").arg(packaging().join("install.sh")).arg(BIN).arg(root))
+    run(Command::new("sh").arg(repo().join("scripts/install.sh")).arg(BIN).arg(root))
 }
 
 fn assert_same_file(a: &Path, b: &Path) {
@@ -753,12 +750,12 @@ fn install_script_puts_the_service_where_each_s6_overlay_layout_reads_it() {
     assert!(out.status.success(), "{out:?}");
     assert!(r.join("etc/s6-overlay/user-bundles.d/user/contents.d").join(SERVICE).is_file());
     assert!(!r.join("etc/s6-overlay/s6-rc.d/user").exists(), "would switch s6-overlay to the old layout");
-    let src = packaging().join("s6-rc.d").join(SERVICE);
+    let src = repo().join("s6-rc.d").join(SERVICE);
     let dst = r.join("etc/s6-overlay/s6-rc.d").join(SERVICE);
     for f in ["run", "finish", "type", "notification-fd", "dependencies.d/base"] {
         assert_same_file(&src.join(f), &dst.join(f));
     }
-    for entry in fs::read_dir(packaging().join("cont-init.d")).unwrap() {
+    for entry in fs::read_dir(repo().join("cont-init.d")).unwrap() {
         let src = entry.unwrap().path();
         assert_same_file(&src, &r.join("etc/cont-init.d").join(src.file_name().unwrap()));
     }
@@ -814,7 +811,7 @@ fn prepare_script_locks_the_scandir_and_clears_only_its_own_leftovers() {
     );
     ns.wait_for("the busy leftover supervised", || svstat(&busy).filter(|s| s.up));
 
-    let mut cmd = Command::new(packaging().join("cont-init.d/50-hermes-reconciler-prepare"));
+    let mut cmd = Command::new(repo().join("cont-init.d/50-hermes-reconciler-prepare"));
     w.env(&mut cmd, &scandir);
     cmd.env("HERMES_HOME", &fake_home);
     let out = run(&mut cmd);
@@ -866,7 +863,14 @@ fn lint_fails_on_each_kind_of_finding() {
     let tmp = tempfile::Builder::new().prefix("hermes-pkg-lint-").tempdir().unwrap();
     let r = tmp.path();
     fs::create_dir(r.join("scripts")).unwrap();
-    for (entry, into) in [("Dockerfile", ""), ("packaging", ""), ("scripts/lint.sh", "scripts")] {
+    for (entry, into) in [
+        ("Dockerfile", ""),
+        ("s6-rc.d", ""),
+        ("user-bundles.d", ""),
+        ("cont-init.d", ""),
+        ("scripts/install.sh", "scripts"),
+        ("scripts/lint.sh", "scripts"),
+    ] {
         let out = run(Command::new("cp").arg("-a").arg(repo().join(entry)).arg(r.join(into)));
         assert!(out.status.success(), "{out:?}");
     }
@@ -879,7 +883,7 @@ fn lint_fails_on_each_kind_of_finding() {
     let out = lint(r);
     assert!(out.status.success(), "the copy must start clean:\n{}", text(&out));
 
-    let script = r.join("packaging/cont-init.d/60-hermes-reconciler-boot");
+    let script = r.join("cont-init.d/60-hermes-reconciler-boot");
     let original_script = fs::read(&script).unwrap();
     let dockerfile = r.join("Dockerfile");
     let original_dockerfile = fs::read(&dockerfile).unwrap();
@@ -896,13 +900,13 @@ fn lint_fails_on_each_kind_of_finding() {
             "notes.txt",
         ),
         (
-            "shellcheck: packaging/cont-init.d/60-hermes-reconciler-boot",
+            "shellcheck: cont-init.d/60-hermes-reconciler-boot",
             Box::new(|| {
                 let mut s = original_script.clone();
                 s.extend_from_slice(b"echo $HERMES_HOME\n");
                 fs::write(&script, s).unwrap();
             }),
-            "packaging/cont-init.d/60-hermes-reconciler-boot",
+            "cont-init.d/60-hermes-reconciler-boot",
         ),
         (
             "shellcheck: scripts/extra.sh",

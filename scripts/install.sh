@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs hermes-reconciler into the root filesystem of an image whose PID 1 is s6-overlay v3:
 #
-#   install.sh BINARY [ROOT]      (ROOT defaults to /; run as root at image build time)
+#   scripts/install.sh BINARY [ROOT]      (ROOT defaults to /; run as root at image build time)
 #
 #   ROOT/usr/local/bin/hermes-reconciler                   the binary
 #   ROOT/etc/s6-overlay/s6-rc.d/hermes-reconciler/         the longrun (s6-rc source definition)
@@ -18,7 +18,9 @@
 set -eu
 
 prog=hermes-reconciler-install
-here=$(cd "$(dirname "$0")" && pwd)
+# The repository root: s6-rc.d/, user-bundles.d/ and cont-init.d/ there are laid out as they
+# are installed under /etc/s6-overlay/ and /etc/.
+here=$(cd "$(dirname "$0")/.." && pwd)
 
 if [ "$#" -lt 1 ] || [ "$#" -gt 2 ]; then
   echo "usage: $0 BINARY [ROOT]" >&2
