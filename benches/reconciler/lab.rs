@@ -307,6 +307,10 @@ impl Lab {
             // setting ignores it).
             ("HERMES_RECONCILER_RUNTIME_DIR".into(), self.dir.join("run").display().to_string()),
         ];
+        // `HERMES_BENCH_WATCH=poll` measures the daemon on its polling backend (issue 12).
+        if let Some(w) = std::env::var("HERMES_BENCH_WATCH").ok().filter(|v| !v.is_empty()) {
+            env.push(("HERMES_RECONCILER_WATCH".into(), w));
+        }
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         env
     }
