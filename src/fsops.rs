@@ -1,7 +1,7 @@
 //! The filesystem operations every writer shares, written once (issue 11 item 5): an
 //! unpredictable temporary name, an atomic replacement, and a rename that never replaces.
 //! No policy lives here (who may own what, which directory is trusted): callers decide that and
-//! pass an open directory. Used by [`crate::apply`] and by [`crate::runtime`]'s record.
+//! pass an open directory. Used by [`crate::apply`] (the runtime directory's records among them).
 
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, OFlag, RenameFlags, openat, renameat, renameat2};

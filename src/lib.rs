@@ -2,10 +2,11 @@
 //!
 //! Layout follows the control loop: [`observe`] reads the world into plain data ([`world`]),
 //! [`plan`] is a pure function from that data to actions, [`apply`] is the only layer that
-//! changes s6 or the filesystem (and [`runtime`] records, once per container boot, what kind of
-//! container this is). [`s6`] talks to s6 through its documented files; [`commands`] are the
-//! CLI's verbs. Below the layers: [`layout`] (every on-disk name), [`model`], [`warning`]
-//! (typed findings), [`capacity`] and [`fsops`] (atomic replace, rename-noreplace).
+//! changes s6 or the filesystem (among it [`apply::runtime_record`], which records once per
+//! container boot what kind of container this is; [`observe::runtime_record`] reads it back).
+//! [`s6`] talks to s6 through its documented files; [`commands`] are the CLI's verbs. Below the
+//! layers: [`layout`] (every on-disk name), [`model`], [`warning`] (typed findings),
+//! [`capacity`] and [`fsops`] (atomic replace, rename-noreplace).
 
 pub mod apply;
 pub mod capacity;
@@ -19,7 +20,6 @@ pub mod layout;
 pub mod model;
 pub mod observe;
 pub mod plan;
-pub mod runtime;
 pub mod s6;
 pub mod shutdown;
 pub mod warning;

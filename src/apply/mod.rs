@@ -5,6 +5,7 @@ pub mod boot_log;
 pub mod home;
 pub mod publish;
 pub mod removal;
+pub mod runtime_record;
 pub mod slot;
 pub mod status_record;
 

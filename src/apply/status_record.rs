@@ -5,8 +5,8 @@
 use super::{Outcome, ProfileError};
 use crate::fsops::{self, Durability};
 use crate::layout::runtime::STATUS_RECORD;
+use crate::observe::runtime_record::RuntimeError;
 use crate::plan::{ActionKind, Decision};
-use crate::runtime::RuntimeError;
 use crate::warning::{Scope, Warning};
 use crate::world::StatusReport;
 use std::collections::BTreeMap;
@@ -71,7 +71,7 @@ impl DerefMut for StatusRecord {
 
 impl StatusRecord {
     /// Writes the report into `runtime_dir` atomically if it changed since the last write. The
-    /// directory is opened and checked as every use of it is ([`crate::runtime`]: created
+    /// directory is opened and checked as every use of it is ([`super::runtime_record`]: created
     /// `0700`, trusted only while the daemon's user owns it and no one else may enter). Not
     /// synced: the record describes this container boot only.
     pub fn write(&mut self, runtime_dir: &Path) -> Result<(), RuntimeError> {
@@ -81,8 +81,7 @@ impl StatusRecord {
         if self.written.as_deref() == Some(bytes.as_slice()) {
             return Ok(());
         }
-        let dir = crate::runtime::open_dir(runtime_dir, true)?
-            .ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
+        let dir = super::runtime_record::open_dir(runtime_dir)?;
         fsops::replace_at(dir.as_fd(), STATUS_RECORD, &bytes, 0o600, Durability::Volatile, |_| Ok(()))
             .map_err(io)?;
         self.written = Some(bytes);

@@ -2,6 +2,7 @@
 
 use super::{EXIT_FAILURE, EXIT_OK};
 use crate::apply::Applier;
+use crate::apply::runtime_record;
 use crate::apply::status_record::{self, StatusRecord};
 use crate::config::Config;
 use crate::escape::{Escaped, json_safe};
@@ -100,7 +101,7 @@ fn decision_text(d: &Decision) -> String {
 pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32 {
     // The first start of a container boot judges and records the container mode; a dry run
     // only reads the record (or judges without recording).
-    if !dry_run && let (_, Some(w)) = crate::runtime::settle(&config.runtime_dir, Path::new("/proc")) {
+    if !dry_run && let (_, Some(w)) = runtime_record::settle(&config.runtime_dir, Path::new("/proc")) {
         tracing::warn!("{w}");
     }
     let observed = observe::observe_all(config, Some(Path::new("/proc")));

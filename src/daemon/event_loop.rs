@@ -8,10 +8,10 @@
 
 use super::Daemon;
 use crate::apply::Applier;
+use crate::apply::runtime_record;
 use crate::config::Config;
 use crate::observe::container::ContainerMode;
 use crate::plan::PassKind;
-use crate::runtime;
 use crate::s6;
 use crate::shutdown::Shutdown;
 use std::path::Path;
@@ -47,7 +47,7 @@ pub async fn run(
     mut hangups: mpsc::Receiver<()>,
     ready: impl FnOnce(),
 ) -> i32 {
-    let (mode, warning) = runtime::settle(&config.runtime_dir, Path::new("/proc"));
+    let (mode, warning) = runtime_record::settle(&config.runtime_dir, Path::new("/proc"));
     if let Some(w) = warning {
         tracing::warn!("{w}");
     }

@@ -9,9 +9,10 @@
 //! Trust (SPEC §9.4): argv of any process is visible here, including processes an agent starts
 //! and rewrites at will, so only processes wholly owned by root count. The lowest pid wins
 //! because the container's init chain starts before anything else. The first judgment of a
-//! container boot is recorded (see [`crate::runtime`]) and reused by every later start. Reads
-//! are bounded and never fail: any problem means "this process does not tell", and no process
-//! telling means [`ContainerMode::Normal`].
+//! container boot is recorded (see `apply::runtime_record`, read back by
+//! [`crate::observe::runtime_record`]) and reused by every later start. Reads are bounded and
+//! never fail: any problem means "this process does not tell", and no process telling means
+//! [`ContainerMode::Normal`].
 
 use nix::fcntl::{AT_FDCWD, OFlag, openat};
 use nix::sys::stat::{Mode, SFlag};

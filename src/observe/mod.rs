@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod profile_files;
+pub mod runtime_record;
 pub mod safe_read;
 pub mod slots;
 pub mod status_record;
@@ -144,7 +145,7 @@ pub fn observe_all_cached(
     let (previous_ports, ports_warning) = read_ports(home);
     warnings.extend(ports_warning);
     Observed {
-        mode: proc_root.map_or(ContainerMode::Normal, |p| crate::runtime::judged(&config.runtime_dir, p)),
+        mode: proc_root.map_or(ContainerMode::Normal, |p| runtime_record::judged(&config.runtime_dir, p)),
         root_state_file_exists: std::fs::symlink_metadata(home.join(crate::layout::home::INTENT_FILE))
             .is_ok(),
         profiles,

@@ -1,181 +1,56 @@
-//! The daemon's own runtime directory, `HERMES_RECONCILER_RUNTIME_DIR` (SPEC §9.4).
-//!
-//! It holds one record: the container mode (dashboard, legacy `gateway run`, normal) as first
-//! judged in this container boot from root's processes ([`container::detect`]). Every later
-//! start of `once` or `run` in the same boot reuses it, so nothing started later (an agent's
-//! process whose argv imitates the container's main command, or the main process gone) can
-//! change what the container is.
+//! Creates the daemon's runtime directory, `HERMES_RECONCILER_RUNTIME_DIR` (SPEC §9.4), and
+//! writes its container-mode record; [`crate::observe::runtime_record`] reads it (what the record
+//! means and how a read trusts it are described there).
 //!
 //! Invariants:
-//! * the directory is created `0700`, owned by the daemon's user, and trusted only while it is
-//!   a real directory (no symlink followed) of that owner that no one else can enter; config
-//!   keeps it out of the scandir and the home, which other users can write;
-//! * the record is read with the same care as untrusted files: no symlink followed, only a
-//!   regular single-link file of the daemon's user that no one else can write, bounded;
-//! * the record names the boot it belongs to (the kernel's boot id and the start time of the
-//!   namespace's pid 1), so it lives exactly one container boot even where the directory is not
-//!   on a tmpfs that a container start empties;
+//! * the directory is created `0700`, owned by the daemon's user; config keeps it out of the
+//!   scandir and the home, which other users can write. One of ours that a umask or a hand
+//!   opened up is closed again before use, and if others could write in it, the records it
+//!   holds are dropped: nothing in it is trusted;
 //! * the first judgment wins: it is published with `linkat`, which fails if another start
 //!   published one meanwhile, and that one is used instead.
 
 use crate::fsops;
 use crate::observe::container::{self, ContainerMode};
+use crate::observe::runtime_record::{
+    MODE_RECORD, RuntimeError, boot_key, io_err, mode_name, open_owned, read_record,
+};
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, renameat};
-use nix::sys::stat::{Mode, SFlag, fchmod, fstat, mkdirat};
-use nix::unistd::{Uid, UnlinkatFlags, linkat, unlinkat};
-use std::io::{Read, Write};
+use nix::fcntl::{AT_FDCWD, AtFlags, renameat};
+use nix::sys::stat::{Mode, fchmod, mkdirat};
+use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
-
-pub use crate::layout::runtime::MODE_RECORD;
-
-/// Largest record read; a real one is under 100 bytes.
-const MAX_RECORD: u64 = 512;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {why}; not trusted")]
-    Untrusted { path: PathBuf, why: String },
-}
-
-fn io_err(path: &Path, e: impl Into<std::io::Error>) -> RuntimeError {
-    RuntimeError::Io { path: path.to_path_buf(), source: e.into() }
-}
-
-fn mode_name(mode: ContainerMode) -> &'static str {
-    match mode {
-        ContainerMode::Normal => "normal",
-        ContainerMode::LegacyGatewayRun => "legacy-gateway-run",
-        ContainerMode::Dashboard => "dashboard",
-    }
-}
-
-fn mode_of(name: &str) -> Option<ContainerMode> {
-    [ContainerMode::Normal, ContainerMode::LegacyGatewayRun, ContainerMode::Dashboard]
-        .into_iter()
-        .find(|m| mode_name(*m) == name)
-}
-
-/// Identifies this container boot: `<kernel boot id>/<start time of pid 1 in clock ticks>`, as
-/// `<proc_root>` shows them (`unknown` for a part that cannot be read). Only hex digits, `-`,
-/// digits and `/`, at most 80 bytes.
-pub fn boot_key(proc_root: &Path) -> String {
-    let small = |p: PathBuf| -> Option<String> {
-        let mut s = String::new();
-        std::fs::File::open(p).ok()?.take(1024).read_to_string(&mut s).ok()?;
-        Some(s)
-    };
-    let boot_id = small(proc_root.join("sys/kernel/random/boot_id"))
-        .map(|s| s.trim().to_string())
-        .filter(|s| (1..=40).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
-        .unwrap_or_else(|| "unknown".into());
-    // Field 22 of stat; the command name (field 2) may hold spaces and ')', so count from the
-    // last ')'.
-    let start = small(proc_root.join("1/stat"))
-        .and_then(|s| {
-            s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19).map(String::from))
-        })
-        .filter(|s| (1..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
-        .unwrap_or_else(|| "unknown".into());
-    format!("{boot_id}/{start}")
-}
+use std::path::Path;
 
 fn encode(boot: &str, mode: ContainerMode) -> String {
     format!("boot={boot}\nmode={}\n", mode_name(mode))
 }
 
-/// `(boot key, mode)` of a record's bytes, `None` if it is not exactly a record.
-fn decode(bytes: &[u8]) -> Option<(String, ContainerMode)> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut lines = text.strip_suffix('\n')?.split('\n');
-    let boot = lines.next()?.strip_prefix("boot=")?;
-    let mode = mode_of(lines.next()?.strip_prefix("mode=")?)?;
-    if lines.next().is_some() || boot.is_empty() || boot.len() > 80 {
-        return None;
-    }
-    Some((boot.to_string(), mode))
-}
-
-const DIR_FLAGS: OFlag =
-    OFlag::O_DIRECTORY.union(OFlag::O_RDONLY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
-
-/// Opens the runtime directory (creating it `0700` with `create`), then checks that it is
-/// trustworthy: the daemon's user owns it and no one else has any access. `Ok(None)`: it does
-/// not exist and `create` is false.
-pub(crate) fn open_dir(dir: &Path, create: bool) -> Result<Option<OwnedFd>, RuntimeError> {
-    let fd = match openat(AT_FDCWD, dir, DIR_FLAGS, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) if create => {
+/// Opens the runtime directory, creating it `0700` if it is missing, and makes it trustworthy:
+/// the daemon's user must own it (else `Untrusted`), and no one else keeps any access.
+pub(crate) fn open_dir(dir: &Path) -> Result<OwnedFd, RuntimeError> {
+    let (fd, mode) = match open_owned(dir)? {
+        Some(found) => found,
+        None => {
             match mkdirat(AT_FDCWD, dir, Mode::from_bits_truncate(0o700)) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(io_err(dir, e)),
             }
-            openat(AT_FDCWD, dir, DIR_FLAGS, Mode::empty()).map_err(|e| io_err(dir, e))?
+            open_owned(dir)?.ok_or_else(|| io_err(dir, Errno::ENOENT))?
         }
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(e) => return Err(io_err(dir, e)),
     };
-    let st = fstat(fd.as_fd()).map_err(|e| io_err(dir, e))?;
-    let me = Uid::effective().as_raw();
-    if st.st_uid != me {
-        let why = format!("owned by uid {}, not {me}", st.st_uid);
-        return Err(RuntimeError::Untrusted { path: dir.to_path_buf(), why });
-    }
-    if st.st_mode & 0o077 != 0 {
+    if mode & 0o077 != 0 {
         // Ours, but a umask or a hand may have opened it up: close it before trusting it again.
         fchmod(fd.as_fd(), Mode::from_bits_truncate(0o700)).map_err(|e| io_err(dir, e))?;
-        if st.st_mode & 0o022 != 0 {
+        if mode & 0o022 != 0 {
             // Others could write in it until now: whatever it holds is not trusted.
             for record in [MODE_RECORD, crate::layout::runtime::STATUS_RECORD] {
                 let _ = unlinkat(fd.as_fd(), record, UnlinkatFlags::NoRemoveDir);
             }
         }
     }
-    Ok(Some(fd))
-}
-
-/// Reads the record: `Ok(None)` when there is none, `Err` when it is not a regular single-link
-/// file of the daemon's user writable by it alone, or not a record.
-fn read_record(dir: &OwnedFd, path: &Path) -> Result<Option<(String, ContainerMode)>, RuntimeError> {
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-    let fd = match openat(dir.as_fd(), MODE_RECORD, flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(Errno::ELOOP) => {
-            return Err(RuntimeError::Untrusted { path: path.to_path_buf(), why: "a symlink".into() });
-        }
-        Err(e) => return Err(io_err(path, e)),
-    };
-    let st = fstat(fd.as_fd()).map_err(|e| io_err(path, e))?;
-    let untrusted = |why: &str| RuntimeError::Untrusted { path: path.to_path_buf(), why: why.to_string() };
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-        return Err(untrusted("not a regular file"));
-    }
-    if st.st_uid != Uid::effective().as_raw() || st.st_nlink != 1 || st.st_mode & 0o022 != 0 {
-        return Err(untrusted("not a single-link file of the daemon's user writable by it alone"));
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::from(fd).take(MAX_RECORD + 1).read_to_end(&mut bytes).map_err(|e| io_err(path, e))?;
-    if bytes.len() as u64 > MAX_RECORD {
-        return Err(untrusted("too large"));
-    }
-    decode(&bytes).map(Some).ok_or_else(|| untrusted("not a container-mode record"))
-}
-
-/// The container mode recorded for this boot, if a trustworthy record is there. Reads only.
-pub fn recorded(dir: &Path, proc_root: &Path) -> Option<ContainerMode> {
-    let fd = open_dir(dir, false).ok()??;
-    let (boot, mode) = read_record(&fd, &dir.join(MODE_RECORD)).ok()??;
-    (boot == boot_key(proc_root)).then_some(mode)
-}
-
-/// The container mode for a pass, without writing: the record of this boot, else a judgment
-/// from root's processes now (used by `once --dry-run`, and if the record could not be made).
-pub fn judged(dir: &Path, proc_root: &Path) -> ContainerMode {
-    recorded(dir, proc_root).unwrap_or_else(|| container::detect(proc_root))
+    Ok(fd)
 }
 
 /// The container mode of this boot, settled once: the record if there is one for this boot,
@@ -192,7 +67,7 @@ pub fn settle(dir: &Path, proc_root: &Path) -> (ContainerMode, Option<String>) {
 }
 
 fn settle_inner(dir: &Path, proc_root: &Path) -> Result<ContainerMode, RuntimeError> {
-    let fd = open_dir(dir, true)?.ok_or_else(|| io_err(dir, Errno::ENOENT))?;
+    let fd = open_dir(dir)?;
     let path = dir.join(MODE_RECORD);
     let boot = boot_key(proc_root);
     let previous = match read_record(&fd, &path) {
@@ -239,6 +114,7 @@ fn write_temp(dir: &OwnedFd, path: &Path, content: &[u8]) -> Result<String, Runt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::runtime_record::{decode, judged};
     use std::os::unix::fs::PermissionsExt;
 
     /// A fake `/proc` whose pid 10 runs `main-wrapper.sh <main>` as root.
@@ -321,12 +197,5 @@ mod tests {
         ] {
             assert_eq!(decode(bad.as_bytes()), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn boot_key_of_the_real_proc() {
-        let k = boot_key(Path::new("/proc"));
-        assert!(!k.contains("unknown"), "{k}");
-        assert_eq!(k, boot_key(Path::new("/proc")));
     }
 }
