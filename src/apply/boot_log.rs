@@ -28,6 +28,9 @@ pub fn format_line(timestamp: &str, d: &Decision) -> String {
         line.push_str(" reason=");
         line.push_str(sanitize(reason));
     }
+    if let Some(folded) = d.folded_into_root {
+        line.push_str(if folded { " folded_into_root=true" } else { " folded_into_root=false" });
+    }
     line.push('\n');
     line
 }
@@ -51,6 +54,7 @@ mod tests {
             prior_state: state.map(String::from),
             prior_exit: PriorExit::Clean,
             reason: reason.map(String::from),
+            folded_into_root: None,
         }
     }
 

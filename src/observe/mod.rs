@@ -3,6 +3,7 @@
 //! Everything returned here is what the pure [`crate::plan`] step decides from.
 
 pub mod container;
+pub mod gateway_yaml;
 pub mod profile_files;
 pub mod safe_read;
 pub mod scandir;
@@ -37,6 +38,10 @@ pub struct ProfileObs {
     pub prior_exit: PriorExit,
     /// The profile's own `.env` sets `API_SERVER_PORT`.
     pub env_sets_port: bool,
+    /// What its `config.yaml` says about the topology (SPEC §6.7).
+    pub yaml: gateway_yaml::GatewayYaml,
+    /// Why its `config.yaml` was ignored, naming the file.
+    pub yaml_warning: Option<Warning>,
 }
 
 /// Everything a pass decides from.
@@ -94,6 +99,8 @@ pub fn unread_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> Pro
         intent_warning: None,
         prior_exit: PriorExit::Unknown,
         env_sets_port: false,
+        yaml: gateway_yaml::GatewayYaml::default(),
+        yaml_warning: None,
     }
 }
 
@@ -104,6 +111,7 @@ pub fn read_profile_files(p: &mut ProfileObs, cache: &mut ProfileFileCache) {
     p.intent_warning = reading.warning;
     p.prior_exit = cache.prior_exit(&p.dir);
     p.env_sets_port = cache.env_sets_port(&p.dir);
+    (p.yaml, p.yaml_warning) = cache.gateway_yaml(&p.dir);
 }
 
 /// Reads `.gateway-ports.json`: a JSON object of profile name → port. Anything else is a

@@ -12,6 +12,7 @@
 //! so the daemon's own reads never wake it up.
 
 use crate::model::ProfileName;
+use crate::observe::gateway_yaml::CONFIG_FILE;
 use crate::observe::volume::{ENV_FILE, INTENT_FILE as ROOT_INTENT_FILE, MARKER_FILE};
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
@@ -321,7 +322,9 @@ impl Watcher {
             }
             Target::Home => match name.as_deref() {
                 Some("profiles") => changes.relist = true,
-                Some(ROOT_INTENT_FILE) | Some(ENV_FILE) => changes.dirty.push(ProfileName::root()),
+                Some(ROOT_INTENT_FILE) | Some(ENV_FILE) | Some(CONFIG_FILE) => {
+                    changes.dirty.push(ProfileName::root())
+                }
                 None => {
                     if ev.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF) {
                         changes.relist = true;
@@ -356,7 +359,7 @@ impl Watcher {
             Target::Profile(n) => {
                 let relevant = match name.as_deref() {
                     None => true,
-                    Some(f) => [MARKER_FILE, ROOT_INTENT_FILE, ENV_FILE].contains(&f),
+                    Some(f) => [MARKER_FILE, ROOT_INTENT_FILE, ENV_FILE, CONFIG_FILE].contains(&f),
                 };
                 if relevant {
                     changes.dirty.extend(ProfileName::parse_named(&n).ok());

@@ -7,7 +7,7 @@ pub mod capacity;
 pub mod ports;
 pub mod render;
 
-use crate::config::Config;
+use crate::config::{Config, Topology};
 use crate::model::{Intent, PriorExit, ProfileName, SlotRecord};
 use crate::observe::container::ContainerMode;
 use crate::observe::scandir::SlotObs;
@@ -61,6 +61,10 @@ pub struct Decision {
     pub prior_state: Option<String>,
     pub prior_exit: PriorExit,
     pub reason: Option<String>,
+    /// `single` topology only: for the root, whether any named profile's `running` folded
+    /// into its intent; for a named profile, whether its `running` did (SPEC §6.7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folded_into_root: Option<bool>,
 }
 
 /// One change to the world. Steps of one profile run in order; a failed step stops that
@@ -115,6 +119,10 @@ pub struct Plan {
     /// still used by slots being removed. Planned again once those supervisors are gone.
     pub deferred: Vec<ProfileName>,
     pub warnings: Vec<Warning>,
+    /// The topology in force for this pass (SPEC §6.7).
+    pub topology: Topology,
+    /// `single`: the named profiles whose `running` folds into the root's intent.
+    pub folded: Vec<ProfileName>,
 }
 
 impl Plan {
@@ -156,7 +164,14 @@ pub fn plan(obs: &Observed, cfg: &Config, kind: PassKind) -> Plan {
 /// Decides one pass. Pure.
 pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
     let kind = opts.kind;
-    let in_scope = |name: &ProfileName| opts.only.is_none_or(|o| o.contains(name));
+    let topo = topology(obs, cfg);
+    // In `single` the root's intent depends on every named profile's: a pass over any named
+    // profile plans the root too.
+    let in_scope = |name: &ProfileName| {
+        opts.only.is_none_or(|o| {
+            o.contains(name) || (name.is_root() && topo == Topology::Single && o.iter().any(|n| !n.is_root()))
+        })
+    };
     let mut plan = Plan {
         mode: obs.mode,
         migrate_legacy: false,
@@ -169,6 +184,8 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         skipped: Vec::new(),
         deferred: Vec::new(),
         warnings: obs.warnings.clone(),
+        topology: topo,
+        folded: Vec::new(),
     };
     if obs.mode == ContainerMode::Dashboard {
         plan.clear_hidden.clear();
@@ -180,6 +197,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             prior_state: None,
             prior_exit: PriorExit::Unknown,
             reason: Some("dashboard-container".into()),
+            folded_into_root: None,
         });
         return plan;
     }
@@ -249,6 +267,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                     prior_state: p.intent.effective().map(str::to_owned),
                     prior_exit: p.prior_exit,
                     reason: Some("capacity".into()),
+                    folded_into_root: None,
                 }),
             });
         }
@@ -260,6 +279,14 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
     plan.ports = ports::assign(&port_names, &obs.previous_ports);
     plan.ports_changed = plan.ports != obs.previous_ports;
 
+    // `single`: named intents fold into the root's (admitted profiles only: the files of
+    // the others are not read).
+    let fold = (topo == Topology::Single).then(|| {
+        let named: Vec<&ProfileObs> =
+            admitted.iter().copied().filter(|p| !p.name.is_root() && !p.yaml.standalone).collect();
+        plan.folded = named.iter().filter(|p| p.intent.runs()).map(|p| p.name.clone()).collect();
+        named
+    });
     for p in admitted {
         if !in_scope(&p.name) {
             continue;
@@ -268,7 +295,24 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             plan.warnings
                 .push(Warning { key: w.key.clone(), text: format!("profile {}: {}", p.name, w.text) });
         }
-        let intent = if p.name.is_root() && plan.migrate_legacy { legacy_intent() } else { p.intent.clone() };
+        if let Some(w) = &p.yaml_warning
+            && (p.name.is_root() || topo == Topology::Single)
+        {
+            plan.warnings
+                .push(Warning { key: w.key.clone(), text: format!("profile {}: {}", p.name, w.text) });
+        }
+        let own = if p.name.is_root() && plan.migrate_legacy { legacy_intent() } else { p.intent.clone() };
+        let (intent, runs) = match &fold {
+            Some(named) if p.name.is_root() => folded_root_intent(&own, named.iter().map(|n| &n.intent)),
+            _ => {
+                let runs = own.runs();
+                (own, runs)
+            }
+        };
+        let folded_into_root = fold
+            .as_ref()
+            .map(|_| if p.name.is_root() { !plan.folded.is_empty() } else { plan.folded.contains(&p.name) });
+        let role = Role { topo, folded_into_root, runs };
         let files = render::render(&RenderInput {
             name: &p.name,
             home: &cfg.home,
@@ -278,8 +322,8 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             with_contenv: obs.with_contenv,
         });
         let pp = match obs.scandir.slots.get(&p.name) {
-            None => plan_create(p, &intent, files, cfg, kind),
-            Some(slot) => plan_adopt(p, &intent, files, slot, cfg, obs.scanner.pid.is_some()),
+            None => plan_create(p, &intent, files, &role, kind),
+            Some(slot) => plan_adopt(p, &intent, files, slot, &role, obs.scanner.pid.is_some()),
         };
         if !pp.steps.is_empty() || pp.decision.is_some() {
             plan.profiles.push(pp);
@@ -307,6 +351,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                     prior_state: None,
                     prior_exit: PriorExit::Unknown,
                     reason: Some("profile-gone".into()),
+                    folded_into_root: None,
                 }),
             });
         }
@@ -327,37 +372,96 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             prior_state: None,
             prior_exit: PriorExit::Unknown,
             reason: Some(if s.raw == "default" { "reserved-name".into() } else { "invalid-name".into() }),
+            folded_into_root: None,
         });
     }
     plan
 }
 
-/// Would the daemon bring this profile up? Named profiles never auto-start when multiplexing.
-fn may_start(name: &ProfileName, cfg: &Config) -> bool {
-    name.is_root() || !cfg.multiplex
+/// The topology in force: the configured one, else (neither variable set) `multiplex` when
+/// the root home's `config.yaml` says `multiplex_profiles`, as upstream reads it.
+pub fn topology(obs: &Observed, cfg: &Config) -> Topology {
+    cfg.topology.unwrap_or_else(|| {
+        let root_mux =
+            obs.profiles.iter().find(|p| p.name.is_root()).is_some_and(|r| r.yaml.multiplex_profiles);
+        if root_mux { Topology::Multiplex } else { Topology::PerProfile }
+    })
+}
+
+/// The root's intent in the `single` topology, and whether it runs (SPEC §6.7).
+///
+/// It runs when its own intent does or when any folded named profile's does (boot and
+/// creation: the effective intent, `gateway_state` included). Its `desired_state`, which the
+/// edge rule of §6.2 compares with the last applied one, is `running` when the root's own
+/// `desired_state` or any folded profile's is, else the first value present (root, then names
+/// in order), else none: so the root is brought up when the first named profile's
+/// `desired_state` becomes `running` and stopped when the last one stops being it, while a
+/// gateway rewriting `gateway_state` never changes it.
+pub fn folded_root_intent<'a>(
+    own: &Intent,
+    named: impl Iterator<Item = &'a Intent> + Clone,
+) -> (Intent, bool) {
+    let runs = own.runs() || named.clone().any(Intent::runs);
+    let desired: Vec<&String> =
+        own.desired_state.iter().chain(named.clone().filter_map(|i| i.desired_state.as_ref())).collect();
+    let desired_state = if desired.iter().any(|d| d.as_str() == "running") {
+        Some("running".to_string())
+    } else {
+        desired.first().map(|d| d.to_string())
+    };
+    let gateway_state = if runs { Some("running".to_string()) } else { own.gateway_state.clone() };
+    (Intent { desired_state, gateway_state }, runs)
+}
+
+/// How the topology places one profile.
+struct Role {
+    topo: Topology,
+    /// `single` only: see [`Decision::folded_into_root`].
+    folded_into_root: Option<bool>,
+    /// The effective intent runs (for the root in `single`: its folded intent does).
+    runs: bool,
+}
+
+impl Role {
+    /// Would the daemon bring this profile's slot up? Named slots never are when
+    /// multiplexing, nor in `single` unless the profile is standalone.
+    fn may_start(&self, p: &ProfileObs) -> bool {
+        p.name.is_root()
+            || match self.topo {
+                Topology::PerProfile => true,
+                Topology::Multiplex => false,
+                Topology::Single => p.yaml.standalone,
+            }
+    }
+
+    /// Why a `running` intent did not start the slot.
+    fn held_reason(&self) -> String {
+        if self.topo == Topology::Single { "folded".into() } else { "multiplexed".into() }
+    }
 }
 
 fn plan_create(
     p: &ProfileObs,
     intent: &Intent,
     files: Vec<SlotFile>,
-    cfg: &Config,
+    role: &Role,
     kind: PassKind,
 ) -> ProfilePlan {
-    let up = intent.runs() && may_start(&p.name, cfg);
+    let up = role.runs && role.may_start(p);
     let mut steps = Vec::new();
     if kind == PassKind::Boot && !p.via_symlink {
         steps.push(Step::SweepPidFiles { dir: p.dir.clone() });
     }
     let record = SlotRecord::new(intent.desired_state.clone(), up, render::digest(&files));
     steps.push(Step::Create { name: p.name.clone(), files, up, record });
-    let reason = (intent.runs() && !up).then(|| "multiplexed".to_string());
+    let reason = (role.runs && !up).then(|| role.held_reason());
     ProfilePlan {
         name: p.name.clone(),
         steps,
         decision: Some(decision(
             p,
             intent,
+            role,
             if up { ActionKind::Started } else { ActionKind::Registered },
             reason,
         )),
@@ -369,7 +473,7 @@ fn plan_adopt(
     intent: &Intent,
     files: Vec<SlotFile>,
     slot: &SlotObs,
-    cfg: &Config,
+    role: &Role,
     scanner_runs: bool,
 ) -> ProfilePlan {
     let digest = render::digest(&files);
@@ -399,9 +503,9 @@ fn plan_adopt(
             // parked gateway would be restarted.
             if intent.desired_state.is_some() && intent.desired_state != r.applied_desired {
                 next.applied_desired = intent.desired_state.clone();
-                let up = intent.runs();
-                if up && !may_start(&p.name, cfg) {
-                    reason = Some("multiplexed".to_string());
+                let up = intent.desired_state.as_deref() == Some("running");
+                if up && !role.may_start(p) {
+                    reason = Some(role.held_reason());
                     action = action.or(Some(ActionKind::Skipped));
                 } else {
                     steps.push(Step::Command { name: p.name.clone(), up });
@@ -418,17 +522,32 @@ fn plan_adopt(
     if !slot.record.as_ref().is_some_and(|r| r.same_state(&record)) {
         steps.push(Step::WriteRecord { name: p.name.clone(), record });
     }
-    ProfilePlan { name: p.name.clone(), steps, decision: action.map(|a| decision(p, intent, a, reason)) }
+    ProfilePlan {
+        name: p.name.clone(),
+        steps,
+        decision: action.map(|a| decision(p, intent, role, a, reason)),
+    }
 }
 
-fn decision(p: &ProfileObs, intent: &Intent, action: ActionKind, reason: Option<String>) -> Decision {
+fn decision(
+    p: &ProfileObs,
+    intent: &Intent,
+    role: &Role,
+    action: ActionKind,
+    reason: Option<String>,
+) -> Decision {
     Decision {
         profile: p.name.to_string(),
         slot: Some(p.name.slot_name()),
         action,
-        prior_state: intent.effective().map(str::to_owned),
+        prior_state: if role.runs {
+            Some("running".to_string())
+        } else {
+            intent.effective().map(str::to_owned)
+        },
         prior_exit: p.prior_exit,
         reason,
+        folded_into_root: role.folded_into_root,
     }
 }
 
