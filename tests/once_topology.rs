@@ -91,11 +91,14 @@ fn single_topology_edges_under_the_daemon() {
     c.finish();
 }
 
+/// (what, config.yaml content or `@link`, an environment variable, named slot up, warned)
+type YamlCase<'a> = (&'a str, Option<&'a str>, Option<(&'a str, &'a str)>, bool, bool);
+
 #[test]
 fn root_config_yaml_selects_multiplex_when_no_variable_does() {
     let big = format!("multiplex_profiles: true\n#{}\n", "x".repeat(300 * 1024));
     // (config.yaml content or a symlink to a file saying true, env, named slot up?)
-    let cases: Vec<(&str, Option<&str>, Option<(&str, &str)>, bool, bool)> = vec![
+    let cases: Vec<YamlCase> = vec![
         ("missing", None, None, true, false),
         ("top level", Some("multiplex_profiles: true\n"), None, false, false),
         ("under gateway", Some("gateway:\n  multiplex_profiles: yes\n"), None, false, false),
