@@ -83,6 +83,9 @@ pub struct SettingFlags {
     /// Longest hold of a crash-looping gateway [env: HERMES_RECONCILER_BACKOFF_MAX_SECS] [default: 300]
     #[arg(long, global = true, value_name = "SECS")]
     pub backoff_max_secs: Option<String>,
+    /// Time up after which a gateway's death count restarts [env: HERMES_RECONCILER_CRASHLOOP_RESET_SECS] [default: 600]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub crashloop_reset_secs: Option<String>,
     /// Root-only runtime state, outside the scandir [env: HERMES_RECONCILER_RUNTIME_DIR] [default: /run/hermes-reconciler]
     #[arg(long, global = true, value_name = "DIR")]
     pub runtime_dir: Option<String>,
@@ -106,6 +109,7 @@ impl SettingFlags {
             (&config::TOPOLOGY, &self.topology),
             (&config::CRASHLOOP, &self.crashloop),
             (&config::BACKOFF_MAX, &self.backoff_max_secs),
+            (&config::CRASHLOOP_RESET, &self.crashloop_reset_secs),
             (&config::RUNTIME_DIR, &self.runtime_dir),
         ];
         for (setting, value) in pairs {

@@ -31,6 +31,8 @@ pub struct Config {
     pub crashloop: Option<CrashLoop>,
     /// Longest hold of a crash-looping gateway.
     pub backoff_max: Duration,
+    /// Up this long, a gateway's death count starts again from zero.
+    pub crashloop_reset: Duration,
 }
 
 /// Which gateways run (SPEC §6.7).
@@ -100,8 +102,11 @@ pub const CRASHLOOP: Setting =
 pub const BACKOFF_MAX: Setting =
     Setting { var: "HERMES_RECONCILER_BACKOFF_MAX_SECS", flag: "--backoff-max-secs", default: "300" };
 
+pub const CRASHLOOP_RESET: Setting =
+    Setting { var: "HERMES_RECONCILER_CRASHLOOP_RESET_SECS", flag: "--crashloop-reset-secs", default: "600" };
+
 /// Every setting, in the order of SPEC §3 (used by `--help` texts and the README table).
-pub const ALL: [&Setting; 14] = [
+pub const ALL: [&Setting; 15] = [
     &HOME,
     &SCANDIR,
     &MULTIPLEX,
@@ -115,6 +120,7 @@ pub const ALL: [&Setting; 14] = [
     &TOPOLOGY,
     &CRASHLOOP,
     &BACKOFF_MAX,
+    &CRASHLOOP_RESET,
     &RUNTIME_DIR,
 ];
 
@@ -280,6 +286,7 @@ impl Config {
             log_filter,
             crashloop: crashloop_of(raw)?,
             backoff_max: Duration::from_secs(number_of(raw, &BACKOFF_MAX, 10, 86_400)?),
+            crashloop_reset: Duration::from_secs(number_of(raw, &CRASHLOOP_RESET, 1, 86_400)?),
         })
     }
 }
@@ -419,6 +426,7 @@ mod tests {
             ("HERMES_RECONCILER_CRASHLOOP", "on"),
             ("HERMES_RECONCILER_BACKOFF_MAX_SECS", "5"),
             ("HERMES_RECONCILER_BACKOFF_MAX_SECS", "x"),
+            ("HERMES_RECONCILER_CRASHLOOP_RESET_SECS", "0"),
         ] {
             let e = Config::resolve(&env(&[(var, value)])).unwrap_err();
             assert_eq!(e.var, var);

@@ -4,6 +4,7 @@
 //! lives here and is tested without I/O. [`crate::apply`] carries the steps out.
 
 pub mod capacity;
+pub mod crashloop;
 pub mod ports;
 pub mod render;
 
