@@ -153,6 +153,7 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
             .map(|d| (d.profile.clone(), d.reason.clone().unwrap_or_default()))
             .collect(),
         scandir: warnings.iter().filter(|w| w.contains("dangling symlink")).map(|w| w.text.clone()).collect(),
+        backoff: Default::default(),
         written: None,
     };
     if plan.mode != ContainerMode::Dashboard

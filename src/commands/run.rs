@@ -142,10 +142,25 @@ async fn main_loop(config: Config, applier: Applier, notify_fd: Option<i32>) -> 
         }
         None => None,
     };
+    // Crash-loop backoff (SPEC §6.8): slots' status rewrites. SAFETY: as above, the
+    // descriptor belongs to `daemon`, is never replaced and outlives `status_events`.
+    let status_events = daemon.status_fd().and_then(|fd| {
+        unsafe { AsyncFd::register_with_interest(Borrowed(fd), tokio::io::Interest::READABLE) }
+            .inspect_err(|e| {
+                tracing::warn!("cannot wait on slot status changes ({e}); no crash-loop backoff")
+            })
+            .ok()
+    });
     loop {
         if stop.requested() {
             break;
         }
+        let status_readable = async {
+            match &status_events {
+                Some(fd) => fd.readable().await.map(|mut g| g.clear_ready()),
+                None => std::future::pending().await,
+            }
+        };
         let deadline = tokio::time::Instant::from_std(daemon.next_deadline());
         let readable = async {
             match &events {
@@ -179,6 +194,7 @@ async fn main_loop(config: Config, applier: Applier, notify_fd: Option<i32>) -> 
                     daemon.request_relist();
                 }
             }
+            _ = status_readable => daemon.on_status_events(),
             _ = tokio::time::sleep_until(deadline) => daemon.on_timer(),
         }
     }

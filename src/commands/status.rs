@@ -41,6 +41,8 @@ pub struct Row {
     /// folds into it; a named profile: whether its own does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub folded_into_root: Option<bool>,
+    /// Held down as crash-looping (SPEC §6.8): until when, the deaths and the last exit.
+    pub backoff: Option<String>,
 }
 
 /// The topology in force and the named profiles folding into the root (`single` only).
@@ -97,6 +99,7 @@ fn rows_of(config: &Config, world: &observe::Observed) -> Vec<Row> {
                 last_action_at: record.and_then(|r| r.last_action_at.clone()),
                 last_error: report.errors.get(name.as_str()).cloned(),
                 skipped: report.skipped.get(name.as_str()).cloned(),
+                backoff: report.backoff.get(name.as_str()).cloned(),
                 folded_into_root: (single && profile.is_some()).then(|| {
                     if name.is_root() {
                         !folded.is_empty()
@@ -128,6 +131,7 @@ fn rows_of(config: &Config, world: &observe::Observed) -> Vec<Row> {
             last_error: None,
             skipped: Some(s.reason.clone()),
             folded_into_root: None,
+            backoff: None,
         });
     }
     rows
@@ -146,6 +150,7 @@ impl Row {
             last_action_at: self.last_action_at.as_ref().map(e),
             last_error: self.last_error.as_ref().map(e),
             skipped: self.skipped.as_ref().map(e),
+            backoff: self.backoff.as_ref().map(e),
             ..self.clone()
         }
     }
@@ -218,7 +223,12 @@ fn print(
     )?;
     for r in rows {
         let r = &r.escaped();
-        let error = r.last_error.clone().or(r.skipped.as_ref().map(|s| format!("skipped: {s}")));
+        let error = r
+            .backoff
+            .as_ref()
+            .map(|b| format!("backoff {b}"))
+            .or(r.last_error.clone())
+            .or(r.skipped.as_ref().map(|s| format!("skipped: {s}")));
         writeln!(
             out,
             "{:<24} {:<5} {:<14} {:<6} {:<5} {:<5} {:<8} {:>8} {:<5} {:<12} {:<24} {}",

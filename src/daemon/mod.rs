@@ -22,7 +22,8 @@ use crate::observe::profile_files::ProfileFileCache;
 use crate::observe::scandir::{SlotFileCache, observe_slot, slot_dir};
 use crate::observe::watch::{WatchError, Watcher};
 use crate::observe::{self, Observed};
-use crate::plan::{self, PassKind, PassOptions};
+use crate::plan::{self, PassKind, PassOptions, crashloop};
+use crate::s6::{self, SupervisorCommand};
 use crate::warning::Warning;
 use backoff::Backoff;
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +33,29 @@ use warn_limit::WarnLimiter;
 
 /// Re-list period while inotify cannot watch everything (limit exhausted).
 pub const FALLBACK_RELIST: Duration = Duration::from_secs(2);
+/// Crash-loop backoff, unless it is off or inotify cannot watch the slots.
+fn crash_watch(
+    (crashloop, max_hold, reset_after): &(Option<crate::config::CrashLoop>, Duration, Duration),
+) -> Option<CrashWatch> {
+    let c = (*crashloop)?;
+    match crate::observe::deaths::StatusWatch::new() {
+        Ok(watch) => Some(CrashWatch {
+            watch,
+            policy: crashloop::Policy {
+                deaths: c.deaths,
+                window: c.window,
+                max_hold: *max_hold,
+                reset_after: *reset_after,
+            },
+            trackers: BTreeMap::new(),
+        }),
+        Err(e) => {
+            tracing::warn!("crash-loop backoff unavailable: inotify: {e}");
+            None
+        }
+    }
+}
+
 /// How often pending removals are checked; only while one is pending.
 pub const REMOVAL_POLL: Duration = Duration::from_millis(2);
 /// ... and once every removal in flight has waited this long (a gateway slow to stop, or one
@@ -77,6 +101,16 @@ pub struct Daemon {
     slot_files: SlotFileCache,
     /// Profile files as last parsed (SPEC §9.3: parsed again only when their identity changes).
     profile_files: ProfileFileCache,
+    /// Crash-loop backoff (SPEC §6.8): each slot's `supervise/status` rewrites, and each
+    /// slot's tracker. `None`: off (or inotify unavailable).
+    crash: Option<CrashWatch>,
+}
+
+/// Crash-loop backoff state of the daemon.
+pub struct CrashWatch {
+    pub watch: crate::observe::deaths::StatusWatch,
+    policy: crashloop::Policy,
+    trackers: BTreeMap<ProfileName, crashloop::Tracker>,
 }
 
 impl Daemon {
@@ -91,6 +125,7 @@ impl Daemon {
             }
         };
         let report = status_file::read(&cfg.scandir);
+        let cfg_crash = (cfg.crashloop, cfg.backoff_max, cfg.crashloop_reset);
         Daemon {
             polling_fallback: watcher.is_none(),
             world: Observed::empty(),
@@ -109,7 +144,123 @@ impl Daemon {
             relist_pending: false,
             slot_files: SlotFileCache::default(),
             profile_files: ProfileFileCache::default(),
+            crash: crash_watch(&cfg_crash),
         }
+    }
+
+    /// The descriptor that turns readable when a slot's status is rewritten (crash-loop
+    /// backoff on), for the event loop to wait on.
+    pub fn status_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.crash.as_ref().map(|c| c.watch.as_raw_fd())
+    }
+
+    /// Slots' statuses were rewritten: feed each tracker, hold down or release.
+    pub fn on_status_events(&mut self) {
+        let Some(crash) = self.crash.as_mut() else { return };
+        let names = crash.watch.read();
+        let now = Instant::now();
+        let mut lines = Vec::new();
+        for name in names {
+            let dir = slot_dir(&self.cfg.scandir, &name);
+            let Some(seen) = crate::observe::deaths::seen(&dir) else { continue };
+            let tracker = crash.trackers.entry(name.clone()).or_default();
+            match tracker.observe(&seen, now, &crash.policy) {
+                crashloop::Verdict::Nothing => {}
+                crashloop::Verdict::HoldDown(h) => {
+                    // `d`: want-up cleared, `./down` left as the applied intent has it, so a
+                    // supervisor restart goes by the intent, not by a hold nobody remembers.
+                    if let Err(e) = s6::send_command(&dir, SupervisorCommand::Down) {
+                        tracing::error!(slot = %name.slot_name(), "crash loop: cannot hold the gateway down: {e}");
+                        tracker.hold = None;
+                        continue;
+                    }
+                    tracing::warn!(
+                        "profile {name}: gateway crash-looping ({} deaths within {:?}, last {}); held down, tried again in {:?}",
+                        h.deaths,
+                        crash.policy.window,
+                        h.last_exit.describe(),
+                        h.retry_in
+                    );
+                    let at = chrono::Local::now()
+                        + chrono::Duration::from_std(h.retry_in).unwrap_or_else(|_| chrono::Duration::zero());
+                    self.report.backoff.insert(
+                        name.to_string(),
+                        format!(
+                            "until {} (deaths={}, last {})",
+                            at.format("%Y-%m-%dT%H:%M:%S%z"),
+                            h.deaths,
+                            h.last_exit.describe()
+                        ),
+                    );
+                    lines.push(plan::Decision {
+                        profile: name.to_string(),
+                        slot: Some(name.slot_name()),
+                        action: plan::ActionKind::Backoff,
+                        prior_state: Some("running".into()),
+                        prior_exit: crate::model::PriorExit::Unknown,
+                        reason: Some("crash-loop".into()),
+                        folded_into_root: None,
+                        backoff: Some(plan::BackoffInfo {
+                            retry_in_secs: h.retry_in.as_secs(),
+                            deaths: h.deaths,
+                            last_exit: h.last_exit.describe(),
+                        }),
+                    });
+                }
+                crashloop::Verdict::Released => {
+                    tracing::info!(
+                        "profile {name}: gateway wanted up by someone else; crash-loop hold ended"
+                    );
+                    self.report.backoff.remove(name.as_str());
+                }
+            }
+        }
+        if !lines.is_empty()
+            && let Err(e) = self.applier.log_decisions(&lines)
+        {
+            tracing::error!("container-boot.log not written: {e}");
+        }
+        if let Err(e) = status_file::write(&self.cfg.scandir, &mut self.report) {
+            tracing::debug!("status file not written: {e}");
+        }
+    }
+
+    /// Holds whose time has come: want those gateways up again.
+    fn retry_holds(&mut self, now: Instant) {
+        let Some(crash) = self.crash.as_mut() else { return };
+        for (name, tracker) in crash.trackers.iter_mut() {
+            if tracker.due(now) {
+                let dir = slot_dir(&self.cfg.scandir, name);
+                match s6::send_command(&dir, SupervisorCommand::Up) {
+                    Ok(()) => tracing::info!("profile {name}: crash-loop hold over; gateway tried again"),
+                    Err(e) => tracing::warn!(
+                        "profile {name}: crash-loop hold over, but the gateway could not be wanted up: {e}"
+                    ),
+                }
+                self.report.backoff.remove(name.as_str());
+            }
+        }
+        if let Err(e) = status_file::write(&self.cfg.scandir, &mut self.report) {
+            tracing::debug!("status file not written: {e}");
+        }
+    }
+
+    /// The operator's new `desired_state` (a command the daemon applied) ends a hold at once.
+    fn release_holds(&mut self, applied: &[plan::Decision]) {
+        let Some(crash) = self.crash.as_mut() else { return };
+        for d in applied {
+            if matches!(d.action, plan::ActionKind::Started | plan::ActionKind::Stopped)
+                && let Ok(name) = ProfileName::parse_any(&d.profile)
+                && crash.trackers.get_mut(&name).is_some_and(|t| t.release())
+            {
+                tracing::info!("profile {name}: new desired_state; crash-loop hold ended");
+                self.report.backoff.remove(name.as_str());
+            }
+        }
+        let slots = &self.world.scandir.slots;
+        crash.trackers.retain(|n, _| slots.contains_key(n));
+        crash.watch.sync(&self.cfg.scandir, slots.keys());
     }
 
     /// When the next timer-driven work is due.
@@ -126,6 +277,9 @@ impl Daemon {
         for b in self.retries.values() {
             next = next.min(b.due);
         }
+        for h in self.crash.iter().flat_map(|c| c.trackers.values()).filter_map(|t| t.hold.as_ref()) {
+            next = next.min(h.until);
+        }
         if let Some(youngest) = self.removals.iter().map(|r| r.since.elapsed()).min() {
             let poll = if youngest < REMOVAL_POLL_SLOW_AFTER { REMOVAL_POLL } else { REMOVAL_POLL_SLOW };
             next = next.min(Instant::now() + poll);
@@ -136,6 +290,7 @@ impl Daemon {
     /// Runs whatever timers are due: full re-list, expired graces, retries, removals.
     pub fn on_timer(&mut self) {
         let now = Instant::now();
+        self.retry_holds(now);
         if self.poll_removals() && !self.deferred.is_empty() && !self.applier.shutdown.requested() {
             // Room given back: the profiles that waited for it get their slots now.
             self.partial_pass(self.deferred.clone());
@@ -444,6 +599,7 @@ impl Daemon {
         if let Err(e) = self.applier.log_decisions(&outcome.applied) {
             tracing::error!("container-boot.log not written: {e}");
         }
+        self.release_holds(&outcome.applied);
         for r in outcome.removals {
             // A full pass lists the hidden directories of removals already in flight too.
             if !self.removals.iter().any(|p| p.hidden == r.hidden) {

@@ -17,6 +17,9 @@ pub struct StatusReport {
     /// Problems of the scandir itself (e.g. dangling symlinks that block s6 >= 2.12 scans).
     #[serde(default)]
     pub scandir: Vec<String>,
+    /// Profile → crash-loop hold: when the gateway is tried again (SPEC §6.8).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backoff: BTreeMap<String, String>,
     /// What was last written, so an unchanged report is not rewritten.
     #[serde(skip)]
     pub written: Option<Vec<u8>>,

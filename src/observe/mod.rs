@@ -3,6 +3,7 @@
 //! Everything returned here is what the pure [`crate::plan`] step decides from.
 
 pub mod container;
+pub mod deaths;
 pub mod gateway_yaml;
 pub mod profile_files;
 pub mod safe_read;

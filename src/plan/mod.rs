@@ -36,6 +36,8 @@ pub enum ActionKind {
     Unregistered,
     Updated,
     Skipped,
+    /// A crash-looping gateway held down for a while (SPEC §6.8).
+    Backoff,
 }
 
 impl ActionKind {
@@ -47,6 +49,7 @@ impl ActionKind {
             ActionKind::Unregistered => "unregistered",
             ActionKind::Updated => "updated",
             ActionKind::Skipped => "skipped",
+            ActionKind::Backoff => "backoff",
         }
     }
 }
@@ -66,6 +69,18 @@ pub struct Decision {
     /// into its intent; for a named profile, whether its `running` did (SPEC §6.7).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub folded_into_root: Option<bool>,
+    /// `backoff` only: the hold's length and the deaths that caused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffInfo>,
+}
+
+/// The fields of an `action=backoff` line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackoffInfo {
+    pub retry_in_secs: u64,
+    pub deaths: u32,
+    /// `exit_<code>` or `signal_<n>`.
+    pub last_exit: String,
 }
 
 /// One change to the world. Steps of one profile run in order; a failed step stops that
@@ -199,6 +214,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             prior_exit: PriorExit::Unknown,
             reason: Some("dashboard-container".into()),
             folded_into_root: None,
+            backoff: None,
         });
         return plan;
     }
@@ -269,6 +285,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                     prior_exit: p.prior_exit,
                     reason: Some("capacity".into()),
                     folded_into_root: None,
+                    backoff: None,
                 }),
             });
         }
@@ -353,6 +370,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                     prior_exit: PriorExit::Unknown,
                     reason: Some("profile-gone".into()),
                     folded_into_root: None,
+                    backoff: None,
                 }),
             });
         }
@@ -374,6 +392,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             prior_exit: PriorExit::Unknown,
             reason: Some(if s.raw == "default" { "reserved-name".into() } else { "invalid-name".into() }),
             folded_into_root: None,
+            backoff: None,
         });
     }
     plan
@@ -549,6 +568,7 @@ fn decision(
         prior_exit: p.prior_exit,
         reason,
         folded_into_root: role.folded_into_root,
+        backoff: None,
     }
 }
 
