@@ -146,3 +146,48 @@ fn crash_loop_off_never_holds() {
     );
     assert!(backoff_lines(&w, "crash").is_empty(), "{}", w.boot_log());
 }
+
+#[test]
+fn a_gateway_up_for_the_reset_period_counts_from_zero() {
+    let w = World::new();
+    w.profile("crash").desired("running");
+    w.standin_exit("crash", 1);
+    let d = Daemon::start(
+        &w,
+        &[
+            ("HERMES_RECONCILER_CRASHLOOP", "3/60"),
+            ("HERMES_RECONCILER_BACKOFF_MAX_SECS", "60"),
+            ("HERMES_RECONCILER_CRASHLOOP_RESET_SECS", "2"),
+        ],
+    );
+    // Two deaths, then it is fixed and stays up past the reset period.
+    must(
+        &d,
+        "two starts",
+        poll(WAIT, || {
+            let n = w.standin_records("crash").len();
+            if n >= 2 { Ok(()) } else { Err(format!("{n} starts")) }
+        }),
+    );
+    std::fs::remove_file(w.home.join(".standin/crash.exit")).unwrap();
+    must(
+        &d,
+        "up",
+        poll(WAIT, || match svstat(&w.slot("crash")) {
+            Ok(s) if s.up => Ok(()),
+            other => Err(format!("{other:?}")),
+        }),
+    );
+    // Up past the reset period (2 s), whatever the load: s6's own timestamps decide.
+    std::thread::sleep(Duration::from_secs(3));
+    let starts_before = w.standin_records("crash").len();
+    assert!(backoff_lines(&w, "crash").is_empty(), "{}", w.boot_log());
+    // Broken again and killed: the count starts from zero, so three more deaths are needed.
+    w.standin_exit("crash", 1);
+    assert!(s6_command("s6-svc").arg("-k").arg(w.slot("crash")).status().unwrap().success());
+    let lines = wait_backoff_lines(&w, &d, "crash", 1);
+    let mut c = Checks::new();
+    c.eq("deaths", lines[0].get("deaths").map(String::as_str), Some("3"));
+    c.eq("starts after the reset before the hold", w.standin_records("crash").len() - starts_before, 2);
+    c.finish();
+}
