@@ -320,6 +320,9 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                 .push(Warning { key: w.key.clone(), text: format!("profile {}: {}", p.name, w.text) });
         }
         let own = if p.name.is_root() && plan.migrate_legacy { legacy_intent() } else { p.intent.clone() };
+        // What boot-log lines and `status` show as the profile's state: its own effective
+        // intent, or `running` for a root that runs because of the fold.
+        let shown = own.effective().map(str::to_owned);
         let (intent, runs) = match &fold {
             Some(named) if p.name.is_root() => folded_root_intent(&own, named.iter().map(|n| &n.intent)),
             _ => {
@@ -327,10 +330,11 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                 (own, runs)
             }
         };
+        let prior_state = if runs { Some("running".to_string()) } else { shown };
         let folded_into_root = fold
             .as_ref()
             .map(|_| if p.name.is_root() { !plan.folded.is_empty() } else { plan.folded.contains(&p.name) });
-        let role = Role { topo, folded_into_root, runs };
+        let role = Role { topo, folded_into_root, runs, prior_state };
         let files = render::render(&RenderInput {
             name: &p.name,
             home: &cfg.home,
@@ -413,22 +417,22 @@ pub fn topology(obs: &Observed, cfg: &Config) -> Topology {
 /// It runs when its own intent does or when any folded named profile's does (boot and
 /// creation: the effective intent, `gateway_state` included). Its `desired_state`, which the
 /// edge rule of §6.2 compares with the last applied one, is `running` when the root's own
-/// `desired_state` or any folded profile's is, else the first value present (root, then names
-/// in order), else none: so the root is brought up when the first named profile's
-/// `desired_state` becomes `running` and stopped when the last one stops being it, while a
-/// gateway rewriting `gateway_state` never changes it.
+/// `desired_state` or any folded profile's is, else the root's own value, else `stopped`: so the
+/// root is brought up when the first named profile's `desired_state` becomes `running`, and
+/// stopped when the last one stops being it or its profile goes (unless the root's own is
+/// `running`), while a gateway rewriting `gateway_state` never changes it.
 pub fn folded_root_intent<'a>(
     own: &Intent,
     named: impl Iterator<Item = &'a Intent> + Clone,
 ) -> (Intent, bool) {
     let runs = own.runs() || named.clone().any(Intent::runs);
-    let desired: Vec<&String> =
-        own.desired_state.iter().chain(named.clone().filter_map(|i| i.desired_state.as_ref())).collect();
-    let desired_state = if desired.iter().any(|d| d.as_str() == "running") {
-        Some("running".to_string())
+    let desired_running = own.desired_state.as_deref() == Some("running")
+        || named.clone().any(|i| i.desired_state.as_deref() == Some("running"));
+    let desired_state = Some(if desired_running {
+        "running".to_string()
     } else {
-        desired.first().map(|d| d.to_string())
-    };
+        own.desired_state.clone().unwrap_or_else(|| "stopped".to_string())
+    });
     let gateway_state = if runs { Some("running".to_string()) } else { own.gateway_state.clone() };
     (Intent { desired_state, gateway_state }, runs)
 }
@@ -440,6 +444,8 @@ struct Role {
     folded_into_root: Option<bool>,
     /// The effective intent runs (for the root in `single`: its folded intent does).
     runs: bool,
+    /// The `prior_state` of its decisions.
+    prior_state: Option<String>,
 }
 
 impl Role {
@@ -480,7 +486,6 @@ fn plan_create(
         steps,
         decision: Some(decision(
             p,
-            intent,
             role,
             if up { ActionKind::Started } else { ActionKind::Registered },
             reason,
@@ -542,29 +547,15 @@ fn plan_adopt(
     if !slot.record.as_ref().is_some_and(|r| r.same_state(&record)) {
         steps.push(Step::WriteRecord { name: p.name.clone(), record });
     }
-    ProfilePlan {
-        name: p.name.clone(),
-        steps,
-        decision: action.map(|a| decision(p, intent, role, a, reason)),
-    }
+    ProfilePlan { name: p.name.clone(), steps, decision: action.map(|a| decision(p, role, a, reason)) }
 }
 
-fn decision(
-    p: &ProfileObs,
-    intent: &Intent,
-    role: &Role,
-    action: ActionKind,
-    reason: Option<String>,
-) -> Decision {
+fn decision(p: &ProfileObs, role: &Role, action: ActionKind, reason: Option<String>) -> Decision {
     Decision {
         profile: p.name.to_string(),
         slot: Some(p.name.slot_name()),
         action,
-        prior_state: if role.runs {
-            Some("running".to_string())
-        } else {
-            intent.effective().map(str::to_owned)
-        },
+        prior_state: role.prior_state.clone(),
         prior_exit: p.prior_exit,
         reason,
         folded_into_root: role.folded_into_root,

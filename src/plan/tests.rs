@@ -717,3 +717,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn single_root_stops_when_its_last_folded_profile_goes() {
+    let cfg = single();
+    let mut obs = observed(vec![profile("default", intent(None, None)), profile("a", intent(None, None))]);
+    settle(&mut obs, &cfg, PassKind::Boot);
+    let p = plan(&observed(obs.profiles.clone()), &cfg, PassKind::Boot);
+    assert_eq!(decision_of(&p, "default").unwrap().prior_state, None, "no intent shows as None");
+    obs.profiles[1].intent = intent(Some("running"), None);
+    settle(&mut obs, &cfg, PassKind::Continuous);
+    assert!(root_up(&obs));
+    // The profile is deleted: nothing folds any more.
+    obs.profiles.truncate(1);
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    assert_eq!(command_of(&p, "default"), Some(false));
+    // The root's own running keeps it up whatever the named profiles do.
+    settle(&mut obs, &cfg, PassKind::Continuous);
+    obs.profiles[0].intent = intent(Some("running"), None);
+    obs.profiles.push(profile("b", intent(Some("running"), None)));
+    settle(&mut obs, &cfg, PassKind::Continuous);
+    obs.profiles[1].intent = intent(Some("stopped"), None);
+    assert_eq!(command_of(&plan(&obs, &cfg, PassKind::Continuous), "default"), None);
+}
