@@ -63,7 +63,10 @@ fn a_crash_loop_is_held_and_a_new_desired_state_ends_the_hold() {
     c.eq("retry_in", lines[0].get("retry_in").map(String::as_str), Some("10"));
     c.eq("deaths", lines[0].get("deaths").map(String::as_str), Some("3"));
     c.eq("last_exit", lines[0].get("last_exit").map(String::as_str), Some("exit_1"));
-    c.check(!d.log_lines_with(&["WARN", "crash", "exit_1"]).is_empty(), d.stderr());
+    // (stderr is written by a non-blocking logger thread: wait for the line.)
+    c.ok(poll(WAIT, || {
+        if d.log_lines_with(&["WARN", "crash", "exit_1"]).is_empty() { Err(d.stderr()) } else { Ok(()) }
+    }));
     c.ok(wait_slots(&w.scandir, &wants(&[("crash", Want::Parked), ("steady", Want::Up)])));
     c.check(status_backoff(&w, "crash").is_some_and(|b| b.contains("deaths=3")), "status shows the hold");
     let table = w.run(&["status"]).stdout;
@@ -102,7 +105,9 @@ fn an_up_command_sent_to_the_slot_ends_the_hold() {
         Some(b) => Err(format!("still held: {b}")),
     }));
     c.check(w.standin_records("crash").len() > before, "started again");
-    c.check(!d.log_lines_with(&["crash-loop hold ended"]).is_empty(), d.stderr());
+    c.ok(poll(WAIT, || {
+        if d.log_lines_with(&["crash-loop hold ended"]).is_empty() { Err(d.stderr()) } else { Ok(()) }
+    }));
     c.finish();
 }
 
