@@ -78,13 +78,13 @@ ENTRYPOINT ["/init"]
 
 # ---------------------------------------------------------------------------------------------
 # hermes-reconciler on top of BASE_IMAGE: the binary, its s6-rc longrun (in the `user` bundle)
-# and its cont-init.d scripts (packaging/install.sh), and the hermes user if the base has none.
+# and its cont-init.d scripts (scripts/install.sh), and the hermes user if the base has none.
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="hermes-reconciler" \
       org.opencontainers.image.description="Keeps one s6 service slot per Hermes agent profile"
 RUN --mount=type=bind,from=build,source=/out,target=/mnt/hermes-reconciler/bin \
-    --mount=type=bind,source=packaging,target=/mnt/hermes-reconciler/packaging \
-    sh /mnt/hermes-reconciler/packaging/install.sh /mnt/hermes-reconciler/bin/hermes-reconciler / \
+    --mount=type=bind,source=.,target=/mnt/hermes-reconciler/src \
+    sh /mnt/hermes-reconciler/src/scripts/install.sh /mnt/hermes-reconciler/bin/hermes-reconciler / \
     && if ! getent group hermes >/dev/null; then groupadd --gid 10000 hermes; fi \
     && if ! id -u hermes >/dev/null 2>&1; then \
          useradd --uid 10000 --gid hermes --home-dir /opt/data --no-create-home \

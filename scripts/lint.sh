@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Lints what is not Rust. Every finding fails the script:
 #   - hadolint on each tracked Dockerfile;
-#   - shellcheck on each tracked shell script (a `.sh` name or a shell shebang: packaging
-#     scripts, scripts/*.sh, .ci/run) and on the slot scripts that hermes-reconciler renders
+#   - shellcheck on each tracked shell script (a `.sh` name or a shell shebang:
+#     cont-init.d/ and s6-rc.d/ scripts, scripts/*.sh, .ci/run) and on the slot scripts that hermes-reconciler renders
 #     (`run`, `finish`, `log/run` of the root and of a named profile, with and without the
 #     privilege drop, under a HERMES_HOME path with a space);
 #   - no tracked text file has CRLF line endings or starts with a UTF-8 byte order mark.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the s6 integration suites (once_*, run_*, scanner*) with two CPU-burning processes
-# alongside, N times per s6 generation, and prints how many runs passed. A test that fails
-# here depends on timing: fix it (timeouts in tests are hang bounds, never performance checks).
+# Runs the s6 integration suites (once_*, run_*, scanner: filters of the `it` test binary, as in
+# scripts/test.sh) with two CPU-burning processes alongside, N times per s6 generation, and
+# prints how many runs passed. A test that fails here depends on timing: fix it (timeouts in
+# tests are hang bounds, never performance checks).
 #
 #   scripts/stress-tests.sh [GEN...]     GEN: host (2.11), 2.13, 2.15; default: all three
 #   STRESS_RUNS=N                        runs per generation (default 3)
@@ -22,7 +23,7 @@ logs=${STRESS_LOGS:-$(mktemp -d /tmp/hermes-stress.XXXXXX)}
 mkdir -p "$logs"
 
 # Build once, without burners, so the runs measure the tests and not the compiler.
-cargo test --locked --no-run --test 'once_*' --test 'run_*' --test 'scanner*' >/dev/null 2>&1
+cargo test --locked --no-run --test it >/dev/null 2>&1
 
 pids=()
 stop_burners() {
@@ -53,7 +54,7 @@ for gen in "${gens[@]}"; do
   for i in $(seq "$runs"); do
     log=$logs/$gen-$i.log
     start=$SECONDS
-    if HERMES_TEST_S6_ROOT=$root cargo test --locked --test 'once_*' --test 'run_*' --test 'scanner*' \
+    if HERMES_TEST_REQUIRE_ROOT=1 HERMES_TEST_S6_ROOT=$root cargo test --locked --test it -- once_ run_ scanner --skip packaging:: \
       >"$log" 2>&1; then
       passed=$((passed + 1))
       echo "stress: s6 $gen run $i/$runs passed ($((SECONDS - start)) s)"

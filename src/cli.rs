@@ -89,6 +89,12 @@ pub struct SettingFlags {
     /// Root-only runtime state, outside the scandir [env: HERMES_RECONCILER_RUNTIME_DIR] [default: /run/hermes-reconciler]
     #[arg(long, global = true, value_name = "DIR")]
     pub runtime_dir: Option<String>,
+    /// Watcher backend: auto, inotify or poll [env: HERMES_RECONCILER_WATCH] [default: auto]
+    #[arg(long, global = true, value_name = "BACKEND")]
+    pub watch: Option<String>,
+    /// Period of the polling watcher [env: HERMES_RECONCILER_POLL_MS] [default: 2000]
+    #[arg(long, global = true, value_name = "MS")]
+    pub poll_ms: Option<String>,
 }
 
 impl SettingFlags {
@@ -111,6 +117,8 @@ impl SettingFlags {
             (&config::BACKOFF_MAX, &self.backoff_max_secs),
             (&config::CRASHLOOP_RESET, &self.crashloop_reset_secs),
             (&config::RUNTIME_DIR, &self.runtime_dir),
+            (&config::WATCH, &self.watch),
+            (&config::POLL_MS, &self.poll_ms),
         ];
         for (setting, value) in pairs {
             if let Some(v) = value {

@@ -33,6 +33,10 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Up this long, a gateway's death count starts again from zero.
     pub crashloop_reset: Duration,
+    /// Which watcher backend to use (SPEC §6.3): `auto` decides from the home's filesystem.
+    pub watch: WatchMode,
+    /// Period of the polling backend.
+    pub poll: Duration,
 }
 
 /// Which gateways run (SPEC §6.7).
@@ -65,6 +69,15 @@ pub struct CrashLoop {
     pub window: Duration,
 }
 
+/// `HERMES_RECONCILER_WATCH`: how the volume is watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    /// inotify, unless the home is on a filesystem where inotify misses changes made elsewhere.
+    Auto,
+    Inotify,
+    Poll,
+}
+
 /// One setting: its environment variable, its flag and its default.
 pub struct Setting {
     pub var: &'static str,
@@ -94,6 +107,8 @@ pub const RUNTIME_DIR: Setting = Setting {
     flag: "--runtime-dir",
     default: "/run/hermes-reconciler",
 };
+pub const WATCH: Setting = Setting { var: "HERMES_RECONCILER_WATCH", flag: "--watch", default: "auto" };
+pub const POLL_MS: Setting = Setting { var: "HERMES_RECONCILER_POLL_MS", flag: "--poll-ms", default: "2000" };
 
 pub const TOPOLOGY: Setting =
     Setting { var: "HERMES_GATEWAY_TOPOLOGY", flag: "--topology", default: "per-profile" };
@@ -106,7 +121,7 @@ pub const CRASHLOOP_RESET: Setting =
     Setting { var: "HERMES_RECONCILER_CRASHLOOP_RESET_SECS", flag: "--crashloop-reset-secs", default: "600" };
 
 /// Every setting, in the order of SPEC §3 (used by `--help` texts and the README table).
-pub const ALL: [&Setting; 15] = [
+pub const ALL: [&Setting; 17] = [
     &HOME,
     &SCANDIR,
     &MULTIPLEX,
@@ -122,6 +137,8 @@ pub const ALL: [&Setting; 15] = [
     &BACKOFF_MAX,
     &CRASHLOOP_RESET,
     &RUNTIME_DIR,
+    &WATCH,
+    &POLL_MS,
 ];
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -272,7 +289,24 @@ impl Config {
                 });
             }
         }
+        let (watch, src) = raw.get(&WATCH);
+        let watch = match watch.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => WatchMode::Auto,
+            "inotify" => WatchMode::Inotify,
+            "poll" => WatchMode::Poll,
+            _ => {
+                return Err(ConfigError {
+                    var: WATCH.var,
+                    value: watch,
+                    why: "expected auto, inotify or poll".into(),
+                    source_kind: src,
+                });
+            }
+        };
+        let poll = Duration::from_millis(number_of(raw, &POLL_MS, 100, 3_600_000)?);
         Ok(Config {
+            watch,
+            poll,
             runtime_dir,
             home,
             scandir,
@@ -384,6 +418,22 @@ mod tests {
         assert_eq!(c.remove_grace, Duration::from_millis(2000));
         assert_eq!(c.max_profiles, 400);
         assert_eq!(c.runtime_dir, PathBuf::from("/run/hermes-reconciler"));
+        assert_eq!(c.watch, WatchMode::Auto);
+        assert_eq!(c.poll, Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn watch_backends() {
+        for (v, want) in
+            [("inotify", WatchMode::Inotify), ("POLL", WatchMode::Poll), ("auto", WatchMode::Auto)]
+        {
+            assert_eq!(Config::resolve(&env(&[("HERMES_RECONCILER_WATCH", v)])).unwrap().watch, want);
+        }
+        let mut raw = env(&[("HERMES_RECONCILER_WATCH", "inotify")]);
+        raw.flags.insert("HERMES_RECONCILER_WATCH", "poll".into());
+        raw.flags.insert("HERMES_RECONCILER_POLL_MS", "250".into());
+        let c = Config::resolve(&raw).unwrap();
+        assert_eq!((c.watch, c.poll), (WatchMode::Poll, Duration::from_millis(250)));
     }
 
     #[test]
@@ -427,6 +477,9 @@ mod tests {
             ("HERMES_RECONCILER_BACKOFF_MAX_SECS", "5"),
             ("HERMES_RECONCILER_BACKOFF_MAX_SECS", "x"),
             ("HERMES_RECONCILER_CRASHLOOP_RESET_SECS", "0"),
+            ("HERMES_RECONCILER_WATCH", "fanotify"),
+            ("HERMES_RECONCILER_POLL_MS", "0"),
+            ("HERMES_RECONCILER_POLL_MS", "fast"),
         ] {
             let e = Config::resolve(&env(&[(var, value)])).unwrap_err();
             assert_eq!(e.var, var);

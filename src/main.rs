@@ -10,7 +10,16 @@ use hermes_reconciler::escape::EscapingWriter;
 /// Diagnostics to stderr through a non-blocking writer (SPEC §8.2): a slow log pipe never
 /// stalls reconciling. The guard flushes what is queued when dropped.
 fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let mut directives = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    // notify logs a warning for every directory that vanishes between two polls (a profile
+    // deleted); the daemon reports what matters of the watcher itself, so notify's own log says
+    // only errors unless the filter names it.
+    if !filter.contains("notify")
+        && let Ok(d) = "notify=error".parse()
+    {
+        directives = directives.add_directive(d);
+    }
+    let filter = directives;
     // The escaping runs on the writer's own thread, never in a pass.
     let (writer, guard) = tracing_appender::non_blocking(EscapingWriter(std::io::stderr()));
     tracing_subscriber::fmt()
@@ -48,7 +57,7 @@ fn main() {
     let guard = init_tracing(&config.log_filter);
     let code = match cli.command {
         Command::Once { dry_run, json } => {
-            commands::once::run(&config, &Applier { confirm: false, ..applier }, dry_run, json)
+            commands::once::run(&config, &Applier { wait_for_pickup: false, ..applier }, dry_run, json)
         }
         Command::Run { notify_fd } => commands::run::run(config.clone(), applier, notify_fd),
         Command::Status { json } => commands::status::run(&config, json),

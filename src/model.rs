@@ -8,24 +8,13 @@ use std::fmt;
 /// The implicit profile at `$HERMES_HOME` itself. Its slot is always `gateway-default`.
 pub const ROOT_PROFILE: &str = "default";
 
-/// Prefix of every slot the daemon owns in the scandir.
-pub const SLOT_PREFIX: &str = "gateway-";
-
-/// The throwaway scandir entry older daemons published to make an s6 >= 2.12 scanner start
-/// slots that an aborted scan left unstarted (the daemon now re-publishes such slots instead);
-/// a leftover of it is still recognised and taken away. No profile slot can take this name
-/// (profile names never start with `-`).
-pub const KICK_ENTRY: &str = "gateway--kick";
+// The scandir names (owned by [`crate::layout::slot`]), used here to map profile names to
+// slot names and back. No profile slot can take [`KICK_ENTRY`]: profile names never start
+// with `-`.
+pub use crate::layout::slot::{KICK_ENTRY, REMOVAL_INFIX, SLOT_PREFIX, STAGING_SUFFIX};
 
 /// s6-svscan refuses service names longer than this many bytes.
 pub const S6_NAME_MAX: usize = 251;
-
-/// Suffix of the staging directory a new slot is built in: `.gateway-<name>.new`.
-pub const STAGING_SUFFIX: &str = ".new";
-
-/// Infix of the name a slot is hidden under while it is being removed:
-/// `.gateway-<name>.rm-<8 hex digits>`.
-pub const REMOVAL_INFIX: &str = ".rm-";
 
 /// The longest scandir entry name the daemon builds for a profile of name length `n` is the
 /// removal name `.gateway-<n bytes>.rm-XXXXXXXX`: `n + 21` bytes.

@@ -18,7 +18,7 @@
 //! * the first judgment wins: it is published with `linkat`, which fails if another start
 //!   published one meanwhile, and that one is used instead.
 
-use crate::apply::home::random_suffix;
+use crate::fsops;
 use crate::observe::container::{self, ContainerMode};
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, renameat};
@@ -28,8 +28,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// File name of the container-mode record in the runtime directory.
-pub const MODE_RECORD: &str = "container-mode";
+pub use crate::layout::runtime::MODE_RECORD;
 
 /// Largest record read; a real one is under 100 bytes.
 const MAX_RECORD: u64 = 512;
@@ -106,7 +105,7 @@ const DIR_FLAGS: OFlag =
 /// Opens the runtime directory (creating it `0700` with `create`), then checks that it is
 /// trustworthy: the daemon's user owns it and no one else has any access. `Ok(None)`: it does
 /// not exist and `create` is false.
-fn open_dir(dir: &Path, create: bool) -> Result<Option<OwnedFd>, RuntimeError> {
+pub(crate) fn open_dir(dir: &Path, create: bool) -> Result<Option<OwnedFd>, RuntimeError> {
     let fd = match openat(AT_FDCWD, dir, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) if create => {
@@ -130,7 +129,9 @@ fn open_dir(dir: &Path, create: bool) -> Result<Option<OwnedFd>, RuntimeError> {
         fchmod(fd.as_fd(), Mode::from_bits_truncate(0o700)).map_err(|e| io_err(dir, e))?;
         if st.st_mode & 0o022 != 0 {
             // Others could write in it until now: whatever it holds is not trusted.
-            let _ = unlinkat(fd.as_fd(), MODE_RECORD, UnlinkatFlags::NoRemoveDir);
+            for record in [MODE_RECORD, crate::layout::runtime::STATUS_RECORD] {
+                let _ = unlinkat(fd.as_fd(), record, UnlinkatFlags::NoRemoveDir);
+            }
         }
     }
     Ok(Some(fd))
@@ -224,25 +225,15 @@ fn settle_inner(dir: &Path, proc_root: &Path) -> Result<ContainerMode, RuntimeEr
     published.map(|()| mode)
 }
 
-/// Writes `content` to a new `0600` file under a random name in `dir`; returns the name.
+/// Writes `content` to a new `0600` file under a random name in `dir` ([`fsops::create_temp`]);
+/// returns the name.
 fn write_temp(dir: &OwnedFd, path: &Path, content: &[u8]) -> Result<String, RuntimeError> {
-    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut attempts = 0;
-    loop {
-        let tmp = format!(".{MODE_RECORD}.{}", random_suffix().map_err(|e| io_err(path, e))?);
-        match openat(dir.as_fd(), tmp.as_str(), flags, Mode::from_bits_truncate(0o600)) {
-            Ok(fd) => {
-                let written = std::fs::File::from(fd).write_all(content);
-                if let Err(e) = written {
-                    let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-                    return Err(io_err(path, e));
-                }
-                return Ok(tmp);
-            }
-            Err(Errno::EEXIST) if attempts < 8 => attempts += 1,
-            Err(e) => return Err(io_err(path, e)),
-        }
+    let (tmp, fd) = fsops::create_temp(dir.as_fd(), MODE_RECORD, 0o600).map_err(|e| io_err(path, e))?;
+    if let Err(e) = std::fs::File::from(fd).write_all(content) {
+        let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        return Err(io_err(path, e));
     }
+    Ok(tmp)
 }
 
 #[cfg(test)]

@@ -132,8 +132,8 @@ fn measure(cfg: &Cfg, hostile: bool) -> Result<Figures> {
         }
     }
     let once = lab.once(&[])?;
-    let ready = lab.start_daemon(&[])?.ready_after;
-    let pid = lab.daemon().pid;
+    let ready = lab.start_daemon(&[])?;
+    let pid = lab.daemon().pid();
     let tombstones = hostile.then(|| TombstoneLoop::start(&lab.profiles));
     let slot = lab.slot(LEGIT);
     let watch = StatusWatch::new(&slot)?;
@@ -164,7 +164,7 @@ fn measure(cfg: &Cfg, hostile: bool) -> Result<Figures> {
     let window = t0.elapsed();
     let hwm_kib = vm_hwm_kib(pid)?;
     // SIGTERM while the attack goes on.
-    let sigterm = lab.daemon.as_mut().expect("daemon started").terminate_timed(Duration::from_secs(10));
+    let sigterm = lab.daemon.as_mut().expect("daemon started").terminate_within(Duration::from_secs(10));
     let loop_turns = tombstones.as_ref().map_or(0, TombstoneLoop::turns);
     drop(tombstones);
     Ok(Figures { once, ready, flips, lost_flips, cpu_pct, window, hwm_kib, sigterm, loop_turns })

@@ -90,7 +90,7 @@ pub fn run(cfg: &Cfg, report: &mut Report) -> Result<()> {
         let (mut lab, running) = populated("idle", 400)?;
         lab.start_daemon(&[])?;
         lab.recorder.all_started(&running, Duration::from_secs(60))?;
-        let pid = lab.daemon().pid;
+        let pid = lab.daemon().pid();
         wait_quiet(pid, Duration::from_secs(2))?;
         if cfg.wants("idle") {
             idle(cfg, pid, report)?;
@@ -112,9 +112,9 @@ pub fn run(cfg: &Cfg, report: &mut Report) -> Result<()> {
     if cfg.wants("memory") {
         let n = cfg.big_profiles;
         let (mut lab, running) = populated("memory", n)?;
-        let ready = lab.start_daemon(&[])?.ready_after;
+        let ready = lab.start_daemon(&[])?;
         lab.recorder.all_started(&running, Duration::from_secs(120))?;
-        let pid = lab.daemon().pid;
+        let pid = lab.daemon().pid();
         lab.daemon().signal(Signal::SIGHUP);
         wait_quiet(pid, Duration::from_secs(1))?;
         let kib = vm_hwm(pid)?;

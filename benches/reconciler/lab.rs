@@ -1,32 +1,38 @@
 //! The lab: one s6-svscan in its own pid and mount namespace, a `HERMES_HOME`, the daemon, and
 //! the recorder of stand-in starts. Everything it starts is stopped when it is dropped, even on a
 //! panic: SIGKILL to the namespace's init (sent from outside) ends every process inside it.
+//!
+//! s6-svscan and the daemon are the test kit's ([`Svscan`], [`Daemon`], `tests/kit`); control
+//! bytes, lock queries and `supervise/status` go through the library's `s6` module, the one the
+//! daemon itself uses. What is here is what only the benchmarks need: the start recorder, the
+//! status watch, the slot template the floors publish, and the lab's directory layout.
 
-use anyhow::{Context, Result, bail};
+use crate::kit::{Daemon, Svscan, poll_every};
+use anyhow::{Context, Result, anyhow, bail};
+use hermes_reconciler::s6::{ServiceStatus, read_status, supervisor_pid};
 use nix::libc;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::Mode;
-use nix::unistd::Pid;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The program under test, built in release by `cargo bench`.
-pub const BIN: &str = env!("CARGO_BIN_EXE_hermes-reconciler");
+pub use hermes_reconciler::s6::rescan;
 
-/// The daemon binary to measure: [`BIN`], or `$HERMES_BENCH_DAEMON` (to compare a prototype
-/// build against the same floors).
+/// The daemon binary to measure: the kit's `BIN` (built in release by `cargo bench`), or
+/// `$HERMES_BENCH_DAEMON` (to compare a prototype build against the same floors).
 pub fn bin() -> String {
-    std::env::var("HERMES_BENCH_DAEMON").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| BIN.to_string())
+    std::env::var("HERMES_BENCH_DAEMON")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| crate::kit::BIN.to_string())
 }
 /// Environment variable naming the FIFO the stand-in gateway reports its start into.
 pub const FIFO_ENV: &str = "HERMES_BENCH_FIFO";
@@ -39,6 +45,9 @@ pub fn home_base() -> String {
 
 /// A tmpfs for the scandirs (the container's scandir is a tmpfs).
 pub const SCANDIR_BASE: &str = "/dev/shm";
+
+/// Bound of the daemon's first pass (10,000 profile folders on a loaded machine).
+const READY_BOUND: Duration = Duration::from_secs(300);
 
 /// CLOCK_MONOTONIC in nanoseconds: the one clock the runner and every stand-in share.
 pub fn mono_ns() -> i64 {
@@ -56,82 +65,16 @@ pub fn sleep_until_ns(ns: i64) {
     }
 }
 
-/// Polls `f` every `step` until it returns `Some` or `timeout` passes.
-pub fn poll<T>(timeout: Duration, step: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(step);
-    }
+/// Polls `f` every `step` until it is true or `timeout` passes (the kit's poll, as a bool).
+pub fn poll_until(timeout: Duration, step: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
+    poll_every(timeout, step, || if f() { Ok(()) } else { Err(String::new()) })
+        .map_err(|_| anyhow!("not within {timeout:?}"))
 }
 
-/// Makes the child die (with `sig`) when the runner's spawning thread dies, however it dies.
-fn die_with_parent(cmd: &mut Command, sig: libc::c_int) {
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the child before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Writes `bytes` into a control FIFO (write-only, non-blocking: fails if nobody reads it).
-pub fn control(fifo: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo)?;
-    f.write_all(bytes)
-}
-
-/// Asks s6-svscan to rescan (`a`), and to prune (`an`).
-pub fn rescan(scandir: &Path, prune: bool) -> Result<()> {
-    let bytes: &[u8] = if prune { b"an" } else { b"a" };
-    control(&scandir.join(".s6-svscan/control"), bytes).context("rescan byte not written")
-}
-
-/// Pid (in the runner's namespace) of the s6-supervise holding `<dir>/supervise/lock`: a write
-/// lock, asked for with `F_RDLCK` so that read locks (anyone's, the file is 0644) never count
-/// (SPEC §9.1, as `hermes_reconciler::s6::supervisor_pid`).
+/// Pid of the s6-supervise on `dir`, if one is alive (the library's lock query; an unreadable
+/// lock counts as none).
 pub fn lock_holder(dir: &Path) -> Option<i32> {
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(dir.join("supervise/lock"))
-        .ok()?;
-    // SAFETY: an all-zero flock is a valid value; F_GETLK fills it in.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_RDLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: valid descriptor and flock.
-    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) } != 0 {
-        return None;
-    }
-    (fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
-}
-
-/// The parts of `supervise/status` the benchmarks look at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Status {
-    pub pid: u64,
-    pub want_up: bool,
-    pub finishing: bool,
-}
-
-/// Decodes `<dir>/supervise/status` (35 bytes; 43 on s6 2.13).
-pub fn read_status(dir: &Path) -> Option<Status> {
-    let b = fs::read(dir.join("supervise/status")).ok()?;
-    if b.len() != 35 && b.len() != 43 {
-        return None;
-    }
-    let pid = u64::from_be_bytes(b[24..32].try_into().ok()?);
-    let flags = b[b.len() - 1];
-    Some(Status { pid, want_up: flags & 4 != 0, finishing: flags & 2 != 0 })
+    supervisor_pid(dir).ok().flatten()
 }
 
 /// Wakes on every rewrite of a slot's `supervise/status` (s6-supervise renames a new one in).
@@ -151,11 +94,11 @@ impl StatusWatch {
     }
 
     /// CLOCK_MONOTONIC when the status first satisfied `cond` (checked at every rewrite).
-    pub fn wait(&self, timeout: Duration, cond: impl Fn(&Status) -> bool) -> Option<i64> {
+    pub fn wait(&self, timeout: Duration, cond: impl Fn(&ServiceStatus) -> bool) -> Option<i64> {
         let deadline = Instant::now() + timeout;
         loop {
             while self.inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
-            if read_status(&self.dir).is_some_and(|s| cond(&s)) {
+            if read_status(&self.dir).ok().flatten().is_some_and(|s| cond(&s)) {
                 return Some(mono_ns());
             }
             let left = deadline.checked_duration_since(Instant::now())?;
@@ -253,165 +196,11 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        if control(&self.path, format!("{QUIT}\n").as_bytes()).is_ok()
+        let quit = fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
+        if quit.and_then(|mut f| f.write_all(format!("{QUIT}\n").as_bytes())).is_ok()
             && let Some(t) = self.thread.take()
         {
             let _ = t.join();
-        }
-    }
-}
-
-/// s6-svscan as the init of a fresh pid + mount namespace.
-pub struct Svscan {
-    unshare: Option<Child>,
-}
-
-impl Svscan {
-    pub fn start(scandir: &Path, fifo: &Path, log: &Path) -> Result<Self> {
-        let out = fs::File::create(log)?;
-        let mut cmd = Command::new("unshare");
-        cmd.args([
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount",
-            "--mount-proc",
-            "s6-svscan",
-            "-c",
-            SVSCAN_LIMIT,
-        ])
-        .arg(scandir)
-        .env(FIFO_ENV, fifo)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-        die_with_parent(&mut cmd, libc::SIGKILL);
-        let s = Svscan { unshare: Some(cmd.spawn().context("unshare s6-svscan")?) };
-        let ctl = scandir.join(".s6-svscan/control");
-        if poll(Duration::from_secs(10), Duration::from_millis(2), || control(&ctl, b"").ok()).is_none() {
-            bail!("s6-svscan did not come up on {} (see {})", scandir.display(), log.display());
-        }
-        Ok(s)
-    }
-
-    /// s6-svscan's pid in the runner's namespace (the only child of `unshare`).
-    fn init_pid(&self) -> Option<i32> {
-        let pid = self.unshare.as_ref()?.id();
-        for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
-            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            if let Some(p) = children.split_whitespace().next().and_then(|p| p.parse().ok()) {
-                return Some(p);
-            }
-        }
-        None
-    }
-}
-
-impl Drop for Svscan {
-    fn drop(&mut self) {
-        if let Some(init) = self.init_pid() {
-            let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
-        }
-        if let Some(mut child) = self.unshare.take()
-            && poll(Duration::from_secs(10), Duration::from_millis(5), || child.try_wait().ok().flatten())
-                .is_none()
-        {
-            // `--kill-child` passes this on to s6-svscan, and the namespace dies with it.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// `hermes-reconciler run --notify-fd 3`, ready.
-pub struct DaemonProc {
-    child: Option<Child>,
-    pub pid: i32,
-    /// From spawn to the readiness newline.
-    pub ready_after: Duration,
-}
-
-impl DaemonProc {
-    pub fn start(env: &[(String, String)], log: &Path) -> Result<Self> {
-        let mut fds = [0; 2];
-        // SAFETY: fds is a valid array of two ints.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            bail!("pipe2: {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors were just created and are owned here only.
-        let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let w = write_end.as_raw_fd();
-        let mut cmd = Command::new(bin());
-        cmd.args(["run", "--notify-fd", "3"])
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(log)?);
-        // SAFETY: dup2/fcntl/prctl are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                let ok = if w == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(w, 3) };
-                if ok < 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let t0 = Instant::now();
-        let child = cmd.spawn().context("spawning hermes-reconciler run")?;
-        drop(write_end);
-        let pid = child.id() as i32;
-        let mut me = DaemonProc { child: Some(child), pid, ready_after: Duration::ZERO };
-        let mut pipe = fs::File::from(read_end);
-        let mut buf = [0u8; 16];
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let ready = loop {
-            let mut fds = [nix::poll::PollFd::new(pipe.as_fd(), nix::poll::PollFlags::POLLIN)];
-            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)) {
-                Ok(n) if n > 0 => break pipe.read(&mut buf).is_ok_and(|n| buf[..n].contains(&b'\n')),
-                _ if Instant::now() >= deadline => break false,
-                _ => {}
-            }
-        };
-        if !ready {
-            bail!("the daemon did not signal readiness (see {})", log.display());
-        }
-        me.ready_after = t0.elapsed();
-        Ok(me)
-    }
-
-    pub fn signal(&self, sig: Signal) {
-        let _ = kill(Pid::from_raw(self.pid), sig);
-    }
-
-    /// Sends SIGTERM and waits (at most `bound`) for the daemon to exit; returns how long it
-    /// took, or `None` if it was still running at the bound (it is then killed).
-    pub fn terminate_timed(&mut self, bound: Duration) -> Option<Duration> {
-        let mut child = self.child.take()?;
-        let t0 = Instant::now();
-        self.signal(Signal::SIGTERM);
-        let exited = poll(bound, Duration::from_millis(1), || child.try_wait().ok().flatten());
-        let took = t0.elapsed();
-        if exited.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        exited.map(|_| took)
-    }
-}
-
-impl Drop for DaemonProc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            self.signal(Signal::SIGTERM);
-            if poll(Duration::from_secs(5), Duration::from_millis(5), || child.try_wait().ok().flatten())
-                .is_none()
-            {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
         }
     }
 }
@@ -456,7 +245,7 @@ impl IntentRewrite {
 
 /// One isolated world: home, scandir, s6-svscan, recorder, and optionally the daemon.
 pub struct Lab {
-    pub daemon: Option<DaemonProc>,
+    pub daemon: Option<Daemon>,
     svscan: Option<Svscan>,
     pub recorder: Recorder,
     pub home: PathBuf,
@@ -484,7 +273,13 @@ impl Lab {
             fs::create_dir_all(d)?;
         }
         let recorder = Recorder::new(&dir.join("starts.fifo"))?;
-        let svscan = Svscan::start(&scandir, &dir.join("starts.fifo"), &dir.join("svscan.log"))?;
+        let fifo = dir.join("starts.fifo");
+        let svscan = Svscan::start_env(
+            &scandir,
+            &dir.join("svscan.log"),
+            &["-c", SVSCAN_LIMIT],
+            &[(FIFO_ENV, fifo.as_os_str())],
+        );
         Ok(Lab {
             daemon: None,
             svscan: Some(svscan),
@@ -516,12 +311,22 @@ impl Lab {
         env
     }
 
-    pub fn start_daemon(&mut self, extra: &[(&str, String)]) -> Result<&DaemonProc> {
-        let d = DaemonProc::start(&self.env(extra), &self.dir.join("daemon.log"))?;
-        Ok(self.daemon.insert(d))
+    /// Starts the daemon and waits for its readiness; returns the time from spawn to it.
+    pub fn start_daemon(&mut self, extra: &[(&str, String)]) -> Result<Duration> {
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", "--notify-fd", "3"]).env_clear().envs(self.env(extra)).stdin(Stdio::null());
+        let d = self.daemon.insert(Daemon::spawn_command(cmd));
+        d.wait_ready_within(READY_BOUND).map_err(|e| anyhow!("{e}"))?;
+        d.ready_after().context("readiness without a time")
     }
 
-    pub fn daemon(&self) -> &DaemonProc {
+    /// Number of `s6-supervise` processes per service name (`gateway-x`, `gateway-x/log`) in
+    /// the lab's namespace.
+    pub fn supervisors(&self) -> std::collections::BTreeMap<String, usize> {
+        crate::kit::supervisors_of_ns(self.svscan.as_ref().expect("s6-svscan running"))
+    }
+
+    pub fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().expect("daemon started")
     }
 
@@ -667,12 +472,10 @@ pub fn unpublish(scandir: &Path, entry: &str) -> Result<()> {
     let hidden = scandir.join(format!(".{entry}.gone"));
     fs::rename(scandir.join(entry), &hidden)?;
     rescan(scandir, true)?;
-    let gone = poll(Duration::from_secs(10), Duration::from_millis(1), || {
-        (lock_holder(&hidden).is_none() && lock_holder(&hidden.join("log")).is_none()).then_some(())
-    });
-    if gone.is_none() {
-        bail!("{}: supervisors still alive after 10 s", hidden.display());
-    }
+    poll_until(Duration::from_secs(10), Duration::from_millis(1), || {
+        lock_holder(&hidden).is_none() && lock_holder(&hidden.join("log")).is_none()
+    })
+    .with_context(|| format!("{}: supervisors still alive", hidden.display()))?;
     fs::remove_dir_all(&hidden)?;
     Ok(())
 }

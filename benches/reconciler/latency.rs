@@ -2,9 +2,12 @@
 //! daemon and the runner's floor trials interleaved so that noise falls on both alike.
 
 use crate::Cfg;
-use crate::lab::{FIFO_ENV, IntentRewrite, Lab, StatusWatch, Template, control, mono_ns, rescan, unpublish};
+use crate::lab::{
+    FIFO_ENV, IntentRewrite, Lab, StatusWatch, Template, mono_ns, poll_until, rescan, unpublish,
+};
 use crate::report::{Report, ms, ratio, summarize};
 use anyhow::{Context, Result, bail};
+use hermes_reconciler::s6::{SupervisorCommand, send_command};
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -93,10 +96,8 @@ fn daemon_add(lab: &Lab, i: usize) -> Result<i64> {
     fs::remove_dir_all(&gone)?;
     let hidden = format!(".gateway-{name}.rm-");
     let slot = lab.slot(&name);
-    crate::lab::poll(WAIT, Duration::from_millis(1), || {
-        (!slot.exists() && lab.scandir_entries(&hidden) == 0).then_some(())
-    })
-    .with_context(|| format!("{name}: slot not removed"))?;
+    poll_until(WAIT, Duration::from_millis(1), || !slot.exists() && lab.scandir_entries(&hidden) == 0)
+        .with_context(|| format!("{name}: slot not removed"))?;
     Ok(t1 - t0)
 }
 
@@ -153,7 +154,7 @@ fn flip(dir: &std::path::Path, up: bool, act: impl FnOnce() -> Result<()>) -> Re
     let t1 = watch.wait(WAIT, |s| s.want_up == up).context("want-up flag never flipped")?;
     // Settle: the service is really up (or down and finished) before the next trial.
     watch
-        .wait(WAIT, |s| if up { s.pid != 0 } else { s.pid == 0 && !s.finishing })
+        .wait(WAIT, |s| if up { s.pid.is_some() } else { s.pid.is_none() && !s.finishing })
         .context("service never settled")?;
     Ok(t1 - t0)
 }
@@ -176,8 +177,8 @@ fn intent(cfg: &Cfg, tpl: &Template, lab: &Lab, report: &mut Report) -> Result<(
         for floor_first in [!(i / 2).is_multiple_of(2), (i / 2).is_multiple_of(2)] {
             gap(i);
             if floor_first {
-                let byte: &[u8] = if up { b"U" } else { b"D" };
-                let t = flip(&fslot, up, || Ok(control(&fslot.join("supervise/control"), byte)?))?;
+                let cmd = if up { SupervisorCommand::UpPersist } else { SupervisorCommand::DownPersist };
+                let t = flip(&fslot, up, || Ok(send_command(&fslot, cmd)?))?;
                 f.push(t);
                 f_dir[up as usize].push(t);
             } else {

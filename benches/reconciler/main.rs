@@ -10,6 +10,8 @@
 mod boot;
 mod hostile;
 mod idle;
+#[path = "../../tests/kit/mod.rs"]
+mod kit;
 mod lab;
 mod latency;
 mod report;

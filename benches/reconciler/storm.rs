@@ -8,10 +8,9 @@ use crate::lab::{Lab, Template, lock_holder, mono_ns, rescan, sleep_until_ns};
 use crate::report::{Report, ratio, summarize};
 use anyhow::{Result, anyhow, bail};
 use nix::sys::signal::Signal;
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Default, Clone)]
@@ -32,23 +31,6 @@ struct Storm {
 
 fn running(i: usize) -> bool {
     i.is_multiple_of(2)
-}
-
-/// s6-supervise processes per service directory they run in (`gateway-x`, `gateway-x/log`),
-/// relative to `scandir` (their working directory is the service directory).
-fn supervisors(scandir: &Path) -> BTreeMap<String, usize> {
-    let mut count = BTreeMap::new();
-    for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(cmdline) = fs::read(p.path().join("cmdline")) else { continue };
-        if !cmdline.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"s6-supervise")) {
-            continue;
-        }
-        let Ok(cwd) = fs::read_link(p.path().join("cwd")) else { continue };
-        if let Ok(rel) = cwd.strip_prefix(scandir) {
-            *count.entry(rel.to_string_lossy().into_owned()).or_default() += 1;
-        }
-    }
-    count
 }
 
 /// Runs `publish(i)` for every profile, evenly over one second, and watches the slots converge:
@@ -122,7 +104,7 @@ pub fn run(cfg: &Cfg, tpl: &Template, report: &mut Report) -> Result<()> {
                 floors.push(storm(&lab, &names, |i| {
                     let nm = &names[i];
                     tpl.publish(&lab.scandir, &format!("gateway-{nm}"), nm, &lab.home, running(i))?;
-                    rescan(&lab.scandir, false)
+                    Ok(rescan(&lab.scandir, false)?)
                 })?);
             } else {
                 let (d, p) = daemon_storm(&names)?;
@@ -184,7 +166,7 @@ fn daemon_storm(names: &[String]) -> Result<(Storm, Vec<String>)> {
     std::thread::sleep(Duration::from_secs(2));
     let starts = lab.recorder.snapshot();
     let log = lab.boot_log();
-    let sups = supervisors(&lab.scandir);
+    let sups = lab.supervisors();
     let mut problems = Vec::new();
     for (i, nm) in names.iter().enumerate() {
         let slot = lab.slot(nm);

@@ -5,6 +5,8 @@
 //! are opened with `O_NOFOLLOW | O_NONBLOCK` and checked to be regular before a byte is written;
 //! files and directories the daemon creates are handed to `$HERMES_RUN_AS` when running as root.
 
+use crate::fsops::{self, Durability};
+use crate::layout::home::LOGS_DIR;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, SFlag, fstat, fstatat, mkdirat};
@@ -28,30 +30,6 @@ pub enum HomeError {
 
 fn io_err(path: &Path, e: impl Into<std::io::Error>) -> HomeError {
     HomeError::Io { path: path.to_path_buf(), source: e.into() }
-}
-
-/// How many new random temporary names are tried after the first one is taken.
-const TEMP_ATTEMPTS: usize = 8;
-
-/// 16 hex digits from the kernel's random source (`getrandom(2)`): a temporary name no other
-/// user can predict, so it can only be taken by chance (then a new one is drawn).
-pub fn random_suffix() -> std::io::Result<String> {
-    let mut buf = [0u8; 8];
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `buf`, which lives
-        // across the call; getrandom writes at most that many bytes.
-        let n = unsafe { nix::libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
-    Ok(format!("{:016x}", u64::from_ne_bytes(buf)))
 }
 
 /// What [`HomeWriter::append_log`] found at the log's name.
@@ -146,8 +124,8 @@ impl HomeWriter {
     /// over. Only files it has just created with `O_EXCL` are chowned. Rotation is a rename in
     /// the directory (never an open of `<name>.1`) and only of a file it would append to.
     pub fn append_log(&self, name: &str, text: &str, rotate_at: u64) -> Result<(), HomeError> {
-        let dir = self.open_dir(Path::new("logs"), true)?;
-        let path = self.home.join("logs").join(name);
+        let dir = self.open_dir(Path::new(LOGS_DIR), true)?;
+        let path = self.home.join(LOGS_DIR).join(name);
         // Every round either writes or meets a race (the name changed under it); the agent
         // cannot win forever against the final replacement, which needs no existing file.
         for _ in 0..3 {
@@ -158,7 +136,7 @@ impl HomeWriter {
                     if renameat(dir.as_fd(), name, dir.as_fd(), rotated.as_str()).is_err() {
                         // Something that cannot be renamed over (a directory planted at
                         // `<name>.1`) must not stop the log: start it afresh instead.
-                        return self.replace_in(&dir, name, &path, text.as_bytes(), false);
+                        return self.replace_in(&dir, name, &path, text.as_bytes(), Durability::Volatile);
                     }
                 }
                 Appendable::Yes(fd, _) => {
@@ -166,7 +144,7 @@ impl HomeWriter {
                     return file.write_all(text.as_bytes()).map_err(|e| io_err(&path, e));
                 }
                 Appendable::Replace => {
-                    return self.replace_in(&dir, name, &path, text.as_bytes(), false);
+                    return self.replace_in(&dir, name, &path, text.as_bytes(), Durability::Volatile);
                 }
                 Appendable::Missing => {}
             }
@@ -186,7 +164,7 @@ impl HomeWriter {
                 Err(e) => return Err(io_err(&path, e)),
             }
         }
-        self.replace_in(&dir, name, &path, text.as_bytes(), false)
+        self.replace_in(&dir, name, &path, text.as_bytes(), Durability::Volatile)
     }
 
     /// The owner of every file this writer creates, and the only owner of a file it appends to.
@@ -236,44 +214,25 @@ impl HomeWriter {
     pub fn write_atomic(&self, rel_dir: &Path, name: &str, content: &[u8]) -> Result<(), HomeError> {
         let dir = self.open_dir(rel_dir, false)?;
         let path = self.home.join(rel_dir).join(name);
-        self.replace_in(&dir, name, &path, content, true)
+        self.replace_in(&dir, name, &path, content, Durability::Synced)
     }
 
-    /// Writes `content` to a new file `.<name>.<random>` in `dir` (created with `O_EXCL |
-    /// O_NOFOLLOW`, so nothing planted there is opened; a new random name on `EEXIST`), hands it
-    /// to the owner, then renames it over `name`. The temporary name cannot be predicted, so a
-    /// planted file or directory cannot block the write.
+    /// Writes `content` to a new file `.<name>.<random>` in `dir` (see [`fsops::create_temp`]:
+    /// nothing planted there is opened, and a planted file or directory cannot block the
+    /// write), hands it to the owner, then renames it over `name` ([`fsops::replace_at`]).
     fn replace_in(
         &self,
         dir: &OwnedFd,
         name: &str,
         path: &Path,
         content: &[u8],
-        sync: bool,
+        durability: Durability,
     ) -> Result<(), HomeError> {
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let mut attempt = 0;
-        let (tmp, fd) = loop {
-            let tmp = format!(".{name}.{}", random_suffix().map_err(|e| io_err(path, e))?);
-            match openat(dir.as_fd(), tmp.as_str(), flags, Mode::from_bits_truncate(0o644)) {
-                Ok(fd) => break (tmp, fd),
-                Err(Errno::EEXIST) if attempt < TEMP_ATTEMPTS => attempt += 1,
-                Err(e) => return Err(io_err(path, e)),
-            }
-        };
-        let result = (|| {
-            self.chown(&fd, path)?;
-            let mut file = std::fs::File::from(fd);
-            file.write_all(content).map_err(|e| io_err(path, e))?;
-            if sync {
-                file.sync_data().map_err(|e| io_err(path, e))?;
-            }
-            renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name).map_err(|e| io_err(path, e))
-        })();
-        if result.is_err() {
-            let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        }
-        result
+        fsops::replace_at(dir.as_fd(), name, content, 0o644, durability, |fd| match self.owner {
+            Some((uid, gid)) => fchown(fd.as_fd(), Some(uid), Some(gid)).map_err(std::io::Error::from),
+            None => Ok(()),
+        })
+        .map_err(|e| io_err(path, e))
     }
 
     /// Unlinks `<rel_dir>/<name>` if it exists (a symlink is removed, never followed).
@@ -393,9 +352,9 @@ mod tests {
         }
         w.write_atomic(Path::new(""), "ports.json", b"{}").unwrap();
         assert_eq!(std::fs::read_to_string(t.path().join("ports.json")).unwrap(), "{}");
-        let a = random_suffix().unwrap();
+        let a = crate::fsops::random_suffix().unwrap();
         assert_eq!(a.len(), 16);
-        assert_ne!(a, random_suffix().unwrap());
+        assert_ne!(a, crate::fsops::random_suffix().unwrap());
     }
 
     #[test]

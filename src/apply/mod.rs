@@ -3,15 +3,17 @@
 
 pub mod boot_log;
 pub mod home;
+pub mod publish;
 pub mod removal;
-pub mod scan;
 pub mod slot;
+pub mod status_record;
 
 use crate::model::ProfileName;
 use crate::plan::{Decision, Plan, Step};
 use crate::s6::{self, ControlError};
+use crate::warning::{Finding, Warning};
 use home::HomeWriter;
-use slot::SlotWriter;
+use slot::{SlotError, SlotWriter};
 use std::path::Path;
 
 /// Everything the apply layer writes through.
@@ -23,7 +25,7 @@ pub struct Applier {
     /// scanner). The daemon does, so that none of its later mutations can abort a scan that
     /// has not started them yet; `once` does not: it mutates nothing afterwards, and the
     /// daemon's first pass confirms whatever is still unsupervised.
-    pub confirm: bool,
+    pub wait_for_pickup: bool,
     /// Set on SIGTERM/SIGINT: a pass stops at its next safe point (between profiles, inside a
     /// supervisor wait), leaving every slot hidden or fully published.
     pub shutdown: crate::shutdown::Shutdown,
@@ -37,7 +39,7 @@ pub struct Outcome {
     /// Profiles whose steps failed.
     pub errors: Vec<ProfileError>,
     /// Problems that did not stop a profile.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
     /// Slots published in this pass.
     pub created: usize,
     /// Slots hidden in this pass, waiting for their supervisors to exit.
@@ -50,63 +52,71 @@ pub struct Outcome {
     pub abandoned: bool,
 }
 
-/// A profile whose steps failed; the rest of its steps were not run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProfileError {
-    pub profile: ProfileName,
-    pub message: String,
+/// Why a profile's step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error(transparent)]
+    Home(#[from] home::HomeError),
+    #[error("legacy migration record not written: {0}")]
+    LegacyRecord(home::HomeError),
+    /// Published, but s6-svscan did not pick the slot up (see [`publish`]).
+    #[error("slot {slot} is published but s6-svscan does not supervise it: {why}")]
+    NotSupervised { slot: String, why: String },
 }
 
-impl std::fmt::Display for ProfileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "profile {}: {}", self.profile, self.message)
-    }
+/// A profile whose steps failed; the rest of its steps were not run. Whether and when to try
+/// again is the daemon's policy (`daemon::retry`), not apply's.
+#[derive(Debug, thiserror::Error)]
+#[error("profile {profile}: {source}")]
+pub struct ProfileError {
+    pub profile: ProfileName,
+    pub source: StepError,
 }
 
 /// The legacy migration record (SPEC §5.4).
 pub const LEGACY_RECORD: &str = "{\"gateway_state\":\"running\",\"desired_state\":\"running\",\"migrated_from\":\"legacy-container-cmd\"}\n";
 
 impl Applier {
-    fn run_step(&self, step: &Step, out: &mut Outcome) -> Result<(), String> {
+    fn run_step(&self, step: &Step, out: &mut Outcome) -> Result<(), StepError> {
         match step {
             Step::SweepPidFiles { dir } => {
                 // A leftover that cannot be removed safely (a directory of that name, the
                 // profile swapped for a symlink since it was read) is reported and left: the
                 // gateway runs as an unprivileged user and cannot misuse it beyond its rights,
                 // and one odd file must not keep the profile from getting its slot.
-                let rel = self.home.relative(dir).map_err(|e| e.to_string())?;
-                for f in ["gateway.pid", "processes.json"] {
+                let rel = self.home.relative(dir)?;
+                for f in crate::layout::home::PID_LEFTOVERS {
                     match self.home.unlink(rel, f) {
                         Ok(true) => {
                             tracing::info!(file = %dir.join(f).display(), "removed a leftover of the previous container")
                         }
                         Ok(false) => {}
                         Err(e) => {
-                            out.warnings.push(format!("leftover of the previous container not removed: {e}"))
+                            out.warnings.push(Finding::LeftoverNotRemoved { error: e.to_string() }.into())
                         }
                     }
                 }
                 Ok(())
             }
             Step::Create { name, files, up, record } => {
-                self.slots.create(name, files, *up, record).map_err(|e| e.to_string())?;
+                self.slots.create(name, files, *up, record).map_err(StepError::from)?;
                 out.created += 1;
                 out.to_confirm.push(name.clone());
                 Ok(())
             }
-            Step::WriteFiles { name, files } => {
-                self.slots.write_files(name, files).map_err(|e| e.to_string())
-            }
-            Step::Command { name, up } => self.slots.command(name, *up).map_err(|e| e.to_string()),
+            Step::WriteFiles { name, files } => self.slots.write_files(name, files).map_err(StepError::from),
+            Step::Command { name, up } => self.slots.command(name, *up).map_err(StepError::from),
             Step::WriteRecord { name, record } => {
-                self.slots.write_record(name, record).map_err(|e| e.to_string())
+                self.slots.write_record(name, record).map_err(StepError::from)
             }
             Step::EnsureSupervised { name } => {
                 out.to_confirm.push(name.clone());
                 Ok(())
             }
             Step::CloseEvent { name } => {
-                let removed = self.slots.close_event(name).map_err(|e| e.to_string())?;
+                let removed = self.slots.close_event(name).map_err(StepError::from)?;
                 tracing::warn!(
                     slot = %name.slot_name(),
                     removed,
@@ -115,7 +125,7 @@ impl Applier {
                 Ok(())
             }
             Step::Remove { name } => {
-                out.removals.push(self.slots.hide(name).map_err(|e| e.to_string())?);
+                out.removals.push(self.slots.hide(name).map_err(StepError::from)?);
                 Ok(())
             }
         }
@@ -126,7 +136,11 @@ impl Applier {
         let mut out = Outcome::default();
         let mut root_failed = false;
         if plan.migrate_legacy {
-            match self.home.write_atomic(Path::new(""), "gateway_state.json", LEGACY_RECORD.as_bytes()) {
+            match self.home.write_atomic(
+                Path::new(""),
+                crate::layout::home::INTENT_FILE,
+                LEGACY_RECORD.as_bytes(),
+            ) {
                 Ok(()) => {
                     tracing::info!("legacy `gateway run` container: recorded the root gateway as running")
                 }
@@ -134,7 +148,7 @@ impl Applier {
                     root_failed = true;
                     out.errors.push(ProfileError {
                         profile: ProfileName::root(),
-                        message: format!("legacy migration record not written: {e}"),
+                        source: StepError::LegacyRecord(e),
                     });
                 }
             }
@@ -147,7 +161,9 @@ impl Applier {
                     tracing::info!(entry = %entry, "finishing an interrupted removal");
                     out.removals.push(removal::PendingRemoval::leftover(self.slots.scandir.join(entry)));
                 }
-                Err(e) => out.warnings.push(format!("leftover not cleared: {e}")),
+                Err(e) => out
+                    .warnings
+                    .push(Finding::LeftoverNotCleared { kick: false, error: e.to_string() }.into()),
             }
         }
         for pp in &plan.profiles {
@@ -162,7 +178,7 @@ impl Applier {
             let stamped = stamp(&pp.steps, pp.decision.as_ref());
             let failed = stamped.iter().find_map(|s| self.run_step(s, &mut out).err());
             match failed {
-                Some(message) => out.errors.push(ProfileError { profile: pp.name.clone(), message }),
+                Some(source) => out.errors.push(ProfileError { profile: pp.name.clone(), source }),
                 None => out.applied.extend(pp.decision.clone()),
             }
         }
@@ -171,25 +187,24 @@ impl Applier {
             && !out.abandoned
             && let Err(e) = self.slots.unkick(&self.shutdown)
         {
-            out.warnings.push(format!("leftover {} not cleared: {e}", crate::model::KICK_ENTRY));
+            out.warnings.push(Finding::LeftoverNotCleared { kick: true, error: e.to_string() }.into());
         }
         if out.created > 0 || !out.removals.is_empty() || !out.to_confirm.is_empty() {
             // Prune when something left the scan, and when the daemon (re)creates slots: a slot
             // deleted by hand leaves its supervisor running in the deleted directory, and only a
             // prune stops that second copy.
-            let prune = !out.removals.is_empty() || (self.confirm && out.created > 0);
+            let prune = !out.removals.is_empty() || (self.wait_for_pickup && out.created > 0);
             let rescan = s6::rescan(&self.slots.scandir, prune);
             // The port record only has to be on the volume before the next container start:
             // written after the rescan byte, its fsync does not delay any gateway.
             self.save_ports(plan, &mut out);
             match rescan {
-                Ok(()) if self.confirm => self.confirm(&mut out),
+                Ok(()) if self.wait_for_pickup => self.confirm_supervised(&mut out),
                 Ok(()) => {}
-                Err(ControlError::NoSupervisor(_)) => out.warnings.push(format!(
-                    "s6-svscan is not running on {}; the new slots start when it does",
-                    self.slots.scandir.display()
-                )),
-                Err(e) => out.warnings.push(format!("rescan not requested: {e}")),
+                Err(ControlError::NoSupervisor(_)) => out
+                    .warnings
+                    .push(Finding::ScannerNotRunning { scandir: self.slots.scandir.clone() }.into()),
+                Err(e) => out.warnings.push(Finding::RescanNotRequested { error: e.to_string() }.into()),
             }
         }
         self.save_ports(plan, &mut out);
@@ -207,8 +222,8 @@ impl Applier {
         out.ports_saved = true;
         let mut json = serde_json::to_vec_pretty(&plan.ports).expect("a map of ports serialises");
         json.push(b'\n');
-        if let Err(e) = self.home.write_atomic(Path::new(""), crate::observe::PORTS_FILE, &json) {
-            out.warnings.push(format!("port assignments not saved: {e}"));
+        if let Err(e) = self.home.write_atomic(Path::new(""), crate::layout::home::PORTS_FILE, &json) {
+            out.warnings.push(Finding::PortsNotSaved { error: e.to_string() }.into());
         }
     }
 
@@ -217,20 +232,20 @@ impl Applier {
     /// supervisors of this pass's removals, which count against s6-svscan's limit, are gone);
     /// reports the rest as errors naming what blocks the scan. No later pass mutates the
     /// scandir before this returns, unless a stop is requested (then it returns at once).
-    fn confirm(&self, out: &mut Outcome) {
+    fn confirm_supervised(&self, out: &mut Outcome) {
         if out.to_confirm.is_empty() || out.abandoned {
             return;
         }
         let stop = &self.shutdown;
         let dirs: Vec<_> = out.to_confirm.iter().map(|n| self.slots.slot_dir(n)).collect();
-        let mut stuck = scan::wait_supervised(&dirs, stop);
+        let mut stuck = publish::wait_supervised(&dirs, stop);
         if !stuck.is_empty() && !stop.requested() {
             // A scan met these while it failed (another entry, or the service limit while
             // removed supervisors still counted): s6 >= 2.12 never starts them unless a scan
             // meets a brand-new directory. Make them new, with the removals' room back first.
             let deadline = std::time::Instant::now() + removal::KILL_AFTER;
             for r in &out.removals {
-                scan::wait_unsupervised(&r.hidden, deadline, stop);
+                publish::wait_unsupervised(&r.hidden, deadline, stop);
             }
             tracing::warn!(
                 count = stuck.len(),
@@ -245,29 +260,28 @@ impl Applier {
                 match self.slots.republish(name) {
                     Ok(true) => again.push(dir),
                     Ok(false) => {}
-                    Err(e) => out.warnings.push(format!("slot {} not re-published: {e}", name.slot_name())),
+                    Err(e) => out.warnings.push(
+                        Finding::NotRepublished { slot: name.slot_name(), error: e.to_string() }.into(),
+                    ),
                 }
             }
             if !again.is_empty() && !stop.requested() {
                 match s6::rescan(&self.slots.scandir, true) {
                     Ok(()) => {}
-                    Err(e) => out.warnings.push(format!("rescan not requested: {e}")),
+                    Err(e) => out.warnings.push(Finding::RescanNotRequested { error: e.to_string() }.into()),
                 }
             }
-            stuck = scan::wait_supervised(&stuck, stop);
+            stuck = publish::wait_supervised(&stuck, stop);
         }
         if stuck.is_empty() || stop.requested() {
             return;
         }
-        let why = scan::diagnose_blockers(&self.slots.scandir, out.to_confirm.len());
+        let why = publish::diagnose_blockers(&self.slots.scandir, out.to_confirm.len());
         for name in &out.to_confirm {
             if stuck.contains(&self.slots.slot_dir(name)) {
                 out.errors.push(ProfileError {
                     profile: name.clone(),
-                    message: format!(
-                        "slot {} is published but s6-svscan does not supervise it: {why}",
-                        name.slot_name()
-                    ),
+                    source: StepError::NotSupervised { slot: name.slot_name(), why: why.clone() },
                 });
             }
         }

@@ -7,9 +7,10 @@
 //! here blocks: the caller polls.
 
 use super::slot::{SlotError, SlotWriter};
+use crate::fsops;
+use crate::layout::slot::LOG_DIR;
 use crate::model::ProfileName;
 use crate::s6::{self, SupervisorCommand};
-use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -53,7 +54,7 @@ impl SlotWriter {
         let mut n = nonce();
         loop {
             let to = self.scandir.join(name.removal_name(n));
-            match renameat2(AT_FDCWD, &from, AT_FDCWD, &to, RenameFlags::RENAME_NOREPLACE) {
+            match fsops::rename_noreplace(&from, &to) {
                 Ok(()) => {
                     return Ok(PendingRemoval {
                         label: name.slot_name(),
@@ -79,10 +80,10 @@ impl PendingRemoval {
 
     /// Checks the supervisors; deletes the directory once both are gone.
     pub fn poll(&mut self, scandir: &std::path::Path) -> RemovalState {
-        // An error reading the lock counts as alive: never delete under a live supervisor.
-        let alive = |d: PathBuf| s6::supervisor_pid(&d).map(|p| p.is_some()).unwrap_or(true);
+        // Unknown counts as alive: never delete under a live supervisor.
+        let alive = |d: PathBuf| s6::supervisor(&d).maybe_alive();
         let main_alive = alive(self.hidden.clone());
-        let log_alive = alive(self.hidden.join("log"));
+        let log_alive = alive(self.hidden.join(LOG_DIR));
         if !main_alive && !log_alive {
             return match std::fs::remove_dir_all(&self.hidden) {
                 Ok(()) => RemovalState::Done,

@@ -10,13 +10,16 @@
 //!   rights of SPEC §9.1 before s6-supervise first starts, because it keeps whatever it finds:
 //!   the group `$HERMES_RUN_AS` gets `supervise/` and the control FIFO, never `event/`.
 
+use crate::fsops::{self, Durability};
+use crate::layout::slot::{
+    DATA_DIR, DOWN_FILE, EVENT_DIR, LOG_DIR, RECORD_FILE, SUPERVISE_CONTROL, SUPERVISE_DIR,
+};
 use crate::model::{ProfileName, SlotRecord};
-use crate::observe::scandir::RECORD_FILE;
 use crate::plan::render::SlotFile;
 use crate::s6::event::EVENT_MODE;
 use crate::s6::{self, ControlError, SupervisorCommand};
 use nix::dir::Dir;
-use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstatat};
 use nix::unistd::{Gid, UnlinkatFlags, fchown, getegid, geteuid, mkfifo, unlinkat};
 use std::fs;
@@ -62,19 +65,10 @@ fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
     f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io(path))
 }
 
-/// Replaces `path` atomically: a sibling temp file, then rename over it.
+/// Replaces `path` atomically with exactly `mode` ([`fsops::replace`]). Not synced: the scandir
+/// is rebuilt at every container start.
 fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.hermes-reconciler.tmp"));
-    let created = match write_new(&tmp, content, mode) {
-        // A temp file left by an interrupted write: replace it.
-        Err(SlotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            fs::remove_file(&tmp).map_err(io(&tmp))?;
-            write_new(&tmp, content, mode)
-        }
-        other => other,
-    };
-    created.and_then(|()| fs::rename(&tmp, path).map_err(io(path)))
+    fsops::replace(path, content, mode, Durability::Volatile).map_err(io(path))
 }
 
 /// Closes one `event/` directory (see [`crate::s6::event`]) and clears what others planted in it.
@@ -186,7 +180,7 @@ impl SlotWriter {
         }
         let built = self.build(&staging, files, up, record);
         let published = built.and_then(|()| {
-            renameat2(AT_FDCWD, &staging, AT_FDCWD, &target, RenameFlags::RENAME_NOREPLACE).map_err(|e| {
+            fsops::rename_noreplace(&staging, &target).map_err(|e| {
                 if e == nix::errno::Errno::EEXIST {
                     SlotError::Exists(target.clone())
                 } else {
@@ -202,17 +196,17 @@ impl SlotWriter {
 
     fn build(&self, dir: &Path, files: &[SlotFile], up: bool, record: &SlotRecord) -> Result<(), SlotError> {
         self.mkdir(dir, 0o755, false)?;
-        self.mkdir(&dir.join("log"), 0o755, false)?;
-        self.mkdir(&dir.join("data"), 0o755, false)?;
+        self.mkdir(&dir.join(LOG_DIR), 0o755, false)?;
+        self.mkdir(&dir.join(DATA_DIR), 0o755, false)?;
         for f in files {
             write_new(&dir.join(f.rel), f.content.as_bytes(), f.mode)?;
         }
         write_new(&dir.join(RECORD_FILE), &record_bytes(record), 0o644)?;
         if !up {
-            write_new(&dir.join("down"), b"", 0o644)?;
+            write_new(&dir.join(DOWN_FILE), b"", 0o644)?;
         }
         self.supervise_skeleton(dir)?;
-        self.supervise_skeleton(&dir.join("log"))
+        self.supervise_skeleton(&dir.join(LOG_DIR))
     }
 
     /// Pre-creates what s6-supervise would otherwise create root-only, with the rights of
@@ -225,13 +219,13 @@ impl SlotWriter {
     ///   may make root write into any file. Tools running as `hermes` therefore cannot
     ///   subscribe (`s6-svwait`); they poll `supervise/status` instead.
     fn supervise_skeleton(&self, service: &Path) -> Result<(), SlotError> {
-        let supervise = service.join("supervise");
+        let supervise = service.join(SUPERVISE_DIR);
         self.mkdir(&supervise, 0o710, true)?;
-        let control = supervise.join("control");
+        let control = service.join(SUPERVISE_CONTROL);
         mkfifo(&control, Mode::from_bits_truncate(0o660)).map_err(|e| io(&control)(e.into()))?;
         fs::set_permissions(&control, fs::Permissions::from_mode(0o660)).map_err(io(&control))?;
         self.give_group(&control)?;
-        self.mkdir(&service.join("event"), EVENT_MODE, false)
+        self.mkdir(&service.join(EVENT_DIR), EVENT_MODE, false)
     }
 
     /// Closes the `event/` of the slot and of its logger (slots made by older builds had it
@@ -262,7 +256,7 @@ impl SlotWriter {
 
     pub fn write_record(&self, name: &ProfileName, record: &SlotRecord) -> Result<(), SlotError> {
         let dir = self.slot_dir(name);
-        let data = dir.join("data");
+        let data = dir.join(DATA_DIR);
         if !data.is_dir() {
             self.mkdir(&data, 0o755, false)?;
         }
@@ -278,7 +272,7 @@ impl SlotWriter {
         match s6::send_command(&dir, cmd) {
             Ok(()) => Ok(()),
             Err(ControlError::NoSupervisor(_)) => {
-                let down = dir.join("down");
+                let down = dir.join(DOWN_FILE);
                 if up {
                     match fs::remove_file(&down) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&down)(e)),
@@ -296,9 +290,12 @@ impl SlotWriter {
     /// (an interrupted removal): that one is left for a later pass. Returns whether it went.
     pub fn clear_hidden(&self, entry: &str) -> Result<bool, SlotError> {
         let dir = self.scandir.join(entry);
-        for d in [dir.clone(), dir.join("log")] {
-            if s6::supervisor_pid(&d)?.is_some() {
-                return Ok(false);
+        for d in [dir.clone(), dir.join(LOG_DIR)] {
+            // Unknown is an error for the caller to report: the leftover stays.
+            match s6::supervisor(&d) {
+                s6::Liveness::Absent => {}
+                s6::Liveness::Alive(_) => return Ok(false),
+                s6::Liveness::Unknown(e) => return Err(e.into()),
             }
         }
         fs::remove_dir_all(&dir).map_err(io(&dir))?;

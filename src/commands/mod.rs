@@ -45,7 +45,7 @@ pub fn applier(config: &Config) -> Result<Applier, ConfigError> {
     Ok(Applier {
         slots: SlotWriter { scandir: config.scandir.clone(), group: owner.map(|(_, g)| g) },
         home: HomeWriter::new(config.home.clone(), owner),
-        confirm: true,
+        wait_for_pickup: true,
         shutdown: crate::shutdown::Shutdown::default(),
     })
 }

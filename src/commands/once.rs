@@ -2,11 +2,11 @@
 
 use super::{EXIT_FAILURE, EXIT_OK};
 use crate::apply::Applier;
+use crate::apply::status_record::{self, StatusRecord};
 use crate::config::Config;
-use crate::daemon::status_file;
 use crate::escape::{Escaped, json_safe};
 use crate::observe::{self, container::ContainerMode};
-use crate::plan::{self, ActionKind, Decision, PassKind, Plan, Step};
+use crate::plan::{self, Decision, PassKind, Plan, Step};
 use crate::warning::Warning;
 use serde::Serialize;
 use std::path::Path;
@@ -40,7 +40,7 @@ pub fn describe_steps(plan: &Plan, config: &Config) -> Vec<String> {
         ));
     }
     if plan.ports_changed {
-        out.push(format!("write {}/{}", config.home.display(), observe::PORTS_FILE));
+        out.push(format!("write {}/{}", config.home.display(), crate::layout::home::PORTS_FILE));
     }
     for h in &plan.clear_hidden {
         out.push(format!("clear leftover {}", config.scandir.join(h).display()));
@@ -91,7 +91,7 @@ fn decision_text(d: &Decision) -> String {
         d.prior_exit.as_str()
     );
     if let Some(r) = &d.reason {
-        s.push_str(&format!(" reason={}", Escaped::new(r)));
+        s.push_str(&format!(" reason={r}"));
     }
     s
 }
@@ -142,22 +142,13 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
         tracing::error!("{e}");
     }
     let mut warnings = plan.warnings.clone();
-    warnings.extend(outcome.warnings.iter().cloned().map(Warning::from));
+    warnings.extend(outcome.warnings.iter().cloned());
     let mut errors: Vec<String> = outcome.errors.iter().map(ToString::to_string).collect();
-    let mut report = status_file::StatusReport {
-        errors: outcome.errors.iter().map(|e| (e.profile.to_string(), e.message.clone())).collect(),
-        skipped: outcome
-            .applied
-            .iter()
-            .filter(|d| d.action == ActionKind::Skipped)
-            .map(|d| (d.profile.clone(), d.reason.clone().unwrap_or_default()))
-            .collect(),
-        scandir: warnings.iter().filter(|w| w.contains("dangling symlink")).map(|w| w.text.clone()).collect(),
-        backoff: Default::default(),
-        written: None,
-    };
+    let mut report = StatusRecord::from(status_record::of_pass(&warnings, &outcome));
+    // The boot pass watches nothing: keep what a daemon of this boot reported.
+    report.watch = crate::observe::status_record::read(&config.runtime_dir).watch;
     if plan.mode != ContainerMode::Dashboard
-        && let Err(e) = status_file::write(&config.scandir, &mut report)
+        && let Err(e) = report.write(&config.runtime_dir)
     {
         tracing::debug!("status file not written: {e}");
     }

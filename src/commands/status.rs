@@ -3,11 +3,11 @@
 
 use super::{EXIT_FAILURE, EXIT_OK};
 use crate::config::Config;
-use crate::daemon::status_file;
 use crate::escape::{Escaped, escape, json_safe};
 use crate::model::ProfileName;
-use crate::observe::{self, scandir::slot_dir};
+use crate::observe::{self, slots::slot_dir};
 use crate::s6;
+use crate::warning::Finding;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -69,7 +69,7 @@ pub fn rows(config: &Config) -> Vec<Row> {
 fn rows_of(config: &Config, world: &observe::Observed) -> Vec<Row> {
     let (topo, folded) = topology(config, world);
     let single = topo == crate::config::Topology::Single;
-    let report = status_file::read(&config.scandir);
+    let report = observe::status_record::read(&config.runtime_dir);
     let mut names: Vec<ProfileName> = world.profiles.iter().map(|p| p.name.clone()).collect();
     let known: BTreeSet<ProfileName> = names.iter().cloned().collect();
     names.extend(world.scandir.slots.keys().filter(|n| !known.contains(*n)).cloned());
@@ -93,7 +93,8 @@ fn rows_of(config: &Config, world: &observe::Observed) -> Vec<Row> {
                 ready: status.as_ref().map(|s| s.is_ready()),
                 pid: status.as_ref().and_then(|s| s.up_pid()),
                 uptime_secs: status.as_ref().and_then(|s| s.since.elapsed().ok()).map(|d| d.as_secs()),
-                supervised: slot.is_some() && matches!(s6::supervisor_pid(&dir), Ok(Some(_))),
+                // Unknown shows as not supervised: the table states only what it could check.
+                supervised: slot.is_some() && s6::supervisor(&dir).surely_alive(),
                 port: world.previous_ports.get(name.as_str()).copied(),
                 last_action: record.and_then(|r| r.last_action.clone()),
                 last_action_at: record.and_then(|r| r.last_action_at.clone()),
@@ -165,16 +166,18 @@ pub fn run(config: &Config, json: bool) -> i32 {
     let rows = rows_of(config, &world);
     let topo = topology(config, &world);
     // Scandir problems as the daemon last saw them, plus what is there now.
-    let mut scandir = status_file::read(&config.scandir).scandir;
-    for d in observe::scanner::observe_scanner(&config.scandir).dangling {
-        let w = format!("scandir entry {} is a dangling symlink", config.scandir.join(&d).display());
-        if !scandir.iter().any(|s| s.starts_with(&w)) {
+    let report = observe::status_record::read(&config.runtime_dir);
+    let watch = report.watch;
+    let mut scandir = report.scandir;
+    for d in observe::svscan::observe_scanner(&config.scandir).dangling {
+        let w = Finding::DanglingScandirEntry { path: config.scandir.join(&d) }.to_string();
+        if !scandir.contains(&w) {
             scandir.push(w);
         }
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let written = print(&mut out, &rows, &scandir, &topo, json).and_then(|()| out.flush());
+    let written = print(&mut out, &rows, &scandir, &topo, watch.as_deref(), json).and_then(|()| out.flush());
     output_done(written)
 }
 
@@ -197,11 +200,13 @@ fn output_done(written: std::io::Result<()>) -> i32 {
     }
 }
 
+/// `watch`: the watcher backend the daemon last reported (`None`: no daemon has run).
 fn print(
     out: &mut impl Write,
     rows: &[Row],
     scandir: &[String],
     (topo, folded): &(crate::config::Topology, Vec<String>),
+    watch: Option<&str>,
     json: bool,
 ) -> std::io::Result<()> {
     if json {
@@ -210,6 +215,7 @@ fn print(
             "scandir": scandir,
             "topology": topo,
             "folded_into_root": folded,
+            "watch": watch,
         });
         return writeln!(out, "{}", json_safe(&doc.to_string()));
     }
@@ -255,6 +261,7 @@ fn print(
             if folded.is_empty() { "none".to_string() } else { folded.join(", ") }
         )?,
     }
+    writeln!(out, "watch: {}", Escaped::new(watch.unwrap_or("- (no daemon has run)")))?;
     Ok(())
 }
 

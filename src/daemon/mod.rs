@@ -11,28 +11,32 @@
 //! - one profile's failure delays only that profile (exponential backoff).
 
 pub mod backoff;
-pub mod status_file;
+mod event_loop;
+pub mod retry;
+pub mod schedule;
 pub mod warn_limit;
 
+pub use event_loop::run;
+
 use crate::apply::removal::{PendingRemoval, RemovalState};
+use crate::apply::status_record::{self, StatusRecord};
 use crate::apply::{Applier, Outcome};
 use crate::config::Config;
 use crate::model::ProfileName;
 use crate::observe::profile_files::ProfileFileCache;
-use crate::observe::scandir::{SlotFileCache, observe_slot, slot_dir};
-use crate::observe::watch::{WatchError, Watcher};
+use crate::observe::slots::{SlotFileCache, observe_slot, slot_dir};
+use crate::observe::watch::{self, Batch, EventStream, WatchError, Watcher};
 use crate::observe::{self, Observed};
 use crate::plan::{self, PassKind, PassOptions, crashloop};
 use crate::s6::{self, SupervisorCommand};
-use crate::warning::Warning;
+use crate::warning::{Finding, Warning};
 use backoff::Backoff;
+pub use schedule::{FALLBACK_RELIST, RELIST_COALESCE, relist_due_at};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use warn_limit::WarnLimiter;
 
-/// Re-list period while inotify cannot watch everything (limit exhausted).
-pub const FALLBACK_RELIST: Duration = Duration::from_secs(2);
 /// Crash-loop backoff, unless it is off or inotify cannot watch the slots.
 fn crash_watch(
     (crashloop, max_hold, reset_after): &(Option<crate::config::CrashLoop>, Duration, Duration),
@@ -56,31 +60,15 @@ fn crash_watch(
     }
 }
 
-/// How often pending removals are checked; only while one is pending.
-pub const REMOVAL_POLL: Duration = Duration::from_millis(2);
-/// ... and once every removal in flight has waited this long (a gateway slow to stop, or one
-/// ignoring SIGTERM until the kill), checked less often.
-pub const REMOVAL_POLL_SLOW_AFTER: Duration = Duration::from_millis(200);
-pub const REMOVAL_POLL_SLOW: Duration = Duration::from_millis(100);
-/// Shortest interval between two full re-lists asked for by events (overflow, `profiles/`
-/// or `profiles/.deleted` created or removed, a watch lost): a hostile loop of such events
-/// costs at most one re-list a second (SPEC §9.3). Dirty profiles are served meanwhile.
-pub const RELIST_COALESCE: Duration = Duration::from_secs(1);
-
-/// When a re-list asked for by events may run (SPEC §9.3): at once if the last full pass is
-/// at least [`RELIST_COALESCE`] old, else as soon as it is. Pure, for the event loop and tests.
-pub fn relist_due_at(last_full: Instant, now: Instant) -> Instant {
-    now.max(last_full + RELIST_COALESCE)
-}
-
 /// The reconciler's state between passes.
 pub struct Daemon {
-    pub cfg: Config,
-    pub applier: Applier,
-    pub world: Observed,
-    pub watcher: Option<Watcher>,
-    /// inotify is not (fully) available: re-list every [`FALLBACK_RELIST`].
-    pub polling_fallback: bool,
+    cfg: Config,
+    applier: Applier,
+    world: Observed,
+    watcher: Option<Watcher>,
+    /// The watcher cannot see everything (none, or its watch limit exhausted): re-list every
+    /// [`FALLBACK_RELIST`].
+    polling_fallback: bool,
     /// Slots whose profile is gone, and since when.
     absent: BTreeMap<ProfileName, Instant>,
     retries: BTreeMap<ProfileName, Backoff>,
@@ -92,8 +80,8 @@ pub struct Daemon {
     /// whatever its text (SPEC §9.3).
     warned: WarnLimiter,
     /// Last error per profile, and skipped profiles, for `status`.
-    pub report: status_file::StatusReport,
-    pub last_full: Instant,
+    report: StatusRecord,
+    last_full: Instant,
     /// Events asked for a full re-list; it runs once [`RELIST_COALESCE`] has passed since the
     /// last one.
     relist_pending: bool,
@@ -114,19 +102,37 @@ pub struct CrashWatch {
 }
 
 impl Daemon {
-    pub fn new(cfg: Config, applier: Applier) -> Self {
-        let watcher = match Watcher::new(&cfg.home) {
-            Ok(w) => Some(w),
+    /// The daemon's state, and the stream of its watcher's events (`None` without a watcher:
+    /// then it re-lists every [`FALLBACK_RELIST`]). The backend is logged here, once.
+    pub fn new(cfg: Config, applier: Applier) -> (Self, Option<EventStream>) {
+        let backend = watch::choose(cfg.watch, &cfg.home);
+        let (watcher, events) = match Watcher::new(&cfg.home, backend, cfg.poll) {
+            Ok((w, e)) => {
+                match backend {
+                    watch::Backend::Inotify => {
+                        tracing::info!(watch = "inotify", "watching the volume with inotify")
+                    }
+                    watch::Backend::Poll => tracing::info!(
+                        watch = "poll",
+                        period_ms = cfg.poll.as_millis() as u64,
+                        "watching the volume by polling"
+                    ),
+                }
+                (Some(w), Some(e))
+            }
             Err(e) => {
-                tracing::warn!(
-                    "inotify unavailable ({e}); falling back to re-listing every {FALLBACK_RELIST:?}"
-                );
-                None
+                tracing::warn!("{e}; falling back to re-listing every {FALLBACK_RELIST:?}");
+                (None, None)
             }
         };
-        let report = status_file::read(&cfg.scandir);
+        let mut report = StatusRecord::from(observe::status_record::read(&cfg.runtime_dir));
+        report.watch = Some(match &watcher {
+            Some(_) if backend == watch::Backend::Poll => format!("poll ({} ms)", cfg.poll.as_millis()),
+            Some(_) => "inotify".to_string(),
+            None => format!("none (re-listing every {} s)", FALLBACK_RELIST.as_secs()),
+        });
         let cfg_crash = (cfg.crashloop, cfg.backoff_max, cfg.crashloop_reset);
-        Daemon {
+        let daemon = Daemon {
             polling_fallback: watcher.is_none(),
             world: Observed::empty(),
             watcher,
@@ -145,7 +151,36 @@ impl Daemon {
             slot_files: SlotFileCache::default(),
             profile_files: ProfileFileCache::default(),
             crash: crash_watch(&cfg_crash),
+        };
+        (daemon, events)
+    }
+
+    /// The timer state as the pure schedule sees it.
+    fn timers<'a>(
+        &'a self,
+        removals: &'a [Instant],
+        holds: &'a BTreeMap<ProfileName, Instant>,
+    ) -> schedule::Timers<'a> {
+        schedule::Timers {
+            last_full: self.last_full,
+            resync: self.cfg.resync,
+            fallback: self.polling_fallback,
+            relist_pending: self.relist_pending,
+            remove_grace: self.cfg.remove_grace,
+            absent: &self.absent,
+            retries: &self.retries,
+            removals,
+            holds,
         }
+    }
+
+    /// When each crash-loop hold ends.
+    fn hold_ends(&self) -> BTreeMap<ProfileName, Instant> {
+        self.crash
+            .iter()
+            .flat_map(|c| c.trackers.iter())
+            .filter_map(|(n, t)| t.hold.as_ref().map(|h| (n.clone(), h.until)))
+            .collect()
     }
 
     /// The descriptor that turns readable when a slot's status is rewritten (crash-loop
@@ -156,10 +191,9 @@ impl Daemon {
     }
 
     /// Slots' statuses were rewritten: feed each tracker, hold down or release.
-    pub fn on_status_events(&mut self) {
+    pub fn on_status_events(&mut self, now: Instant) {
         let Some(crash) = self.crash.as_mut() else { return };
         let names = crash.watch.read();
-        let now = Instant::now();
         let mut lines = Vec::new();
         for name in names {
             let dir = slot_dir(&self.cfg.scandir, &name);
@@ -199,7 +233,7 @@ impl Daemon {
                         action: plan::ActionKind::Backoff,
                         prior_state: Some("running".into()),
                         prior_exit: crate::model::PriorExit::Unknown,
-                        reason: Some("crash-loop".into()),
+                        reason: Some(plan::Reason::CrashLoop),
                         folded_into_root: None,
                         backoff: Some(plan::BackoffInfo {
                             retry_in_secs: h.retry_in.as_secs(),
@@ -221,15 +255,16 @@ impl Daemon {
         {
             tracing::error!("container-boot.log not written: {e}");
         }
-        if let Err(e) = status_file::write(&self.cfg.scandir, &mut self.report) {
+        if let Err(e) = self.report.write(&self.cfg.runtime_dir) {
             tracing::debug!("status file not written: {e}");
         }
     }
 
-    /// Holds whose time has come: want those gateways up again.
-    fn retry_holds(&mut self, now: Instant) {
+    /// Holds whose time has come (`due`, from the schedule): want those gateways up again.
+    fn retry_holds(&mut self, due: &BTreeSet<ProfileName>, now: Instant) {
         let Some(crash) = self.crash.as_mut() else { return };
-        for (name, tracker) in crash.trackers.iter_mut() {
+        for name in due {
+            let Some(tracker) = crash.trackers.get_mut(name) else { continue };
             if tracker.due(now) {
                 let dir = slot_dir(&self.cfg.scandir, name);
                 match s6::send_command(&dir, SupervisorCommand::Up) {
@@ -241,7 +276,7 @@ impl Daemon {
                 self.report.backoff.remove(name.as_str());
             }
         }
-        if let Err(e) = status_file::write(&self.cfg.scandir, &mut self.report) {
+        if let Err(e) = self.report.write(&self.cfg.runtime_dir) {
             tracing::debug!("status file not written: {e}");
         }
     }
@@ -264,62 +299,60 @@ impl Daemon {
     }
 
     /// When the next timer-driven work is due.
-    pub fn next_deadline(&self) -> Instant {
-        let period =
-            if self.polling_fallback { FALLBACK_RELIST.min(self.cfg.resync) } else { self.cfg.resync };
-        let mut next = self.last_full + period;
-        if self.relist_pending {
-            next = next.min(relist_due_at(self.last_full, Instant::now()));
-        }
-        for since in self.absent.values() {
-            next = next.min(*since + self.cfg.remove_grace);
-        }
-        for b in self.retries.values() {
-            next = next.min(b.due);
-        }
-        for h in self.crash.iter().flat_map(|c| c.trackers.values()).filter_map(|t| t.hold.as_ref()) {
-            next = next.min(h.until);
-        }
-        if let Some(youngest) = self.removals.iter().map(|r| r.since.elapsed()).min() {
-            let poll = if youngest < REMOVAL_POLL_SLOW_AFTER { REMOVAL_POLL } else { REMOVAL_POLL_SLOW };
-            next = next.min(Instant::now() + poll);
-        }
-        next
+    pub fn next_deadline(&self, now: Instant) -> Instant {
+        let removals: Vec<Instant> = self.removals.iter().map(|r| r.since).collect();
+        let holds = self.hold_ends();
+        self.timers(&removals, &holds).next_deadline(now)
     }
 
-    /// Runs whatever timers are due: full re-list, expired graces, retries, removals.
-    pub fn on_timer(&mut self) {
-        let now = Instant::now();
-        self.retry_holds(now);
-        if self.poll_removals() && !self.deferred.is_empty() && !self.applier.shutdown.requested() {
+    /// Runs whatever timers are due at `now`: removals, full re-list, expired graces, retries.
+    pub fn on_timer(&mut self, now: Instant) {
+        let removals: Vec<Instant> = self.removals.iter().map(|r| r.since).collect();
+        let holds = self.hold_ends();
+        let due = self.timers(&removals, &holds).due(now);
+        if !due.holds.is_empty() {
+            self.retry_holds(&due.holds, now);
+        }
+        if due.removals
+            && self.poll_removals()
+            && !self.deferred.is_empty()
+            && !self.applier.shutdown.requested()
+        {
             // Room given back: the profiles that waited for it get their slots now.
             self.partial_pass(self.deferred.clone());
         }
-        let period =
-            if self.polling_fallback { FALLBACK_RELIST.min(self.cfg.resync) } else { self.cfg.resync };
-        if now >= self.last_full + period || (self.relist_pending && now >= self.last_full + RELIST_COALESCE)
-        {
+        if due.full {
             self.full_pass(PassKind::Continuous);
-            return;
+        } else if !due.profiles.is_empty() {
+            self.partial_pass(due.profiles);
         }
-        let mut due: BTreeSet<ProfileName> = self
-            .absent
-            .iter()
-            .filter(|(_, since)| now >= **since + self.cfg.remove_grace)
-            .map(|(n, _)| n.clone())
-            .collect();
-        due.extend(self.retries.iter().filter(|(_, b)| now >= b.due).map(|(n, _)| n.clone()));
-        if !due.is_empty() {
-            self.partial_pass(due);
+    }
+
+    /// A batch of watcher events: the changed profiles are served first, then a re-list if the
+    /// batch asks for one (coalesced): a storm of re-list events never delays a profile's own
+    /// change (SPEC §9.3).
+    pub fn on_events(&mut self, batch: Batch, now: Instant) {
+        let mut changes = watch::interpret(&self.cfg.home, &batch.events);
+        changes.relist |= batch.overflowed;
+        if let Some(w) = self.watcher.as_mut()
+            && let Err(e) = w.follow(&changes)
+        {
+            tracing::warn!("a new entry of profiles/ is not watched: {e}; re-listing");
+            changes.relist = true;
+        }
+        if !changes.dirty.is_empty() {
+            self.partial_pass(changes.dirty);
+        }
+        if changes.relist {
+            self.request_relist(now);
         }
     }
 
     /// An event asks for a full re-list: run it now if the last one is at least
     /// [`RELIST_COALESCE`] old, else once it is (from [`Daemon::on_timer`]). Call it after
     /// serving the event's dirty profiles, so they never wait for a re-list.
-    pub fn request_relist(&mut self) {
+    pub fn request_relist(&mut self, now: Instant) {
         self.relist_pending = true;
-        let now = Instant::now();
         if relist_due_at(self.last_full, now) <= now {
             self.full_pass(PassKind::Continuous);
         }
@@ -345,7 +378,7 @@ impl Daemon {
             Ok(fresh) => fresh,
             Err(e) => {
                 if !self.polling_fallback {
-                    tracing::warn!("inotify watch failed: {e}; re-listing every {FALLBACK_RELIST:?}");
+                    tracing::warn!("watch failed: {e}; re-listing every {FALLBACK_RELIST:?}");
                 }
                 self.polling_fallback = true;
                 Vec::new()
@@ -371,7 +404,7 @@ impl Daemon {
             match w.establish() {
                 Ok(()) => {
                     if self.polling_fallback {
-                        tracing::info!("inotify watches re-established; periodic re-listing back to normal");
+                        tracing::info!("watches re-established; periodic re-listing back to normal");
                     }
                     self.polling_fallback = false;
                 }
@@ -384,7 +417,9 @@ impl Daemon {
                     self.polling_fallback = true;
                 }
                 Err(e) => {
-                    tracing::warn!("inotify watch failed: {e}; re-listing every {FALLBACK_RELIST:?}");
+                    if !self.polling_fallback {
+                        tracing::warn!("watch failed: {e}; re-listing every {FALLBACK_RELIST:?}");
+                    }
                     self.polling_fallback = true;
                 }
             }
@@ -404,21 +439,16 @@ impl Daemon {
         self.track_absent();
         let hold = self.held();
         let plan = plan::plan_with(&self.world, &self.cfg, &PassOptions { kind, only: None, hold: &hold });
-        let skipped: BTreeMap<String, String> = plan
-            .decisions()
-            .filter(|d| d.action == plan::ActionKind::Skipped)
-            .map(|d| (d.profile.clone(), d.reason.clone().unwrap_or_default()))
-            .collect();
+        let skipped = status_record::skips(plan.decisions());
         self.emit_warnings(&plan.warnings, true);
-        self.report.scandir =
-            plan.warnings.iter().filter(|w| w.contains("dangling symlink")).map(|w| w.text.clone()).collect();
+        self.report.scandir = status_record::scandir_findings(&plan.warnings);
         let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
         let mut outcome = self.applier.apply(&plan);
         // A skip is logged when it starts, not at every re-list while it lasts.
         let previous = std::mem::replace(&mut self.report.skipped, skipped);
         outcome.applied.retain(|d| {
             d.action != plan::ActionKind::Skipped
-                || previous.get(&d.profile) != Some(d.reason.as_ref().unwrap_or(&String::new()))
+                || previous.get(&d.profile).map(String::as_str) != Some(d.reason.as_deref().unwrap_or(""))
         });
         self.after_apply(&plan, outcome, &touched, None);
     }
@@ -441,7 +471,7 @@ impl Daemon {
         // Supervisors of hidden slots count against s6-svscan's limit until they exit; only
         // worth a look while some may still run.
         if !self.removals.is_empty() || self.world.scanner.removing_units > 0 {
-            self.world.scanner.removing_units = observe::scanner::removing_units(&self.cfg.scandir);
+            self.world.scanner.removing_units = observe::svscan::removing_units(&self.cfg.scandir);
         }
         self.track_absent();
         let hold = self.held();
@@ -466,7 +496,7 @@ impl Daemon {
             match observe::probe_named(&self.cfg.home, name) {
                 Ok(o) => o,
                 Err(w) => {
-                    self.emit_warnings(&[Warning::from(w)], false);
+                    self.emit_warnings(&[Warning::new(Finding::Discovery { text: w })], false);
                     None
                 }
             }
@@ -542,8 +572,7 @@ impl Daemon {
         touched: &[ProfileName],
         scope: Option<&BTreeSet<ProfileName>>,
     ) {
-        let apply_warnings: Vec<Warning> = outcome.warnings.iter().cloned().map(Warning::from).collect();
-        self.emit_warnings(&apply_warnings, false);
+        self.emit_warnings(&outcome.warnings, false);
         match scope {
             None => self.deferred.clear(),
             Some(s) => self.deferred.retain(|n| !s.contains(n)),
@@ -561,10 +590,18 @@ impl Daemon {
         let now = Instant::now();
         let failed: BTreeSet<&ProfileName> = outcome.errors.iter().map(|e| &e.profile).collect();
         for e in &outcome.errors {
-            let b = Backoff::after_failure(self.retries.get(&e.profile).copied(), now);
-            tracing::error!("{e}; retrying in {:?}", b.due - now);
-            self.retries.insert(e.profile.clone(), b);
-            self.report.errors.insert(e.profile.to_string(), e.message.clone());
+            match retry::error_policy(e) {
+                retry::Retry::Backoff => {
+                    let b = Backoff::after_failure(self.retries.get(&e.profile).copied(), now);
+                    tracing::error!("{e}; retrying in {:?}", b.due - now);
+                    self.retries.insert(e.profile.clone(), b);
+                }
+                retry::Retry::OnChange => {
+                    tracing::error!("{e}; not retried until the profile changes or the next full re-list");
+                    self.retries.remove(&e.profile);
+                }
+            }
+            self.report.errors.insert(e.profile.to_string(), e.source.to_string());
         }
         // Success clears a profile's backoff, whether or not it needed steps this time (a
         // retried profile that converged by other means must not stay due forever).
@@ -577,7 +614,9 @@ impl Daemon {
         }
         // Leftovers are only ever cleared by full passes, which list them afresh.
         self.world.scandir.hidden.clear();
-        if plan.ports_changed && !outcome.warnings.iter().any(|w| w.starts_with("port assignments")) {
+        if plan.ports_changed
+            && !outcome.warnings.iter().any(|w| matches!(w.finding, Finding::PortsNotSaved { .. }))
+        {
             self.world.previous_ports = plan.ports.clone();
         }
         if plan.migrate_legacy {
@@ -606,7 +645,7 @@ impl Daemon {
                 self.removals.push(r);
             }
         }
-        if let Err(e) = status_file::write(&self.cfg.scandir, &mut self.report) {
+        if let Err(e) = self.report.write(&self.cfg.runtime_dir) {
             tracing::debug!("status file not written: {e}");
         }
     }
@@ -639,37 +678,5 @@ impl Daemon {
     /// cleared by the next start once their supervisors are gone).
     pub fn pending_removals(&self) -> usize {
         self.removals.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The event loop's use of [`relist_due_at`]: a request runs the re-list when due, else
-    /// leaves it pending for the timer, which runs it when due.
-    #[test]
-    fn a_storm_of_relist_requests_gives_at_most_one_relist_a_second() {
-        let t0 = Instant::now();
-        let mut last_full = t0;
-        let mut pending = false;
-        let mut runs = Vec::new();
-        // A request every 5 ms for 10 s (a mkdir/rmdir loop), the timer checked every 1 ms.
-        for ms in 0..10_000u64 {
-            let now = t0 + Duration::from_millis(ms);
-            if ms % 5 == 0 {
-                pending = true;
-            }
-            if pending && relist_due_at(last_full, now) <= now {
-                runs.push(now);
-                last_full = now;
-                pending = false;
-            }
-        }
-        assert_eq!(runs.len(), 9, "{runs:?}");
-        assert!(runs.windows(2).all(|w| w[1] - w[0] >= RELIST_COALESCE));
-        // A lone request long after the last re-list runs at once.
-        let later = last_full + Duration::from_secs(5);
-        assert_eq!(relist_due_at(last_full, later), later);
     }
 }

@@ -21,18 +21,10 @@ use std::path::Path;
 /// could lose a trailing `--no-supervise`).
 pub const MAX_CMDLINE: u64 = 64 << 10;
 
+pub use crate::world::ContainerMode;
+
 /// The argv token (by suffix) after which the container's main command starts.
 pub const WRAPPER_SUFFIX: &str = "main-wrapper.sh";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ContainerMode {
-    /// Nothing special: supervise gateways.
-    Normal,
-    /// Main command `gateway run` without `--no-supervise`.
-    LegacyGatewayRun,
-    /// Main command `dashboard`: gateways are not supervised here.
-    Dashboard,
-}
 
 /// The main command in one process's argv (NUL-separated `cmdline` bytes): the arguments after
 /// the first token ending in `main-wrapper.sh`, with a leading `hermes` dropped.

@@ -50,7 +50,7 @@ impl StatusWatch {
             if self.by_name.contains_key(n) {
                 continue;
             }
-            let dir = scandir.join(n.slot_name()).join("supervise");
+            let dir = scandir.join(n.slot_name()).join(crate::layout::slot::SUPERVISE_DIR);
             // ONLYDIR + DONT_FOLLOW: a symlink planted there is never watched through.
             let mask = AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ONLYDIR | AddWatchFlags::IN_DONT_FOLLOW;
             match self.inotify.add_watch(&dir, mask) {

@@ -17,20 +17,12 @@
 use crate::observe::safe_read::ReadError;
 use yaml_rust2::parser::{Event, Parser};
 
-/// The file's name in a profile directory (root: `$HERMES_HOME`).
-pub const CONFIG_FILE: &str = "config.yaml";
+pub use crate::layout::home::CONFIG_FILE;
 
 /// Largest `config.yaml` read; a larger one is a warning and reads as all false.
 pub const MAX_CONFIG_FILE: u64 = 256 * 1024;
 
-/// What a `config.yaml` says about the topology.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GatewayYaml {
-    /// `multiplex_profiles` at top level if present, else `gateway.multiplex_profiles`.
-    pub multiplex_profiles: bool,
-    /// `gateway.standalone`.
-    pub standalone: bool,
-}
+pub use crate::world::GatewayYaml;
 
 /// The outcome of reading one file: its settings, and why it was ignored, if it was.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

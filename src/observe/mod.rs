@@ -7,80 +7,20 @@ pub mod deaths;
 pub mod gateway_yaml;
 pub mod profile_files;
 pub mod safe_read;
-pub mod scandir;
-pub mod scanner;
+pub mod slots;
+pub mod status_record;
+pub mod svscan;
 pub mod volume;
 pub mod watch;
 
 use crate::config::Config;
 use crate::model::{Intent, PriorExit, ProfileName};
-use crate::warning::Warning;
+use crate::warning::{Finding, Warning};
+pub use crate::world::{Observed, ProfileObs};
 use container::ContainerMode;
 use profile_files::ProfileFileCache;
-use scandir::ScandirObs;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use volume::SkippedDir;
-
-/// Where the volume keeps port assignments (SPEC §7.4).
-pub const PORTS_FILE: &str = ".gateway-ports.json";
-
-/// One profile as the volume describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProfileObs {
-    pub name: ProfileName,
-    /// The profile's directory (`$HERMES_HOME` for the root).
-    pub dir: PathBuf,
-    /// The directory is reached through a symlink: read, never written into.
-    pub via_symlink: bool,
-    pub intent: Intent,
-    /// Why the intent file was ignored or a value refused, naming the file.
-    pub intent_warning: Option<Warning>,
-    pub prior_exit: PriorExit,
-    /// The profile's own `.env` sets `API_SERVER_PORT`.
-    pub env_sets_port: bool,
-    /// What its `config.yaml` says about the topology (SPEC §6.7).
-    pub yaml: gateway_yaml::GatewayYaml,
-    /// Why its `config.yaml` was ignored, naming the file.
-    pub yaml_warning: Option<Warning>,
-}
-
-/// Everything a pass decides from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observed {
-    pub mode: ContainerMode,
-    /// `$HERMES_HOME/gateway_state.json` exists (the legacy migration needs its absence).
-    pub root_state_file_exists: bool,
-    /// Root first, then named profiles in name order.
-    pub profiles: Vec<ProfileObs>,
-    /// Marked directories that cannot be profiles.
-    pub skipped: Vec<SkippedDir>,
-    pub scandir: ScandirObs,
-    /// s6-svscan's limit and the scandir's other entries.
-    pub scanner: scanner::ScannerObs,
-    /// Recorded port assignments.
-    pub previous_ports: BTreeMap<String, u16>,
-    /// Problems met while observing that belong to no single profile.
-    pub warnings: Vec<Warning>,
-    pub with_contenv: bool,
-}
-
-impl Observed {
-    /// Nothing observed yet.
-    pub fn empty() -> Self {
-        Observed {
-            mode: ContainerMode::Normal,
-            root_state_file_exists: false,
-            profiles: Vec::new(),
-            skipped: Vec::new(),
-            scandir: ScandirObs::default(),
-            scanner: scanner::ScannerObs::default(),
-            previous_ports: BTreeMap::new(),
-            warnings: Vec::new(),
-            with_contenv: false,
-        }
-    }
-}
 
 /// Reads one profile's files (uncached).
 pub fn observe_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> ProfileObs {
@@ -100,7 +40,7 @@ pub fn unread_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> Pro
         intent_warning: None,
         prior_exit: PriorExit::Unknown,
         env_sets_port: false,
-        yaml: gateway_yaml::GatewayYaml::default(),
+        yaml: crate::world::GatewayYaml::default(),
         yaml_warning: None,
     }
 }
@@ -118,7 +58,7 @@ pub fn read_profile_files(p: &mut ProfileObs, cache: &mut ProfileFileCache) {
 /// Reads `.gateway-ports.json`: a JSON object of profile name → port. Anything else is a
 /// warning and an empty map (ports are then re-derived, which is stable by construction).
 pub fn read_ports(home: &Path) -> (BTreeMap<String, u16>, Option<Warning>) {
-    let path = home.join(PORTS_FILE);
+    let path = home.join(crate::layout::home::PORTS_FILE);
     match safe_read::read_bounded(&path, safe_read::MAX_STATE_FILE) {
         Ok(bytes) => match serde_json::from_slice::<BTreeMap<String, u16>>(&bytes) {
             Ok(map) => (map, None),
@@ -167,7 +107,7 @@ pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
     observe_all_cached(
         config,
         proc_root,
-        &mut scandir::SlotFileCache::default(),
+        &mut slots::SlotFileCache::default(),
         &mut ProfileFileCache::default(),
     )
 }
@@ -180,16 +120,16 @@ pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
 pub fn observe_all_cached(
     config: &Config,
     proc_root: Option<&Path>,
-    cache: &mut scandir::SlotFileCache,
+    cache: &mut slots::SlotFileCache,
     profile_cache: &mut ProfileFileCache,
 ) -> Observed {
     let home = &config.home;
     let mut warnings = Vec::new();
-    let scandir = scandir::observe_scandir(&config.scandir, cache);
-    let scanner = scanner::observe_scanner(&config.scandir);
+    let scandir = slots::observe_scandir(&config.scandir, cache);
+    let scanner = svscan::observe_scanner(&config.scandir);
     let discovery = volume::discover(home);
-    let cap = crate::plan::capacity::capacity(config, &scanner);
-    let admitted = crate::plan::capacity::admitted(
+    let cap = crate::capacity::capacity(config, &scanner);
+    let admitted = crate::capacity::admitted(
         discovery.named.iter().map(|d| &d.name),
         |n| scandir.slots.contains_key(n),
         cap.named,
@@ -205,12 +145,13 @@ pub fn observe_all_cached(
         profiles.push(p);
     }
     profile_cache.end_pass();
-    warnings.extend(discovery.warnings.into_iter().map(Warning::from));
+    warnings.extend(discovery.warnings.into_iter().map(|text| Warning::new(Finding::Discovery { text })));
     let (previous_ports, ports_warning) = read_ports(home);
     warnings.extend(ports_warning);
     Observed {
         mode: proc_root.map_or(ContainerMode::Normal, |p| crate::runtime::judged(&config.runtime_dir, p)),
-        root_state_file_exists: std::fs::symlink_metadata(home.join("gateway_state.json")).is_ok(),
+        root_state_file_exists: std::fs::symlink_metadata(home.join(crate::layout::home::INTENT_FILE))
+            .is_ok(),
         profiles,
         skipped: discovery.skipped,
         scandir,

@@ -14,23 +14,15 @@ use crate::warning::{Warning, excerpt};
 use nix::errno::Errno;
 use serde_json::Value;
 use std::ffi::OsStr;
-use std::fmt;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// File name of the intent file in a profile directory (and in `$HERMES_HOME` for the root).
-pub const INTENT_FILE: &str = "gateway_state.json";
-/// Path of the lifecycle file, relative to a profile directory.
-pub const LIFECYCLE_FILE: &str = "state/gateway.lifecycle.json";
-/// File name of a profile's environment overrides.
-pub const ENV_FILE: &str = ".env";
-/// The marker that makes a directory under `profiles/` a profile.
-pub const MARKER_FILE: &str = "SOUL.md";
-/// Name of the directory under `$HERMES_HOME` holding named profiles.
-pub const PROFILES_DIR: &str = "profiles";
-/// Name of the tombstone folder under `profiles/`.
-pub const TOMBSTONE_DIR: &str = ".deleted";
+// The home's names are owned by [`crate::layout::home`]; re-exported for the watcher.
+pub use crate::layout::home::{
+    ENV_FILE, INTENT_FILE, LIFECYCLE_FILE, MARKER_FILE, PROFILES_DIR, TOMBSTONE_DIR,
+};
+pub use crate::world::SkippedDir;
 /// Largest `.env` the daemon reads.
 pub const MAX_ENV_FILE: u64 = 1 << 20;
 
@@ -301,24 +293,6 @@ pub struct NamedDir {
     /// directory, or `$HERMES_HOME/profiles` itself is a symlink. Read through it, never write
     /// into it (SPEC §9: no write may land outside `$HERMES_HOME`).
     pub via_symlink: bool,
-}
-
-/// An entry that has the `SOUL.md` marker but cannot be a profile.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SkippedDir {
-    /// The entry name, lossily decoded. Untrusted: it may hold control characters, so quote it
-    /// (`{:?}`) when logging, as the `Display` impl does.
-    pub raw: String,
-    /// Why it is skipped: the [`NameError`] text (prefixed by `the name is not UTF-8; ` for
-    /// names that are not UTF-8).
-    pub reason: String,
-}
-
-impl fmt::Display for SkippedDir {
-    /// `profiles/"Work" is skipped: <reason>`, the raw name quoted so it cannot forge a line.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PROFILES_DIR}/{:?} is skipped: {}", self.raw, self.reason)
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

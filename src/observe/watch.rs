@@ -1,43 +1,190 @@
-//! The inotify watcher (SPEC §6.3). It only says *which* profiles may have changed; the
-//! reconcile of a profile reads the current files, so lost, duplicated or reordered events can
-//! never produce a wrong result, only a later one.
+//! The volume watcher (SPEC §6.3), on `notify`. It only says *which* profiles may have changed;
+//! the reconcile of a profile reads the current files, so lost, duplicated or reordered events
+//! can never produce a wrong result, only a later one.
 //!
-//! Watched, non-recursively: `$HERMES_HOME`, `$HERMES_HOME/profiles`, the tombstone folder
-//! `profiles/.deleted`, the directories of the profiles admitted by the capacity guard, and at
-//! most [`EXTRA_WATCHES`] minus the base watches other directory entries of `profiles/` (marked
-//! or not: `SOUL.md` may arrive later), the most recently seen first. So the watches never
-//! exceed the admitted profiles plus [`EXTRA_WATCHES`] (SPEC §9.3: root's inotify budget is
-//! shared with the host), whatever `hermes` creates; what is not watched is covered by the
-//! periodic re-list. Only events that follow a change are asked for (no `IN_OPEN`/`IN_ACCESS`),
-//! so the daemon's own reads never wake it up.
+//! Two backends: inotify, and notify's `PollWatcher` for homes on filesystems where inotify
+//! misses changes made elsewhere (FUSE — Docker Desktop's gRPC-FUSE and virtiofs —, NFS,
+//! CIFS/SMB, 9p; see [`backend_for_fs`]). Polling stats the watched directories' entries every
+//! period (identity and times, never contents); an unchanged profile file is never parsed again
+//! because the profile-file cache keys on the same identity.
+//!
+//! Watched, non-recursively: the home's parent (the home may be deleted and recreated), the
+//! home, `profiles/`, the tombstone folder `profiles/.deleted`, the directories of the profiles
+//! admitted by the capacity guard, and at most [`EXTRA_WATCHES`] minus the base watches other
+//! directory entries of `profiles/` (marked or not: `SOUL.md` may arrive later), the most
+//! recently seen first. So the watches never exceed the admitted profiles plus
+//! [`EXTRA_WATCHES`] (SPEC §9.3: root's inotify budget is shared with the host), whatever
+//! `hermes` creates; what is not watched is covered by the periodic re-list.
+//!
+//! notify's inotify backend also asks for `IN_OPEN`: open and read events are dropped in the
+//! handler (on notify's thread), so the daemon's own reads never wake the event loop.
 
+use crate::config::WatchMode;
+use crate::layout::home::CONFIG_FILE;
 use crate::model::ProfileName;
-use crate::observe::gateway_yaml::CONFIG_FILE;
 use crate::observe::volume::{ENV_FILE, INTENT_FILE as ROOT_INTENT_FILE, MARKER_FILE};
-use nix::errno::Errno;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
+use notify::event::{AccessKind, AccessMode, DataChange, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher as _};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-/// What one watch descriptor stands for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Target {
-    /// The parent of the home: only events naming the home matter.
-    HomeParent,
-    Home,
-    Profiles,
-    Tombstones,
-    Profile(String),
+/// The backend in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Inotify,
+    Poll,
 }
 
-/// What the events read amount to.
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Inotify => "inotify",
+            Backend::Poll => "poll",
+        }
+    }
+}
+
+/// `statfs` magic numbers of filesystems where inotify does not see changes made by another
+/// host or by the hypervisor's side of a share (linux/magic.h; SMB2 and CIFS from fs/smb).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+const NFS_SUPER_MAGIC: i64 = 0x6969;
+const SMB_SUPER_MAGIC: i64 = 0x517b;
+const CIFS_MAGIC_NUMBER: i64 = 0xff53_4d42;
+const SMB2_MAGIC_NUMBER: i64 = 0xfe53_4d42;
+const V9FS_MAGIC: i64 = 0x0102_1997;
+
+/// The backend `auto` picks for a filesystem of type `f_type` (`statfs`): polling on FUSE
+/// (virtiofs included), NFS, CIFS/SMB and 9p, inotify on everything else. Pure.
+pub fn backend_for_fs(f_type: i64) -> Backend {
+    match f_type {
+        FUSE_SUPER_MAGIC | NFS_SUPER_MAGIC | SMB_SUPER_MAGIC | CIFS_MAGIC_NUMBER | SMB2_MAGIC_NUMBER
+        | V9FS_MAGIC => Backend::Poll,
+        _ => Backend::Inotify,
+    }
+}
+
+/// Resolves the configured mode for `home` (or, while it does not exist, its nearest existing
+/// ancestor). `auto` falls back to inotify when `statfs` fails.
+pub fn choose(mode: WatchMode, home: &Path) -> Backend {
+    match mode {
+        WatchMode::Inotify => Backend::Inotify,
+        WatchMode::Poll => Backend::Poll,
+        WatchMode::Auto => {
+            let fs = home.ancestors().find_map(|p| nix::sys::statfs::statfs(p).ok());
+            // `f_type` is `long` on the targets this runs on; the conversion is for the others.
+            #[allow(clippy::useless_conversion)]
+            fs.map_or(Backend::Inotify, |s| backend_for_fs(i64::from(s.filesystem_type().0)))
+        }
+    }
+}
+
+/// What a batch of events amounts to. Produced by [`interpret`], a pure function.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Profiles to reconcile (root included as `default`).
-    pub dirty: Vec<ProfileName>,
-    /// Something only a full re-list can settle (overflow, `profiles/` replaced, watch lost).
+    pub dirty: BTreeSet<ProfileName>,
+    /// Something only a full re-list can settle (overflow, `profiles/` replaced, home gone).
     pub relist: bool,
+    /// Entries of `profiles/` that appeared (created, renamed to): to watch, afresh.
+    pub appeared: BTreeSet<String>,
+    /// Entries of `profiles/` that went away (deleted, renamed from): their watch is dropped.
+    pub gone: BTreeSet<String>,
+}
+
+/// Is this event one the event loop must see? Opens, reads and read-only closes are not
+/// changes (and the daemon's own reads cause them); a data change is always followed by the
+/// close-after-write, which is kept, so inotify's per-`write()` modify events are dropped too.
+/// The poll backend's data change (a content hash, off here) and times changes are kept.
+pub fn wanted(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Data(DataChange::Any)) => false,
+        _ => true,
+    }
+}
+
+/// Interprets a batch of events under the home `home`. Pure: which profiles are dirty, whether
+/// a full re-list is needed, which entries of `profiles/` appeared or went away.
+pub fn interpret(home: &Path, events: &[Event]) -> Changes {
+    let mut c = Changes::default();
+    let profiles = home.join("profiles");
+    let tombstones = profiles.join(".deleted");
+    for ev in events {
+        if ev.need_rescan() {
+            c.relist = true;
+            continue;
+        }
+        if !wanted(&ev.kind) {
+            continue;
+        }
+        for (i, path) in ev.paths.iter().enumerate() {
+            // A rename with both ends: the first path is where it came from.
+            let (removed, added) = match ev.kind {
+                EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => (false, true),
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => (true, false),
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => (i == 0, i != 0),
+                EventKind::Modify(ModifyKind::Name(_)) => (true, true),
+                _ => (false, false),
+            };
+            interpret_path(home, &profiles, &tombstones, path, removed, added, &mut c);
+        }
+    }
+    c
+}
+
+fn interpret_path(
+    home: &Path,
+    profiles: &Path,
+    tombstones: &Path,
+    path: &Path,
+    removed: bool,
+    added: bool,
+    c: &mut Changes,
+) {
+    let name_of = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+    if path == home || path == profiles || path == tombstones {
+        // The home, `profiles/` or the tombstones created, deleted, moved or changed: only a
+        // listing can say what is there now.
+        c.relist = true;
+    } else if path.parent() == Some(home) {
+        // Other files in the home (logs, the port record the daemon writes) do not matter:
+        // ignoring them keeps the daemon's own writes from waking it.
+        if matches!(name_of(path).as_deref(), Some(ROOT_INTENT_FILE) | Some(ENV_FILE) | Some(CONFIG_FILE)) {
+            c.dirty.insert(ProfileName::root());
+        }
+    } else if path.parent() == Some(tombstones) {
+        if let Some(n) = name_of(path) {
+            c.dirty.extend(ProfileName::parse_named(&n).ok());
+        }
+    } else if path.parent() == Some(profiles) {
+        let Some(n) = name_of(path) else { return };
+        if n.starts_with('.') {
+            return;
+        }
+        if removed {
+            c.gone.insert(n.clone());
+        }
+        if added {
+            c.appeared.insert(n.clone());
+        }
+        c.dirty.extend(ProfileName::parse_named(&n).ok());
+    } else if let Some(dir) = path.parent()
+        && dir.parent() == Some(profiles)
+        && let Some(n) = name_of(dir)
+        && !n.starts_with('.')
+        && matches!(
+            name_of(path).as_deref(),
+            Some(MARKER_FILE) | Some(ROOT_INTENT_FILE) | Some(ENV_FILE) | Some(CONFIG_FILE)
+        )
+    {
+        c.dirty.extend(ProfileName::parse_named(&n).ok());
+    }
+    // Anything else (the home's other siblings under its parent) is not ours.
 }
 
 /// Why a watch could not be added.
@@ -46,7 +193,9 @@ pub enum WatchError {
     #[error("the inotify watch limit is exhausted (fs.inotify.max_user_watches)")]
     Limit,
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: Errno },
+    Notify { path: PathBuf, source: notify::Error },
+    #[error("cannot start the {backend} watcher: {source}")]
+    Start { backend: &'static str, source: notify::Error },
 }
 
 /// Most watches beyond the admitted profiles' directories, base watches (home's parent, home,
@@ -56,124 +205,214 @@ pub const EXTRA_WATCHES: usize = 64;
 /// Base watches at most.
 const BASE_WATCHES: usize = 4;
 
-/// Events on the home and `profiles/` themselves.
-fn dir_mask() -> AddWatchFlags {
-    AddWatchFlags::IN_CREATE
-        | AddWatchFlags::IN_DELETE
-        | AddWatchFlags::IN_MOVED_FROM
-        | AddWatchFlags::IN_MOVED_TO
-        | AddWatchFlags::IN_CLOSE_WRITE
-        | AddWatchFlags::IN_ATTRIB
-        | AddWatchFlags::IN_DELETE_SELF
-        | AddWatchFlags::IN_MOVE_SELF
-        | AddWatchFlags::IN_ONLYDIR
+/// Events queued between notify's thread and the event loop; beyond it the batch is dropped
+/// and a full re-list is asked for instead (a hostile flood costs memory no more than this).
+const QUEUE: usize = 4096;
+
+/// The receiving end: what the event loop waits on.
+pub struct EventStream {
+    rx: tokio::sync::mpsc::Receiver<notify::Result<Event>>,
+    overflowed: Arc<AtomicBool>,
 }
 
+/// One batch of what the watcher reported.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<Event>,
+    /// Events were dropped (queue full) or an error was reported: re-list.
+    pub overflowed: bool,
+}
+
+impl EventStream {
+    /// Waits for the next event, then takes every event already queued. Never returns when the
+    /// watcher is gone (the loop then lives on its timers).
+    pub async fn next_batch(&mut self) -> Batch {
+        let mut batch = Batch::default();
+        let Some(first) = self.rx.recv().await else { return std::future::pending().await };
+        let take = |r: notify::Result<Event>, b: &mut Batch| match r {
+            Ok(e) => {
+                if e.need_rescan() {
+                    // The kernel's queue overflowed (notify's rescan flag): events were lost.
+                    tracing::warn!("inotify queue overflowed; re-listing everything");
+                }
+                b.events.push(e)
+            }
+            Err(e) => {
+                if matches!(&e.kind, notify::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::NotFound)
+                    || matches!(e.kind, notify::ErrorKind::PathNotFound)
+                {
+                    // An entry vanished during a scan: its parent's watch reports the removal.
+                    tracing::debug!("watcher: {e}");
+                } else {
+                    tracing::warn!("watcher error ({e}); re-listing");
+                    b.overflowed = true;
+                }
+            }
+        };
+        take(first, &mut batch);
+        while let Ok(r) = self.rx.try_recv() {
+            take(r, &mut batch);
+        }
+        if self.overflowed.swap(false, Ordering::Relaxed) {
+            tracing::warn!("watcher queue overflowed; re-listing everything");
+            batch.overflowed = true;
+        }
+        batch
+    }
+}
+
+/// The watches, and notify's watcher holding them.
 pub struct Watcher {
-    inotify: Inotify,
+    inner: Box<dyn notify::Watcher + Send>,
+    backend: Backend,
     home: PathBuf,
-    targets: HashMap<WatchDescriptor, Target>,
-    profiles: HashMap<String, WatchDescriptor>,
-    base: Vec<(Target, WatchDescriptor)>,
+    /// Watched entries of `profiles/` and the identity (device, inode) of what was watched.
+    profiles: HashMap<String, (u64, u64)>,
     /// Names of the profiles the capacity guard admitted (as of the last pass).
     admitted: HashSet<String>,
     /// Watched entries that are not admitted profiles, oldest first (may hold stale names).
     extras: VecDeque<String>,
+    base: usize,
+}
+
+/// Identity of the directory at `path` (symlinks followed), if it is one.
+fn dir_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
 }
 
 impl Watcher {
-    pub fn new(home: &Path) -> Result<Self, Errno> {
-        Ok(Watcher {
-            inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?,
+    /// Starts notify's watcher of the given backend (its own thread; the inotify backend reads
+    /// events there, the poll backend stats there every `poll`). Events go through a bounded
+    /// queue to the returned stream.
+    pub fn new(home: &Path, backend: Backend, poll: Duration) -> Result<(Self, EventStream), WatchError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let flag = overflowed.clone();
+        let handler = move |r: notify::Result<Event>| {
+            if let Ok(e) = &r
+                && !e.need_rescan()
+                && !wanted(&e.kind)
+            {
+                return;
+            }
+            if tx.try_send(r).is_err() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        };
+        let inner: Box<dyn notify::Watcher + Send> = match backend {
+            Backend::Inotify => Box::new(
+                notify::INotifyWatcher::new(handler, notify::Config::default())
+                    .map_err(|source| WatchError::Start { backend: "inotify", source })?,
+            ),
+            Backend::Poll => Box::new(
+                notify::PollWatcher::new(handler, notify::Config::default().with_poll_interval(poll))
+                    .map_err(|source| WatchError::Start { backend: "poll", source })?,
+            ),
+        };
+        let w = Watcher {
+            inner,
+            backend,
             home: home.to_path_buf(),
-            targets: HashMap::new(),
             profiles: HashMap::new(),
-            base: Vec::new(),
             admitted: HashSet::new(),
             extras: VecDeque::new(),
-        })
+            base: 0,
+        };
+        Ok((w, EventStream { rx, overflowed }))
     }
 
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.inotify.as_fd()
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
-    fn add(&mut self, path: &Path, target: Target) -> Result<Option<WatchDescriptor>, WatchError> {
-        match self.inotify.add_watch(path, dir_mask()) {
-            Ok(wd) => {
-                // The same inode watched again returns the same descriptor (a profile renamed
-                // `a` → `b`): it now stands for the new name only.
-                if let Some(Target::Profile(old)) = self.targets.insert(wd, target)
-                    && self.profiles.get(&old) == Some(&wd)
+    /// Watches `path` (non-recursively); `Ok(false)` when it is not a directory.
+    fn add(&mut self, path: &Path) -> Result<bool, WatchError> {
+        if dir_identity(path).is_none() {
+            return Ok(false);
+        }
+        match self.inner.watch(path, RecursiveMode::NonRecursive) {
+            Ok(()) => Ok(true),
+            Err(e) => match e.kind {
+                notify::ErrorKind::MaxFilesWatch => Err(WatchError::Limit),
+                notify::ErrorKind::PathNotFound => Ok(false),
+                notify::ErrorKind::Io(ref io)
+                    if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
                 {
-                    self.profiles.remove(&old);
+                    Ok(false)
                 }
-                Ok(Some(wd))
-            }
-            Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => Ok(None),
-            Err(Errno::ENOSPC) => Err(WatchError::Limit),
-            Err(e) => Err(WatchError::Io { path: path.to_path_buf(), source: e }),
+                _ => Err(WatchError::Notify { path: path.to_path_buf(), source: e }),
+            },
         }
     }
 
-    /// (Re-)establishes the watches on the home, `profiles/` and `profiles/.deleted`, and on
-    /// every directory entry of `profiles/`. Called before every full re-list, so anything
-    /// created before a watch existed is still seen by the listing that follows.
+    /// (Re-)establishes the watches on the home's parent, the home, `profiles/` and
+    /// `profiles/.deleted`, and on the directory entries of `profiles/`. Called before every
+    /// full re-list, so anything created before a watch existed is still seen by the listing
+    /// that follows.
     pub fn establish(&mut self) -> Result<(), WatchError> {
         let home = self.home.clone();
         let profiles = home.join("profiles");
-        let mut base = Vec::new();
+        let mut base = 0;
         // The home's parent too, always: the home may be deleted while a logger keeps it open
-        // (then no IN_DELETE_SELF arrives) and recreated later; only the parent sees both.
-        if let Some(parent) = home.parent()
-            && let Some(wd) = self.add(parent, Target::HomeParent)?
-        {
-            base.push((Target::HomeParent, wd));
-        }
-        for (path, target) in [
-            (home.clone(), Target::Home),
-            (profiles.clone(), Target::Profiles),
-            (profiles.join(".deleted"), Target::Tombstones),
-        ] {
-            if let Some(wd) = self.add(&path, target.clone())? {
-                base.push((target, wd));
+        // (then no delete-self event arrives) and recreated later; only the parent sees both.
+        // Watching again a path already watched is idempotent for inotify (same descriptor)
+        // and, for polling, only resets a baseline that the listing after it covers.
+        let mut bases: Vec<PathBuf> = home.parent().map(Path::to_path_buf).into_iter().collect();
+        bases.extend([home.clone(), profiles.clone(), profiles.join(".deleted")]);
+        for path in &bases {
+            if self.add(path)? {
+                base += 1;
             }
         }
         self.base = base;
-        let mut seen = HashSet::new();
-        let mut room = self.extra_budget().saturating_sub(self.extra_count());
+        let mut listed: Vec<(String, Option<(u64, u64)>)> = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&profiles) {
             for e in entries.flatten() {
                 let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
-                if name.starts_with('.') {
-                    continue;
+                if !name.starts_with('.') {
+                    let id = dir_identity(&profiles.join(&name));
+                    listed.push((name, id));
                 }
-                // Admitted profiles always; other entries only while there is room, without
-                // evicting (a listing has no notion of "newest").
-                if !self.profiles.contains_key(&name) {
-                    let admitted = self.admitted.contains(&name);
-                    if admitted || room > 0 {
-                        self.watch_profile(&name)?;
-                        if !admitted && self.profiles.contains_key(&name) {
-                            room -= 1;
-                        }
-                    }
-                }
-                seen.insert(name);
             }
         }
-        // Forget watches of entries that are gone (their IN_IGNORED may still be queued).
-        let stale: Vec<String> = self.profiles.keys().filter(|n| !seen.contains(*n)).cloned().collect();
+        // Watches of entries gone, or whose directory was replaced while events were lost,
+        // are dropped first: notify knows a watch by its path, and the inode of a lost rename
+        // `a` → `b` must not lose `b`'s new watch when `a`'s is dropped.
+        let now: HashMap<&str, Option<(u64, u64)>> = listed.iter().map(|(n, id)| (n.as_str(), *id)).collect();
+        let stale: Vec<String> = self
+            .profiles
+            .iter()
+            .filter(|(n, id)| now.get(n.as_str()).is_none_or(|now| *now != Some(**id)))
+            .map(|(n, _)| n.clone())
+            .collect();
         for name in stale {
             self.unwatch(&name);
+        }
+        let mut room = self.extra_budget().saturating_sub(self.extra_count());
+        for (name, _) in &listed {
+            // Admitted profiles always; other entries only while there is room, without
+            // evicting (a listing has no notion of "newest").
+            if !self.profiles.contains_key(name) {
+                let admitted = self.admitted.contains(name);
+                if admitted || room > 0 {
+                    self.watch_entry(name, false)?;
+                    if !admitted && self.profiles.contains_key(name) {
+                        room -= 1;
+                    }
+                }
+            }
         }
         Ok(())
     }
 
+    /// Drops the watch of `profiles/<name>`. notify's inotify backend may already have dropped
+    /// it (the entry was deleted or renamed away): that is not an error.
     fn unwatch(&mut self, name: &str) {
-        if let Some(wd) = self.profiles.remove(name) {
-            let _ = self.inotify.rm_watch(wd);
-            self.targets.remove(&wd);
+        if self.profiles.remove(name).is_some() {
+            let _ = self.inner.unwatch(&self.home.join("profiles").join(name));
         }
     }
 
@@ -195,7 +434,7 @@ impl Watcher {
         let mut fresh = Vec::new();
         for name in admitted.iter().filter(|n| !n.is_root()) {
             if !self.profiles.contains_key(name.as_str()) {
-                self.watch_profile(name.as_str())?;
+                self.watch_entry(name.as_str(), false)?;
                 if self.profiles.contains_key(name.as_str()) {
                     fresh.push(name.clone());
                 }
@@ -217,7 +456,6 @@ impl Watcher {
                 return true;
             }
         }
-        // Extras watched before they were tracked in order (none expected): any one.
         let any = self.profiles.keys().find(|n| !self.admitted.contains(*n)).cloned();
         match any {
             Some(name) => {
@@ -243,8 +481,9 @@ impl Watcher {
             return Ok(());
         }
         let path = self.home.join("profiles").join(name);
-        if let Some(wd) = self.add(&path, Target::Profile(name.to_string()))? {
-            self.profiles.insert(name.to_string(), wd);
+        let Some(id) = dir_identity(&path) else { return Ok(()) };
+        if self.add(&path)? {
+            self.profiles.insert(name.to_string(), id);
             if !self.admitted.contains(name) {
                 self.extras.push_back(name.to_string());
                 if self.extras.len() > 4 * EXTRA_WATCHES {
@@ -255,122 +494,163 @@ impl Watcher {
         Ok(())
     }
 
-    /// Watches `profiles/<name>` if it is a directory and the budget allows (see
-    /// [`Watcher::watch_entry`]); never evicts.
-    pub fn watch_profile(&mut self, name: &str) -> Result<(), WatchError> {
-        self.watch_entry(name, false)
+    /// Applies what a batch says about the entries of `profiles/`: watches of entries gone are
+    /// dropped, entries that appeared are watched afresh (a directory renamed `a` → `b` is
+    /// watched as `b` before `b` is read, so a later change inside it is attributed to `b`).
+    /// `Err` when a watch could not be added (the caller re-lists).
+    pub fn follow(&mut self, changes: &Changes) -> Result<(), WatchError> {
+        for name in &changes.gone {
+            self.unwatch(name);
+        }
+        for name in &changes.appeared {
+            // A name that came back is a new directory: never trust an older watch of it.
+            self.unwatch(name);
+            self.watch_entry(name, true)?;
+        }
+        Ok(())
     }
 
-    /// Number of watches held (for `status` and benchmarks).
+    /// Number of watches held (for benchmarks and tests).
     pub fn watch_count(&self) -> usize {
-        self.targets.len()
-    }
-
-    /// Reads every queued event without blocking and says what changed.
-    pub fn read(&mut self) -> Changes {
-        let mut changes = Changes::default();
-        loop {
-            match self.inotify.read_events() {
-                Ok(events) if events.is_empty() => break,
-                Ok(events) => {
-                    for ev in events {
-                        self.interpret(ev, &mut changes);
-                    }
-                }
-                Err(Errno::EAGAIN) => break,
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::warn!("reading inotify events failed ({e}); re-listing");
-                    changes.relist = true;
-                    break;
-                }
-            }
-        }
-        changes.dirty.sort();
-        changes.dirty.dedup();
-        changes
-    }
-
-    fn interpret(&mut self, ev: InotifyEvent, changes: &mut Changes) {
-        if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
-            tracing::warn!("inotify queue overflowed; re-listing everything");
-            changes.relist = true;
-            return;
-        }
-        let name = ev.name.as_ref().and_then(|n| n.to_str()).map(str::to_owned);
-        if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
-            // The watched directory is gone (or the watch was removed).
-            if let Some(target) = self.targets.remove(&ev.wd) {
-                match target {
-                    Target::Profile(n) => {
-                        if self.profiles.get(&n) == Some(&ev.wd) {
-                            self.profiles.remove(&n);
-                        }
-                        changes.dirty.extend(ProfileName::parse_named(&n).ok());
-                    }
-                    _ => changes.relist = true,
-                }
-            }
-            return;
-        }
-        let Some(target) = self.targets.get(&ev.wd).cloned() else { return };
-        match target {
-            Target::HomeParent => {
-                if name.as_deref().map(Path::new) == self.home.file_name().map(Path::new) {
-                    changes.relist = true;
-                }
-            }
-            Target::Home => match name.as_deref() {
-                Some("profiles") => changes.relist = true,
-                Some(ROOT_INTENT_FILE) | Some(ENV_FILE) | Some(CONFIG_FILE) => {
-                    changes.dirty.push(ProfileName::root())
-                }
-                None => {
-                    if ev.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF) {
-                        changes.relist = true;
-                    }
-                }
-                // Other files in the home (logs, the port record the daemon writes) do not
-                // matter: ignoring them keeps the daemon's own writes from waking it.
-                Some(_) => {}
-            },
-            Target::Profiles => match name {
-                Some(n) if n == ".deleted" => changes.relist = true,
-                Some(n) if n.starts_with('.') => {}
-                Some(n) => {
-                    if ev.mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
-                        && let Err(e) = self.watch_entry(&n, true)
-                    {
-                        tracing::warn!("profiles/{n}: not watched: {e}; re-listing");
-                        changes.relist = true;
-                    }
-                    changes.dirty.extend(ProfileName::parse_named(&n).ok());
-                }
-                None => {
-                    if ev.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF) {
-                        changes.relist = true;
-                    }
-                }
-            },
-            Target::Tombstones => match name {
-                Some(n) => changes.dirty.extend(ProfileName::parse_named(&n).ok()),
-                None => changes.relist = true,
-            },
-            Target::Profile(n) => {
-                let relevant = match name.as_deref() {
-                    None => true,
-                    Some(f) => [MARKER_FILE, ROOT_INTENT_FILE, ENV_FILE, CONFIG_FILE].contains(&f),
-                };
-                if relevant {
-                    changes.dirty.extend(ProfileName::parse_named(&n).ok());
-                }
-            }
-        }
+        self.base + self.profiles.len()
     }
 }
 
-impl std::os::fd::AsRawFd for Watcher {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.inotify.as_fd().as_raw_fd()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, MetadataKind, RemoveKind};
+
+    fn ev(kind: EventKind, paths: &[&str]) -> Event {
+        paths.iter().fold(Event::new(kind), |e, p| e.add_path(PathBuf::from(p)))
+    }
+
+    fn names(v: &[&str]) -> BTreeSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn dirty(v: &[&str]) -> BTreeSet<ProfileName> {
+        v.iter()
+            .map(|s| if *s == "default" { ProfileName::root() } else { ProfileName::parse_named(s).unwrap() })
+            .collect()
+    }
+
+    const HOME: &str = "/data/home";
+
+    #[test]
+    fn auto_polls_only_where_inotify_misses_remote_changes() {
+        for poll in [0x6573_5546_i64, 0x6969, 0x517b, 0xff53_4d42, 0xfe53_4d42, 0x0102_1997] {
+            assert_eq!(backend_for_fs(poll), Backend::Poll, "{poll:#x}");
+        }
+        // ext4, tmpfs, overlay, xfs, btrfs.
+        for local in [0xef53_i64, 0x0102_1994, 0x794c_7630, 0x5846_5342, 0x9123_683e] {
+            assert_eq!(backend_for_fs(local), Backend::Inotify, "{local:#x}");
+        }
+        assert_eq!(choose(WatchMode::Poll, Path::new("/")), Backend::Poll);
+        assert_eq!(choose(WatchMode::Inotify, Path::new("/")), Backend::Inotify);
+    }
+
+    #[test]
+    fn a_rename_is_gone_then_appeared_and_both_names_are_dirty() {
+        let c = interpret(
+            Path::new(HOME),
+            &[
+                ev(EventKind::Modify(ModifyKind::Name(RenameMode::From)), &["/data/home/profiles/a"]),
+                ev(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &["/data/home/profiles/b"]),
+                ev(
+                    EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                    &["/data/home/profiles/a", "/data/home/profiles/b"],
+                ),
+            ],
+        );
+        assert_eq!(c.gone, names(&["a"]));
+        assert_eq!(c.appeared, names(&["b"]));
+        assert_eq!(c.dirty, dirty(&["a", "b"]));
+        assert!(!c.relist);
+    }
+
+    #[test]
+    fn only_the_files_that_matter_mark_a_profile_dirty() {
+        let c = interpret(
+            Path::new(HOME),
+            &[
+                ev(
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                    &["/data/home/profiles/a/SOUL.md"],
+                ),
+                ev(
+                    EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+                    &["/data/home/profiles/b/notes.md"],
+                ),
+                ev(EventKind::Create(CreateKind::File), &["/data/home/profiles/c/gateway_state.json"]),
+                ev(EventKind::Create(CreateKind::File), &["/data/home/gateway_state.json"]),
+                ev(EventKind::Create(CreateKind::File), &["/data/home/gateway_ports.json"]),
+                ev(EventKind::Remove(RemoveKind::File), &["/data/home/profiles/.deleted/d"]),
+                ev(EventKind::Create(CreateKind::Folder), &["/data/home/profiles/.hidden"]),
+                ev(EventKind::Create(CreateKind::Folder), &["/data/other"]),
+            ],
+        );
+        assert_eq!(c.dirty, dirty(&["a", "c", "d", "default"]));
+        assert!(c.appeared.is_empty() && c.gone.is_empty() && !c.relist, "{c:?}");
+    }
+
+    #[test]
+    fn a_config_yaml_marks_its_profile_dirty_and_the_roots_marks_the_root() {
+        // SPEC §6.7: `gateway.standalone` and the root's `gateway.multiplex_profiles` pick the
+        // topology, so a rewritten `config.yaml` is a change of the profile.
+        let c = interpret(
+            Path::new(HOME),
+            &[
+                ev(
+                    EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                    &["/data/home/profiles/a/config.yaml"],
+                ),
+                ev(EventKind::Access(AccessKind::Close(AccessMode::Write)), &["/data/home/config.yaml"]),
+                ev(EventKind::Create(CreateKind::File), &["/data/home/profiles/b/config.yml"]),
+            ],
+        );
+        assert_eq!(c.dirty, dirty(&["a", "default"]));
+        assert!(c.appeared.is_empty() && c.gone.is_empty() && !c.relist, "{c:?}");
+    }
+
+    #[test]
+    fn reads_and_opens_are_not_changes() {
+        let c = interpret(
+            Path::new(HOME),
+            &[
+                ev(EventKind::Access(AccessKind::Open(AccessMode::Any)), &["/data/home/profiles/a/SOUL.md"]),
+                ev(
+                    EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                    &["/data/home/profiles/a/SOUL.md"],
+                ),
+                ev(EventKind::Access(AccessKind::Read), &["/data/home/profiles"]),
+            ],
+        );
+        assert_eq!(c, Changes::default());
+        assert!(!wanted(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(wanted(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+    }
+
+    #[test]
+    fn the_home_or_profiles_replaced_and_overflow_ask_for_a_relist() {
+        for path in ["/data/home", "/data/home/profiles", "/data/home/profiles/.deleted"] {
+            for kind in [EventKind::Create(CreateKind::Folder), EventKind::Remove(RemoveKind::Folder)] {
+                assert!(interpret(Path::new(HOME), &[ev(kind, &[path])]).relist, "{path}");
+            }
+        }
+        let rescan = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert!(interpret(Path::new(HOME), &[rescan]).relist);
+    }
+
+    #[test]
+    fn an_entry_deleted_and_created_again_is_both_gone_and_appeared() {
+        let c = interpret(
+            Path::new(HOME),
+            &[
+                ev(EventKind::Remove(RemoveKind::Folder), &["/data/home/profiles/a"]),
+                ev(EventKind::Create(CreateKind::Folder), &["/data/home/profiles/a"]),
+            ],
+        );
+        assert_eq!((c.gone, c.appeared), (names(&["a"]), names(&["a"])));
     }
 }

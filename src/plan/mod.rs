@@ -3,17 +3,20 @@
 //! Nothing here reads or writes anything; every rule of SPEC §6 that decides *whether* to act
 //! lives here and is tested without I/O. [`crate::apply`] carries the steps out.
 
-pub mod capacity;
+pub use crate::capacity;
 pub mod crashloop;
 pub mod ports;
+pub mod reason;
 pub mod render;
+
+pub use reason::Reason;
 
 use crate::config::{Config, Topology};
 use crate::model::{Intent, PriorExit, ProfileName, SlotRecord};
-use crate::observe::container::ContainerMode;
-use crate::observe::scandir::SlotObs;
-use crate::observe::{Observed, ProfileObs};
-use crate::warning::Warning;
+use crate::warning::{CapacityBound, Finding, Warning};
+use crate::world::ContainerMode;
+use crate::world::SlotObs;
+use crate::world::{Observed, ProfileObs};
 use render::{RenderInput, SlotFile};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,7 +67,7 @@ pub struct Decision {
     /// The effective intent (SPEC §5.2), `None` when there is none.
     pub prior_state: Option<String>,
     pub prior_exit: PriorExit,
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// `single` topology only: for the root, whether any named profile's `running` folded
     /// into its intent; for a named profile, whether its `running` did (SPEC §6.7).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,7 +215,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             action: ActionKind::Skipped,
             prior_state: None,
             prior_exit: PriorExit::Unknown,
-            reason: Some("dashboard-container".into()),
+            reason: Some(Reason::DashboardContainer),
             folded_into_root: None,
             backoff: None,
         });
@@ -224,10 +227,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         && !obs.root_state_file_exists;
 
     for d in obs.scanner.dangling.iter().filter(|_| opts.only.is_none()) {
-        plan.warnings.push(Warning::from(format!(
-            "scandir entry {} is a dangling symlink: s6-svscan >= 2.12 abandons every scan that meets it, so no slot starts or stops until it is removed",
-            cfg.scandir.join(d).display()
-        )));
+        plan.warnings.push(Warning::new(Finding::DanglingScandirEntry { path: cfg.scandir.join(d) }));
     }
     // Capacity (SPEC §6.6): named profiles that already have a slot keep it; new slots are
     // created in name order while the total stays within the cap.
@@ -263,17 +263,12 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         } else if admit.contains(&p.name) {
             plan.deferred.push(p.name.clone());
         } else if in_scope(&p.name) {
-            plan.warnings.push(Warning::from(if scanner_named < cfg.max_profiles {
-                format!(
-                    "profile {}: not given a slot: s6-svscan's limit of {} services leaves room for {} named slots",
-                    p.name, obs.scanner.limit_units, scanner_named
-                )
+            let bound = if scanner_named < cfg.max_profiles {
+                CapacityBound::Scanner { limit_units: obs.scanner.limit_units, named: scanner_named }
             } else {
-                format!(
-                    "profile {}: not given a slot: HERMES_RECONCILER_MAX_PROFILES={} named slots exist or are planned",
-                    p.name, cfg.max_profiles
-                )
-            }));
+                CapacityBound::Configured { max: cfg.max_profiles }
+            };
+            plan.warnings.push(Warning::new(Finding::OverCapacity { profile: p.name.clone(), bound }));
             plan.profiles.push(ProfilePlan {
                 name: p.name.clone(),
                 steps: vec![],
@@ -283,7 +278,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                     action: ActionKind::Skipped,
                     prior_state: p.intent.effective().map(str::to_owned),
                     prior_exit: p.prior_exit,
-                    reason: Some("capacity".into()),
+                    reason: Some(Reason::Capacity),
                     folded_into_root: None,
                     backoff: None,
                 }),
@@ -310,14 +305,18 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             continue;
         }
         if let Some(w) = &p.intent_warning {
-            plan.warnings
-                .push(Warning { key: w.key.clone(), text: format!("profile {}: {}", p.name, w.text) });
+            plan.warnings.push(Warning::new(Finding::InProfile {
+                profile: p.name.clone(),
+                inner: Box::new(w.finding.clone()),
+            }));
         }
         if let Some(w) = &p.yaml_warning
             && (p.name.is_root() || topo == Topology::Single)
         {
-            plan.warnings
-                .push(Warning { key: w.key.clone(), text: format!("profile {}: {}", p.name, w.text) });
+            plan.warnings.push(Warning::new(Finding::InProfile {
+                profile: p.name.clone(),
+                inner: Box::new(w.finding.clone()),
+            }));
         }
         let own = if p.name.is_root() && plan.migrate_legacy { legacy_intent() } else { p.intent.clone() };
         // What boot-log lines and `status` show as the profile's state: its own effective
@@ -358,10 +357,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             continue;
         }
         if kind == PassKind::Boot {
-            plan.warnings.push(Warning::from(format!(
-                "slot {} has no profile; the daemon removes it after the removal grace",
-                name.slot_name()
-            )));
+            plan.warnings.push(Warning::new(Finding::SlotWithoutProfile { slot: name.slot_name() }));
         } else if !opts.hold.contains(name) {
             plan.profiles.push(ProfilePlan {
                 name: name.clone(),
@@ -372,7 +368,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                     action: ActionKind::Unregistered,
                     prior_state: None,
                     prior_exit: PriorExit::Unknown,
-                    reason: Some("profile-gone".into()),
+                    reason: Some(Reason::ProfileGone),
                     folded_into_root: None,
                     backoff: None,
                 }),
@@ -383,18 +379,21 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
     plan.profiles.sort_by(|a, b| (!a.name.is_root(), &a.name).cmp(&(!b.name.is_root(), &b.name)));
 
     for s in obs.skipped.iter().filter(|_| opts.only.is_none()) {
-        plan.warnings.push(Warning::from(format!(
-            "{}: skipped: {}",
-            crate::escape::Escaped::new(&cfg.home.join("profiles").join(&s.raw)),
-            s.reason
-        )));
+        plan.warnings.push(Warning::new(Finding::SkippedDir {
+            path: cfg.home.join(crate::layout::home::PROFILES_DIR).join(&s.raw),
+            reason: s.reason.clone(),
+        }));
         plan.skipped.push(Decision {
             profile: s.raw.clone(),
             slot: None,
             action: ActionKind::Skipped,
             prior_state: None,
             prior_exit: PriorExit::Unknown,
-            reason: Some(if s.raw == "default" { "reserved-name".into() } else { "invalid-name".into() }),
+            reason: Some(if s.raw == crate::model::ROOT_PROFILE {
+                Reason::ReservedName
+            } else {
+                Reason::InvalidName
+            }),
             folded_into_root: None,
             backoff: None,
         });
@@ -461,8 +460,8 @@ impl Role {
     }
 
     /// Why a `running` intent did not start the slot.
-    fn held_reason(&self) -> String {
-        if self.topo == Topology::Single { "folded".into() } else { "multiplexed".into() }
+    fn held_reason(&self) -> Reason {
+        if self.topo == Topology::Single { Reason::Folded } else { Reason::Multiplexed }
     }
 }
 
@@ -550,7 +549,7 @@ fn plan_adopt(
     ProfilePlan { name: p.name.clone(), steps, decision: action.map(|a| decision(p, role, a, reason)) }
 }
 
-fn decision(p: &ProfileObs, role: &Role, action: ActionKind, reason: Option<String>) -> Decision {
+fn decision(p: &ProfileObs, role: &Role, action: ActionKind, reason: Option<Reason>) -> Decision {
     Decision {
         profile: p.name.to_string(),
         slot: Some(p.name.slot_name()),

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::config::RawSettings;
-use crate::observe::scandir::ScandirObs;
-use crate::observe::volume::SkippedDir;
+use crate::world::ScandirObs;
+use crate::world::SkippedDir;
 use proptest::prelude::*;
 use std::path::PathBuf;
 

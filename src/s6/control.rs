@@ -17,6 +17,7 @@
 //! - the descriptor is close-on-exec and closed before returning, so no child ever inherits a
 //!   writer that would keep the FIFO looking alive.
 
+use crate::layout::slot::{SUPERVISE_CONTROL, SUPERVISE_LOCK};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -77,7 +78,7 @@ pub enum ControlError {
 
 /// Path of the control FIFO of a service directory.
 pub fn control_path(service_dir: &Path) -> PathBuf {
-    service_dir.join("supervise").join("control")
+    service_dir.join(SUPERVISE_CONTROL)
 }
 
 /// Path of s6-svscan's control FIFO in a scandir.
@@ -87,7 +88,7 @@ pub fn scanner_control_path(scandir: &Path) -> PathBuf {
 
 /// Path of the lock s6-supervise holds for as long as it runs on a service directory.
 pub fn lock_path(service_dir: &Path) -> PathBuf {
-    service_dir.join("supervise").join("lock")
+    service_dir.join(SUPERVISE_LOCK)
 }
 
 /// Writes one control byte into `<service_dir>/supervise/control` (write-only, non-blocking).
@@ -176,6 +177,41 @@ fn write_control(path: &Path, bytes: &[u8]) -> Result<(), ControlError> {
 /// calling process itself is not reported (POSIX locks never conflict with their owner's).
 pub fn supervisor_pid(service_dir: &Path) -> Result<Option<i32>, ControlError> {
     lock_holder(lock_path(service_dir))
+}
+
+/// Whether a supervisor is alive on a service directory: the one liveness query (issue 11
+/// item 5). [`supervisor_pid`] answers it; this names its three outcomes so that each caller
+/// says, where it asks, what a lock it cannot read means for it.
+#[derive(Debug)]
+pub enum Liveness {
+    /// An s6-supervise holds the lock now; its pid in our namespace (0: not visible from here).
+    Alive(i32),
+    /// No supervisor: the lock file is missing or no write lock is held.
+    Absent,
+    /// The lock could not be queried (permissions, I/O error): the caller decides.
+    Unknown(ControlError),
+}
+
+impl Liveness {
+    /// Unknown counts as alive: for callers that must not act under a live supervisor
+    /// (deleting, re-publishing, counting units against s6-svscan's limit).
+    pub fn maybe_alive(&self) -> bool {
+        !matches!(self, Liveness::Absent)
+    }
+
+    /// Unknown counts as absent: for display (`status` shows only what it knows).
+    pub fn surely_alive(&self) -> bool {
+        matches!(self, Liveness::Alive(_))
+    }
+}
+
+/// The liveness of the supervisor of `service_dir` (see [`supervisor_pid`]).
+pub fn supervisor(service_dir: &Path) -> Liveness {
+    match supervisor_pid(service_dir) {
+        Ok(Some(pid)) => Liveness::Alive(pid),
+        Ok(None) => Liveness::Absent,
+        Err(e) => Liveness::Unknown(e),
+    }
 }
 
 /// Pid of the s6-svscan holding `<scandir>/.s6-svscan/lock`, if any (same rules as

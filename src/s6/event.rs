@@ -12,6 +12,7 @@
 //! a container) may add entries. This module only *reads*; `apply` closes a directory found
 //! otherwise.
 
+use crate::layout::slot::{EVENT_DIR, LOG_DIR};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +22,7 @@ pub const EVENT_MODE: u32 = 0o3730;
 
 /// The `event/` directories of a slot: the service's and its logger's.
 pub fn event_dirs(slot: &Path) -> [PathBuf; 2] {
-    [slot.join("event"), slot.join("log").join("event")]
+    [slot.join(EVENT_DIR), slot.join(LOG_DIR).join(EVENT_DIR)]
 }
 
 /// Is this `event/` in the shape of the invariant? A missing one is (s6-supervise creates it

@@ -6,5 +6,7 @@ pub mod control;
 pub mod event;
 pub mod status;
 
-pub use control::{ControlError, SupervisorCommand, rescan, scanner_pid, send_command, supervisor_pid};
+pub use control::{
+    ControlError, Liveness, SupervisorCommand, rescan, scanner_pid, send_command, supervisor, supervisor_pid,
+};
 pub use status::{ServiceStatus, StatusError, decode_status, read_status};

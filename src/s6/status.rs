@@ -19,6 +19,7 @@
 //! reference the tests compare against), because "pid is non-zero" alone does not mean "up": while
 //! `./finish` runs, the pid field holds the finish script's pid.
 
+use crate::layout::slot::{DOWN_FILE, SUPERVISE_STATUS};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -244,7 +245,7 @@ pub fn decode_status(bytes: &[u8]) -> Result<ServiceStatus, StatusError> {
 /// least 65"), the last component is not followed if it is a symlink, and anything but a regular
 /// file is rejected: the open is non-blocking, so a FIFO planted there cannot hang the caller.
 pub fn read_status(service_dir: &Path) -> Result<Option<ServiceStatus>, StatusError> {
-    let path = service_dir.join("supervise").join("status");
+    let path = service_dir.join(SUPERVISE_STATUS);
     let io_err = |source: std::io::Error| StatusError::Io { path: path.clone(), source };
     let file = match File::options()
         .read(true)
@@ -277,7 +278,7 @@ pub fn read_status(service_dir: &Path) -> Result<Option<ServiceStatus>, StatusEr
 /// absent. Errors other than "not found" (permission, `service_dir` not a directory) are
 /// returned rather than guessed.
 pub fn normally_up(service_dir: &Path) -> Result<bool, StatusError> {
-    let path: PathBuf = service_dir.join("down");
+    let path: PathBuf = service_dir.join(DOWN_FILE);
     match std::fs::metadata(&path) {
         Ok(_) => Ok(false),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),

@@ -1,0 +1,201 @@
+//! The watcher backends (issue 12, SPEC §6.3) on real s6: the daemon's key convergence
+//! scenarios once more with `HERMES_RECONCILER_WATCH=poll` (notify's `PollWatcher`), a renamed
+//! profile followed under its new name by inotify, and `auto` on a real tmpfs. The periodic
+//! re-list is an hour away in each: only the watcher can make them converge.
+
+use crate::kit::*;
+use std::fs;
+use std::process::Command;
+
+const POLL_MS: &str = "200";
+
+fn status_watch(w: &World) -> serde_json::Value {
+    let o = w.run(&["status", "--json"]);
+    o.assert_code(0);
+    o.json()["watch"].clone()
+}
+
+/// Profiles appearing (created, renamed in), an intent change, a rename `a` → `b` followed by a
+/// change inside `b`, a profile deleted, and the home deleted and recreated: all converge by
+/// polling, bounded by the poll period rather than by inotify.
+#[test]
+fn poll_backend_converges_the_key_scenarios() {
+    root_only!();
+    let w = World::new();
+    w.profile("alpha");
+    w.profile("doomed").desired("running");
+    let d = Daemon::start(
+        &w,
+        &[
+            ("HERMES_RECONCILER_WATCH", "poll"),
+            ("HERMES_RECONCILER_POLL_MS", POLL_MS),
+            ("HERMES_RECONCILER_RESYNC_SECS", "3600"),
+            ("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS),
+        ],
+    );
+    converge(&w, &d, &[("alpha", Want::Down), ("doomed", Want::Up)]);
+    let mut c = Checks::new();
+    c.check(
+        !d.log_lines_with(&["watching the volume by polling"]).is_empty(),
+        format!("the backend is not logged:\n{}", d.stderr()),
+    );
+    c.eq("status watch", status_watch(&w), serde_json::json!(format!("poll ({POLL_MS} ms)")));
+
+    // A new profile, and an intent change.
+    w.profile("beta").desired("running");
+    set_desired(&w.profile_dir("alpha"), "running");
+    converge(&w, &d, &[("alpha", Want::Up), ("beta", Want::Up)]);
+
+    // A profile renamed in from outside, then renamed `beta` → `gamma` with a change inside
+    // `gamma` right after.
+    rename_in_profile(&w, "late", Some("running"));
+    fs::rename(w.profile_dir("beta"), w.profile_dir("gamma")).unwrap();
+    set_desired(&w.profile_dir("gamma"), "stopped");
+    converge(&w, &d, &[("late", Want::Up), ("gamma", Want::Down)]);
+
+    // rm -rf of a profile: its slot goes.
+    fs::remove_dir_all(w.profile_dir("doomed")).unwrap();
+    must(
+        &d,
+        "doomed and beta removed",
+        poll(WAIT, || {
+            let slots = gateway_slots(&w.scandir);
+            let want = slot_set(["alpha", "default", "gamma", "late"]);
+            if slots == want { Ok(()) } else { Err(format!("slots {slots:?}, want {want:?}")) }
+        }),
+    );
+
+    // The home deleted and recreated (seen through its parent's watch).
+    wait_until("the home deleted", WAIT, || fs::remove_dir_all(&w.home).is_ok() || !w.home.exists());
+    fs::create_dir_all(w.home.join(".standin")).unwrap();
+    set_desired(&w.home, "running");
+    w.profile("after").desired("running");
+    converge(&w, &d, &[("default", Want::Up), ("after", Want::Up)]);
+    // The profiles that went with the old home lose their slots after the removal grace.
+    must(
+        &d,
+        "the old home's profiles removed",
+        poll(WAIT, || {
+            let slots = gateway_slots(&w.scandir);
+            let want = slot_set(["after", "default"]);
+            if slots == want { Ok(()) } else { Err(format!("slots {slots:?}, want {want:?}")) }
+        }),
+    );
+    // Removed slots' supervisors exit on their own time.
+    must(&d, "one supervisor each", poll(WAIT, || one_supervisor_each(&w)));
+    c.finish();
+}
+
+/// SPEC §6.3 with inotify: `a` → `b`, then a `desired_state` change inside `b` reaches `b`
+/// without a re-list (the next periodic one is an hour away; a rename asks for none).
+#[test]
+fn inotify_follows_a_renamed_profile_under_its_new_name() {
+    root_only!();
+    let w = World::new();
+    w.profile("first");
+    let d = Daemon::start(
+        &w,
+        &[
+            ("HERMES_RECONCILER_WATCH", "inotify"),
+            ("HERMES_RECONCILER_RESYNC_SECS", "3600"),
+            ("HERMES_RECONCILER_REMOVE_GRACE_MS", SHORT_GRACE_MS),
+        ],
+    );
+    converge(&w, &d, &[("first", Want::Down)]);
+    fs::rename(w.profile_dir("first"), w.profile_dir("second")).unwrap();
+    converge(&w, &d, &[("second", Want::Down)]);
+    set_desired(&w.profile_dir("second"), "running");
+    converge(&w, &d, &[("second", Want::Up)]);
+    // And again, once the first change has been served.
+    set_desired(&w.profile_dir("second"), "stopped");
+    converge(&w, &d, &[("second", Want::Down)]);
+    let mut c = Checks::new();
+    c.eq("status watch", status_watch(&w), serde_json::json!("inotify"));
+    c.check(
+        d.log_lines_with(&["inotify queue overflowed"]).is_empty(),
+        "no overflow expected (the convergence must come from the events)",
+    );
+    c.finish();
+}
+
+/// Unmounts (lazily) the tmpfs mounted over a world's home when the test ends, before the
+/// world's directories are deleted.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `auto` on a real tmpfs (where inotify sees every change) picks inotify, logs it once and
+/// reports it in `status`; the daemon converges on it.
+#[test]
+fn auto_on_a_real_tmpfs_watches_with_inotify() {
+    root_only!();
+    let w = World::new();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs"])
+        .arg(&w.home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mount tmpfs: {out:?}");
+    let _mounted = Mounted(w.home.clone());
+    let fs_type = Command::new("stat").args(["-f", "-c", "%T"]).arg(&w.home).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&fs_type.stdout).trim(), "tmpfs");
+    fs::create_dir(w.home.join(".standin")).unwrap();
+    w.profile("alpha");
+    let d = Daemon::start(&w, &[("HERMES_RECONCILER_RESYNC_SECS", "3600")]);
+    converge(&w, &d, &[("alpha", Want::Down)]);
+    set_desired(&w.profile_dir("alpha"), "running");
+    converge(&w, &d, &[("alpha", Want::Up)]);
+    let mut c = Checks::new();
+    c.eq("backend lines", d.log_lines_with(&["watching the volume with inotify"]).len(), 1);
+    c.check(d.log_lines_with(&["watching the volume by polling"]).is_empty(), "auto polled on tmpfs");
+    c.eq("status watch", status_watch(&w), serde_json::json!("inotify"));
+    c.finish();
+}
+
+/// Watch-limit exhaustion (SPEC §6.3): the daemon runs in a user namespace of its own whose
+/// inotify watch limit (`/proc/sys/user/max_inotify_watches`, per user namespace, so the host's
+/// budget is untouched) leaves room for the base watches only. It logs the fallback once and
+/// converges by re-listing every two seconds (the periodic re-list is an hour away).
+#[test]
+fn watch_limit_exhaustion_falls_back_to_relisting() {
+    root_only!();
+    let w = World::new();
+    w.profile("alpha");
+    w.profile("beta");
+    let base = w.command(&["run"]);
+    let stderr_path = w.root.join("limited.stderr");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-U", "-r", "sh", "-c", "echo 4 >/proc/sys/user/max_inotify_watches && exec \"$0\" run"])
+        .arg(base.get_program())
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+        .env("HERMES_RECONCILER_WATCH", "inotify")
+        .env("HERMES_RECONCILER_RESYNC_SECS", "3600")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&stderr_path).unwrap());
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(cmd.spawn().expect("unshare"));
+    let stderr = || fs::read_to_string(&stderr_path).unwrap_or_default();
+    let r = wait_slots(&w.scandir, &wants(&[("alpha", Want::Down), ("beta", Want::Down)]));
+    assert!(r.is_ok(), "{r:?}\n{}", stderr());
+    // Room for one profile's watch at most: a change in the other is seen only by re-listing.
+    set_desired(&w.profile_dir("alpha"), "running");
+    set_desired(&w.profile_dir("beta"), "running");
+    w.profile("gamma").desired("running");
+    let r = wait_slots(&w.scandir, &wants(&[("alpha", Want::Up), ("beta", Want::Up), ("gamma", Want::Up)]));
+    assert!(r.is_ok(), "{r:?}\n{}", stderr());
+    let text = stderr();
+    let fallback = text.lines().filter(|l| l.contains("WARN") && l.contains("watch limit exhausted")).count();
+    assert_eq!(fallback, 1, "the fallback is logged once:\n{text}");
+}
