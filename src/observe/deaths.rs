@@ -8,7 +8,7 @@
 //! (0710, group `hermes` may only traverse it): nobody else can create or rename in it.
 
 use crate::model::ProfileName;
-use crate::plan::crashloop::{Exit, Seen};
+use crate::world::{Exit, Seen};
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

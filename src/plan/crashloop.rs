@@ -36,39 +36,7 @@ pub struct Policy {
     pub reset_after: Duration,
 }
 
-/// How the last run ended, from the status file's wait status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-}
-
-impl Exit {
-    /// Not exit 0 (deliberate stop) or 78 (fatal configuration, parked by `finish`), and not
-    /// SIGTERM (a stop or restart someone asked for: `s6-svc -d`/`-t`, the daemon's own).
-    pub fn abnormal(self) -> bool {
-        !matches!(self, Exit::Code(0) | Exit::Code(78) | Exit::Signal(15))
-    }
-
-    /// `exit_1`, `signal_9`: fit for a boot-log value.
-    pub fn describe(self) -> String {
-        match self {
-            Exit::Code(c) => format!("exit_{c}"),
-            Exit::Signal(s) => format!("signal_{s}"),
-        }
-    }
-}
-
-/// One rewrite of `supervise/status`, reduced to what the tracker needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Seen {
-    /// s6's time of the last up/down change: one start or one death.
-    pub since: SystemTime,
-    pub up: bool,
-    pub want_up: bool,
-    /// The last death's exit (meaningful when not up).
-    pub exit: Exit,
-}
+pub use crate::world::{Exit, Seen};
 
 /// A gateway held down.
 #[derive(Clone, Debug, PartialEq, Eq)]
