@@ -74,6 +74,18 @@ pub struct SettingFlags {
     /// Diagnostic log filter [env: HERMES_RECONCILER_LOG] [default: info]
     #[arg(long, global = true, value_name = "FILTER")]
     pub log: Option<String>,
+    /// per-profile, multiplex or single [env: HERMES_GATEWAY_TOPOLOGY] [default: per-profile]
+    #[arg(long, global = true, value_name = "TOPOLOGY")]
+    pub topology: Option<String>,
+    /// Deaths/seconds that make a crash loop, or off [env: HERMES_RECONCILER_CRASHLOOP] [default: 5/60]
+    #[arg(long, global = true, value_name = "N/SECS")]
+    pub crashloop: Option<String>,
+    /// Longest hold of a crash-looping gateway [env: HERMES_RECONCILER_BACKOFF_MAX_SECS] [default: 300]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub backoff_max_secs: Option<String>,
+    /// Time up after which a gateway's death count restarts [env: HERMES_RECONCILER_CRASHLOOP_RESET_SECS] [default: 600]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub crashloop_reset_secs: Option<String>,
     /// Root-only runtime state, outside the scandir [env: HERMES_RECONCILER_RUNTIME_DIR] [default: /run/hermes-reconciler]
     #[arg(long, global = true, value_name = "DIR")]
     pub runtime_dir: Option<String>,
@@ -100,6 +112,10 @@ impl SettingFlags {
             (&config::REMOVE_GRACE, &self.remove_grace_ms),
             (&config::MAX_PROFILES, &self.max_profiles),
             (&config::LOG, &self.log),
+            (&config::TOPOLOGY, &self.topology),
+            (&config::CRASHLOOP, &self.crashloop),
+            (&config::BACKOFF_MAX, &self.backoff_max_secs),
+            (&config::CRASHLOOP_RESET, &self.crashloop_reset_secs),
             (&config::RUNTIME_DIR, &self.runtime_dir),
             (&config::WATCH, &self.watch),
             (&config::POLL_MS, &self.poll_ms),

@@ -11,7 +11,10 @@ use std::time::Duration;
 pub struct Config {
     pub home: PathBuf,
     pub scandir: PathBuf,
-    pub multiplex: bool,
+    /// The gateway topology (SPEC §6.7). `None`: neither `HERMES_GATEWAY_TOPOLOGY` nor
+    /// `GATEWAY_MULTIPLEX_PROFILES` is set, so the root home's `config.yaml` decides between
+    /// `per-profile` and `multiplex` at each pass, as upstream reads it.
+    pub topology: Option<Topology>,
     pub no_supervise: bool,
     pub gateway_command: String,
     /// `None`: never drop privileges.
@@ -23,10 +26,47 @@ pub struct Config {
     /// The daemon's own root-only runtime state (SPEC §9.4); never inside the scandir or the
     /// home, which other users can write.
     pub runtime_dir: PathBuf,
+    /// Crash-loop detection (SPEC §6.8): this many abnormal deaths within this window hold a
+    /// gateway down. `None`: off.
+    pub crashloop: Option<CrashLoop>,
+    /// Longest hold of a crash-looping gateway.
+    pub backoff_max: Duration,
+    /// Up this long, a gateway's death count starts again from zero.
+    pub crashloop_reset: Duration,
     /// Which watcher backend to use (SPEC §6.3): `auto` decides from the home's filesystem.
     pub watch: WatchMode,
     /// Period of the polling backend.
     pub poll: Duration,
+}
+
+/// Which gateways run (SPEC §6.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// One gateway per profile.
+    PerProfile,
+    /// Named slots registered, never brought up; stop intents still apply.
+    Multiplex,
+    /// One gateway (the root's) serves every profile: named intents fold into the root's,
+    /// except `gateway.standalone: true` profiles, which keep their own slot and intent.
+    Single,
+}
+
+impl Topology {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topology::PerProfile => "per-profile",
+            Topology::Multiplex => "multiplex",
+            Topology::Single => "single",
+        }
+    }
+}
+
+/// `HERMES_RECONCILER_CRASHLOOP`: `deaths` abnormal deaths within `window` make a crash loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashLoop {
+    pub deaths: u32,
+    pub window: Duration,
 }
 
 /// `HERMES_RECONCILER_WATCH`: how the volume is watched.
@@ -70,8 +110,18 @@ pub const RUNTIME_DIR: Setting = Setting {
 pub const WATCH: Setting = Setting { var: "HERMES_RECONCILER_WATCH", flag: "--watch", default: "auto" };
 pub const POLL_MS: Setting = Setting { var: "HERMES_RECONCILER_POLL_MS", flag: "--poll-ms", default: "2000" };
 
+pub const TOPOLOGY: Setting =
+    Setting { var: "HERMES_GATEWAY_TOPOLOGY", flag: "--topology", default: "per-profile" };
+pub const CRASHLOOP: Setting =
+    Setting { var: "HERMES_RECONCILER_CRASHLOOP", flag: "--crashloop", default: "5/60" };
+pub const BACKOFF_MAX: Setting =
+    Setting { var: "HERMES_RECONCILER_BACKOFF_MAX_SECS", flag: "--backoff-max-secs", default: "300" };
+
+pub const CRASHLOOP_RESET: Setting =
+    Setting { var: "HERMES_RECONCILER_CRASHLOOP_RESET_SECS", flag: "--crashloop-reset-secs", default: "600" };
+
 /// Every setting, in the order of SPEC §3 (used by `--help` texts and the README table).
-pub const ALL: [&Setting; 13] = [
+pub const ALL: [&Setting; 17] = [
     &HOME,
     &SCANDIR,
     &MULTIPLEX,
@@ -82,6 +132,10 @@ pub const ALL: [&Setting; 13] = [
     &REMOVE_GRACE,
     &MAX_PROFILES,
     &LOG,
+    &TOPOLOGY,
+    &CRASHLOOP,
+    &BACKOFF_MAX,
+    &CRASHLOOP_RESET,
     &RUNTIME_DIR,
     &WATCH,
     &POLL_MS,
@@ -109,6 +163,14 @@ impl RawSettings {
         let env =
             ALL.iter().filter_map(|s| std::env::var(s.var).ok().map(|v| (s.var.to_string(), v))).collect();
         RawSettings { flags: HashMap::new(), env }
+    }
+
+    /// The value given by a flag or the environment, `None` when neither sets it.
+    fn given(&self, s: &Setting) -> Option<(String, &'static str)> {
+        if let Some(v) = self.flags.get(s.var) {
+            return Some((v.clone(), "flag"));
+        }
+        self.env.get(s.var).map(|v| (v.clone(), "environment"))
     }
 
     fn get(&self, s: &Setting) -> (String, &'static str) {
@@ -173,8 +235,7 @@ impl Config {
     pub fn resolve(raw: &RawSettings) -> Result<Config, ConfigError> {
         let home = path_of(raw, &HOME)?;
         let scandir = path_of(raw, &SCANDIR)?;
-        let multiplex =
-            bool_of(raw, &MULTIPLEX, &["1", "true", "yes", "on"], &["0", "false", "no", "off", ""])?;
+        let topology = topology_of(raw)?;
         let no_supervise =
             bool_of(raw, &NO_SUPERVISE, &["1", "true", "yes"], &["0", "false", "no", "off", ""])?;
         let (gateway_command, src) = raw.get(&GATEWAY_COMMAND);
@@ -249,7 +310,7 @@ impl Config {
             runtime_dir,
             home,
             scandir,
-            multiplex,
+            topology,
             no_supervise,
             gateway_command,
             run_as,
@@ -257,7 +318,78 @@ impl Config {
             remove_grace,
             max_profiles,
             log_filter,
+            crashloop: crashloop_of(raw)?,
+            backoff_max: Duration::from_secs(number_of(raw, &BACKOFF_MAX, 10, 86_400)?),
+            crashloop_reset: Duration::from_secs(number_of(raw, &CRASHLOOP_RESET, 1, 86_400)?),
         })
+    }
+}
+
+/// `HERMES_GATEWAY_TOPOLOGY` and its older spelling `GATEWAY_MULTIPLEX_PROFILES`.
+///
+/// A truthy `GATEWAY_MULTIPLEX_PROFILES` selects `multiplex`; a falsy one `per-profile`
+/// (an empty value says nothing: images often pass the variable through unset-but-empty).
+/// Both given and disagreeing (multiplex truthy with another topology, or falsy with
+/// `multiplex`) is a configuration error: which one the operator meant cannot be guessed.
+fn topology_of(raw: &RawSettings) -> Result<Option<Topology>, ConfigError> {
+    let legacy = match raw.given(&MULTIPLEX) {
+        Some((v, _)) if v.trim().is_empty() => None,
+        Some(_) => {
+            Some(bool_of(raw, &MULTIPLEX, &["1", "true", "yes", "on"], &["0", "false", "no", "off", ""])?)
+        }
+        None => None,
+    };
+    let Some((value, source_kind)) = raw.given(&TOPOLOGY) else {
+        return Ok(legacy.map(|m| if m { Topology::Multiplex } else { Topology::PerProfile }));
+    };
+    let topology = match value.trim().to_ascii_lowercase().as_str() {
+        "per-profile" => Topology::PerProfile,
+        "multiplex" => Topology::Multiplex,
+        "single" => Topology::Single,
+        _ => {
+            return Err(ConfigError {
+                var: TOPOLOGY.var,
+                value,
+                why: "expected per-profile, multiplex or single".into(),
+                source_kind,
+            });
+        }
+    };
+    if let Some(m) = legacy
+        && m != (topology == Topology::Multiplex)
+    {
+        let (mvalue, _) = raw.get(&MULTIPLEX);
+        return Err(ConfigError {
+            var: TOPOLOGY.var,
+            value,
+            why: format!("disagrees with {}={mvalue:?}; set only one of them", MULTIPLEX.var),
+            source_kind,
+        });
+    }
+    Ok(Some(topology))
+}
+
+/// `HERMES_RECONCILER_CRASHLOOP`: `off`, or `<deaths>/<seconds>` (2–1000 deaths, 1–86400 s).
+fn crashloop_of(raw: &RawSettings) -> Result<Option<CrashLoop>, ConfigError> {
+    let (value, source_kind) = raw.get(&CRASHLOOP);
+    let v = value.trim().to_ascii_lowercase();
+    if v == "off" {
+        return Ok(None);
+    }
+    let parsed = v
+        .split_once('/')
+        .and_then(|(d, w)| Some((d.trim().parse::<u32>().ok()?, w.trim().parse::<u64>().ok()?)));
+    match parsed {
+        Some((deaths, secs)) if (2..=1000).contains(&deaths) && (1..=86_400).contains(&secs) => {
+            Ok(Some(CrashLoop { deaths, window: Duration::from_secs(secs) }))
+        }
+        _ => Err(ConfigError {
+            var: CRASHLOOP.var,
+            value,
+            why: "expected off or <deaths>/<seconds> (deaths 2 to 1000, seconds 1 to 86400), e.g. 5/60"
+                .into(),
+            source_kind,
+        }),
     }
 }
 
@@ -277,7 +409,9 @@ mod tests {
         let c = Config::resolve(&env(&[])).unwrap();
         assert_eq!(c.home, PathBuf::from("/opt/data"));
         assert_eq!(c.scandir, PathBuf::from("/run/service"));
-        assert!(!c.multiplex && !c.no_supervise);
+        assert!(c.topology.is_none() && !c.no_supervise);
+        assert_eq!(c.crashloop, Some(CrashLoop { deaths: 5, window: Duration::from_secs(60) }));
+        assert_eq!(c.backoff_max, Duration::from_secs(300));
         assert_eq!(c.gateway_command, "hermes");
         assert_eq!(c.run_as.as_deref(), Some("hermes"));
         assert_eq!(c.resync, Duration::from_secs(30));
@@ -305,7 +439,10 @@ mod tests {
     #[test]
     fn truthy_values() {
         for v in ["1", "true", "YES", "On"] {
-            assert!(Config::resolve(&env(&[("GATEWAY_MULTIPLEX_PROFILES", v)])).unwrap().multiplex);
+            assert_eq!(
+                Config::resolve(&env(&[("GATEWAY_MULTIPLEX_PROFILES", v)])).unwrap().topology,
+                Some(Topology::Multiplex)
+            );
         }
         for v in ["1", "TRUE", "yes"] {
             assert!(Config::resolve(&env(&[("HERMES_GATEWAY_NO_SUPERVISE", v)])).unwrap().no_supervise);
@@ -332,6 +469,14 @@ mod tests {
             ("HERMES_RECONCILER_RUNTIME_DIR", "/run/service"),
             ("HERMES_RECONCILER_RUNTIME_DIR", "/run/service/.hermes"),
             ("HERMES_RECONCILER_RUNTIME_DIR", "/opt/data/run"),
+            ("HERMES_GATEWAY_TOPOLOGY", "both"),
+            ("HERMES_RECONCILER_CRASHLOOP", "5"),
+            ("HERMES_RECONCILER_CRASHLOOP", "1/60"),
+            ("HERMES_RECONCILER_CRASHLOOP", "5/0"),
+            ("HERMES_RECONCILER_CRASHLOOP", "on"),
+            ("HERMES_RECONCILER_BACKOFF_MAX_SECS", "5"),
+            ("HERMES_RECONCILER_BACKOFF_MAX_SECS", "x"),
+            ("HERMES_RECONCILER_CRASHLOOP_RESET_SECS", "0"),
             ("HERMES_RECONCILER_WATCH", "fanotify"),
             ("HERMES_RECONCILER_POLL_MS", "0"),
             ("HERMES_RECONCILER_POLL_MS", "fast"),
@@ -340,6 +485,38 @@ mod tests {
             assert_eq!(e.var, var);
             assert!(e.to_string().contains(var), "{e}");
         }
+    }
+
+    #[test]
+    fn topology_and_its_older_spelling() {
+        let t = |pairs: &[(&str, &str)]| Config::resolve(&env(pairs)).map(|c| c.topology);
+        assert_eq!(t(&[]), Ok(None));
+        assert_eq!(t(&[("GATEWAY_MULTIPLEX_PROFILES", "")]), Ok(None));
+        assert_eq!(t(&[("GATEWAY_MULTIPLEX_PROFILES", "off")]), Ok(Some(Topology::PerProfile)));
+        assert_eq!(t(&[("HERMES_GATEWAY_TOPOLOGY", "Single")]), Ok(Some(Topology::Single)));
+        for (topo, mux, agree) in [
+            ("multiplex", "yes", true),
+            ("multiplex", "0", false),
+            ("per-profile", "false", true),
+            ("per-profile", "1", false),
+            ("single", "no", true),
+            ("single", "on", false),
+        ] {
+            let r = t(&[("HERMES_GATEWAY_TOPOLOGY", topo), ("GATEWAY_MULTIPLEX_PROFILES", mux)]);
+            match r {
+                Ok(_) => assert!(agree, "{topo} {mux}"),
+                Err(e) => {
+                    assert!(!agree, "{topo} {mux}");
+                    assert_eq!(e.var, "HERMES_GATEWAY_TOPOLOGY");
+                    assert!(e.to_string().contains("GATEWAY_MULTIPLEX_PROFILES"), "{e}");
+                }
+            }
+        }
+        assert_eq!(Config::resolve(&env(&[("HERMES_RECONCILER_CRASHLOOP", "OFF")])).unwrap().crashloop, None);
+        assert_eq!(
+            Config::resolve(&env(&[("HERMES_RECONCILER_CRASHLOOP", "3/30")])).unwrap().crashloop,
+            Some(CrashLoop { deaths: 3, window: Duration::from_secs(30) })
+        );
     }
 
     #[test]

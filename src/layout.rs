@@ -15,6 +15,9 @@ pub mod home {
     pub const LIFECYCLE_FILE: &str = "state/gateway.lifecycle.json";
     /// A profile's environment file (a port set there overrides ours, SPEC §7.4).
     pub const ENV_FILE: &str = ".env";
+    /// A profile's agent configuration: its `gateway.standalone` and, at the root,
+    /// `gateway.multiplex_profiles` pick the topology (SPEC §6.7).
+    pub const CONFIG_FILE: &str = "config.yaml";
     /// The file that marks a directory under `profiles/` as a profile (SPEC §3).
     pub const MARKER_FILE: &str = "SOUL.md";
     /// Named profiles live in `$HERMES_HOME/profiles/<name>`.

@@ -11,6 +11,7 @@ use crate::warning::Warning;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 /// The limit when s6-svscan's command line says nothing (S6-FACTS "Scanning"): one unit per
 /// supervised directory; both s6 2.11's and s6 ≥ 2.12's defaults are 1000 units.
@@ -58,6 +59,19 @@ pub struct ProfileObs {
     pub prior_exit: PriorExit,
     /// The profile's own `.env` sets `API_SERVER_PORT`.
     pub env_sets_port: bool,
+    /// What its `config.yaml` says about the topology (SPEC §6.7).
+    pub yaml: GatewayYaml,
+    /// Why its `config.yaml` was ignored, naming the file.
+    pub yaml_warning: Option<Warning>,
+}
+
+/// What a `config.yaml` says about the topology (SPEC §6.7).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GatewayYaml {
+    /// `multiplex_profiles` at top level if present, else `gateway.multiplex_profiles`.
+    pub multiplex_profiles: bool,
+    /// `gateway.standalone`.
+    pub standalone: bool,
 }
 
 /// Everything a pass decides from.
@@ -168,4 +182,43 @@ pub struct StatusReport {
     /// none); absent when no daemon has run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<String>,
+    /// Profile → crash-loop hold: when the gateway is tried again (SPEC §6.8).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backoff: BTreeMap<String, String>,
+}
+
+/// What one slot's `supervise/status` rewrite says, for crash-loop backoff (SPEC §6.8):
+/// filled by [`crate::observe::deaths`], judged by [`crate::plan::crashloop`].
+/// How the last run ended, from the status file's wait status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// Not exit 0 (deliberate stop) or 78 (fatal configuration, parked by `finish`), and not
+    /// SIGTERM (a stop or restart someone asked for: `s6-svc -d`/`-t`, the daemon's own).
+    pub fn abnormal(self) -> bool {
+        !matches!(self, Exit::Code(0) | Exit::Code(78) | Exit::Signal(15))
+    }
+
+    /// `exit_1`, `signal_9`: fit for a boot-log value.
+    pub fn describe(self) -> String {
+        match self {
+            Exit::Code(c) => format!("exit_{c}"),
+            Exit::Signal(s) => format!("signal_{s}"),
+        }
+    }
+}
+
+/// One rewrite of `supervise/status`, reduced to what the tracker needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// s6's time of the last up/down change: one start or one death.
+    pub since: SystemTime,
+    pub up: bool,
+    pub want_up: bool,
+    /// The last death's exit (meaningful when not up).
+    pub exit: Exit,
 }

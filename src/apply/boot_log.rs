@@ -28,6 +28,17 @@ pub fn format_line(timestamp: &str, d: &Decision) -> String {
         line.push_str(" reason=");
         line.push_str(sanitize(reason));
     }
+    if let Some(b) = &d.backoff {
+        line.push_str(&format!(
+            " retry_in={} deaths={} last_exit={}",
+            b.retry_in_secs,
+            b.deaths,
+            sanitize(&b.last_exit)
+        ));
+    }
+    if let Some(folded) = d.folded_into_root {
+        line.push_str(if folded { " folded_into_root=true" } else { " folded_into_root=false" });
+    }
     line.push('\n');
     line
 }
@@ -51,6 +62,8 @@ mod tests {
             prior_state: state.map(String::from),
             prior_exit: PriorExit::Clean,
             reason,
+            folded_into_root: None,
+            backoff: None,
         }
     }
 

@@ -40,6 +40,7 @@ pub fn of_pass(plan_warnings: &[Warning], outcome: &Outcome) -> StatusReport {
         skipped: skips(&outcome.applied),
         scandir: scandir_findings(plan_warnings),
         watch: None,
+        backoff: BTreeMap::new(),
     }
 }
 

@@ -153,7 +153,11 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
     {
         tracing::debug!("status file not written: {e}");
     }
-    if let Err(e) = applier.log_decisions(&outcome.applied) {
+    // A dashboard container writes nothing under $HERMES_HOME (SPEC §5.4): the gateway
+    // container usually shares the volume, and its boot log must not fill with our boots.
+    if plan.mode != ContainerMode::Dashboard
+        && let Err(e) = applier.log_decisions(&outcome.applied)
+    {
         tracing::error!("container-boot.log not written: {e}");
         errors.push(format!("container-boot.log not written: {e}"));
     }

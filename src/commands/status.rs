@@ -37,11 +37,38 @@ pub struct Row {
     pub last_error: Option<String>,
     /// Why the profile has no slot (capacity, invalid name...).
     pub skipped: Option<String>,
+    /// `single` topology only (SPEC §6.7): the root: whether any named profile's `running`
+    /// folds into it; a named profile: whether its own does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folded_into_root: Option<bool>,
+    /// Held down as crash-looping (SPEC §6.8): until when, the deaths and the last exit.
+    pub backoff: Option<String>,
+}
+
+/// The topology in force and the named profiles folding into the root (`single` only).
+pub fn topology(config: &Config, world: &observe::Observed) -> (crate::config::Topology, Vec<String>) {
+    let topo = crate::plan::topology(world, config);
+    let folded = if topo == crate::config::Topology::Single {
+        world
+            .profiles
+            .iter()
+            .filter(|p| !p.name.is_root() && !p.yaml.standalone && p.intent.runs())
+            .map(|p| p.name.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (topo, folded)
 }
 
 /// Builds the rows.
 pub fn rows(config: &Config) -> Vec<Row> {
-    let world = observe::observe_all(config, None);
+    rows_of(config, &observe::observe_all(config, None))
+}
+
+fn rows_of(config: &Config, world: &observe::Observed) -> Vec<Row> {
+    let (topo, folded) = topology(config, world);
+    let single = topo == crate::config::Topology::Single;
     let report = observe::status_record::read(&config.runtime_dir);
     let mut names: Vec<ProfileName> = world.profiles.iter().map(|p| p.name.clone()).collect();
     let known: BTreeSet<ProfileName> = names.iter().cloned().collect();
@@ -73,6 +100,14 @@ pub fn rows(config: &Config) -> Vec<Row> {
                 last_action_at: record.and_then(|r| r.last_action_at.clone()),
                 last_error: report.errors.get(name.as_str()).cloned(),
                 skipped: report.skipped.get(name.as_str()).cloned(),
+                backoff: report.backoff.get(name.as_str()).cloned(),
+                folded_into_root: (single && profile.is_some()).then(|| {
+                    if name.is_root() {
+                        !folded.is_empty()
+                    } else {
+                        folded.iter().any(|f| f == name.as_str())
+                    }
+                }),
             }
         })
         .collect();
@@ -96,6 +131,8 @@ pub fn rows(config: &Config) -> Vec<Row> {
             last_action_at: None,
             last_error: None,
             skipped: Some(s.reason.clone()),
+            folded_into_root: None,
+            backoff: None,
         });
     }
     rows
@@ -114,6 +151,7 @@ impl Row {
             last_action_at: self.last_action_at.as_ref().map(e),
             last_error: self.last_error.as_ref().map(e),
             skipped: self.skipped.as_ref().map(e),
+            backoff: self.backoff.as_ref().map(e),
             ..self.clone()
         }
     }
@@ -124,7 +162,9 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 }
 
 pub fn run(config: &Config, json: bool) -> i32 {
-    let rows = rows(config);
+    let world = observe::observe_all(config, None);
+    let rows = rows_of(config, &world);
+    let topo = topology(config, &world);
     // Scandir problems as the daemon last saw them, plus what is there now.
     let report = observe::status_record::read(&config.runtime_dir);
     let watch = report.watch;
@@ -137,7 +177,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let written = print(&mut out, &rows, &scandir, watch.as_deref(), json).and_then(|()| out.flush());
+    let written = print(&mut out, &rows, &scandir, &topo, watch.as_deref(), json).and_then(|()| out.flush());
     output_done(written)
 }
 
@@ -165,11 +205,18 @@ fn print(
     out: &mut impl Write,
     rows: &[Row],
     scandir: &[String],
+    (topo, folded): &(crate::config::Topology, Vec<String>),
     watch: Option<&str>,
     json: bool,
 ) -> std::io::Result<()> {
     if json {
-        let doc = serde_json::json!({ "profiles": rows, "scandir": scandir, "watch": watch });
+        let doc = serde_json::json!({
+            "profiles": rows,
+            "scandir": scandir,
+            "topology": topo,
+            "folded_into_root": folded,
+            "watch": watch,
+        });
         return writeln!(out, "{}", json_safe(&doc.to_string()));
     }
     for w in scandir {
@@ -182,7 +229,12 @@ fn print(
     )?;
     for r in rows {
         let r = &r.escaped();
-        let error = r.last_error.clone().or(r.skipped.as_ref().map(|s| format!("skipped: {s}")));
+        let error = r
+            .backoff
+            .as_ref()
+            .map(|b| format!("backoff {b}"))
+            .or(r.last_error.clone())
+            .or(r.skipped.as_ref().map(|s| format!("skipped: {s}")));
         writeln!(
             out,
             "{:<24} {:<5} {:<14} {:<6} {:<5} {:<5} {:<8} {:>8} {:<5} {:<12} {:<24} {}",
@@ -199,6 +251,15 @@ fn print(
             opt(&r.last_action_at),
             error.unwrap_or_default()
         )?;
+    }
+    match topo {
+        crate::config::Topology::PerProfile => {}
+        crate::config::Topology::Multiplex => writeln!(out, "topology: multiplex")?,
+        crate::config::Topology::Single => writeln!(
+            out,
+            "topology: single; folded into the root: {}",
+            if folded.is_empty() { "none".to_string() } else { folded.join(", ") }
+        )?,
     }
     writeln!(out, "watch: {}", Escaped::new(watch.unwrap_or("- (no daemon has run)")))?;
     Ok(())

@@ -14,9 +14,21 @@ use crate::observe::container::ContainerMode;
 use crate::plan::PassKind;
 use crate::s6;
 use crate::shutdown::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
+
+/// Readiness of a file descriptor owned elsewhere (the crash-loop status watch's inotify
+/// descriptor, which lives as long as the daemon).
+struct Borrowed(RawFd);
+
+impl AsRawFd for Borrowed {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
 
 /// Exit status of a daemon that stopped on request, or could not start.
 pub const EXIT_OK: i32 = 0;
@@ -86,6 +98,16 @@ pub async fn run(
     tracing::info!(profiles = daemon.world.profiles.len(), "ready");
 
     let mut events = events;
+    // Crash-loop backoff (SPEC §6.8): slots' status rewrites. SAFETY: the descriptor belongs
+    // to `daemon`, is never replaced and outlives `status_events` (declared after `daemon`,
+    // so dropped first).
+    let status_events = daemon.status_fd().and_then(|fd| {
+        unsafe { AsyncFd::register_with_interest(Borrowed(fd), tokio::io::Interest::READABLE) }
+            .inspect_err(|e| {
+                tracing::warn!("cannot wait on slot status changes ({e}); no crash-loop backoff")
+            })
+            .ok()
+    });
     loop {
         if shutdown.requested() {
             break;
@@ -97,6 +119,12 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let status_readable = async {
+            match &status_events {
+                Some(fd) => fd.readable().await.map(|mut g| g.clear_ready()),
+                None => std::future::pending().await,
+            }
+        };
         // Each branch's work is a synchronous pass (see above).
         tokio::select! {
             _ = shutdown.wait() => break,
@@ -105,6 +133,7 @@ pub async fn run(
                 daemon.full_pass(PassKind::Continuous);
             }
             b = batch => daemon.on_events(b, Instant::now()),
+            _ = status_readable => daemon.on_status_events(Instant::now()),
             _ = tokio::time::sleep_until(deadline) => daemon.on_timer(Instant::now()),
         }
     }

@@ -27,14 +27,38 @@ use crate::observe::profile_files::ProfileFileCache;
 use crate::observe::slots::{SlotFileCache, observe_slot, slot_dir};
 use crate::observe::watch::{self, Batch, EventStream, WatchError, Watcher};
 use crate::observe::{self, Observed};
-use crate::plan::{self, PassKind, PassOptions};
+use crate::plan::{self, PassKind, PassOptions, crashloop};
+use crate::s6::{self, SupervisorCommand};
 use crate::warning::{Finding, Warning};
 use backoff::Backoff;
 pub use schedule::{FALLBACK_RELIST, RELIST_COALESCE, relist_due_at};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use warn_limit::WarnLimiter;
+
+/// Crash-loop backoff, unless it is off or inotify cannot watch the slots.
+fn crash_watch(
+    (crashloop, max_hold, reset_after): &(Option<crate::config::CrashLoop>, Duration, Duration),
+) -> Option<CrashWatch> {
+    let c = (*crashloop)?;
+    match crate::observe::deaths::StatusWatch::new() {
+        Ok(watch) => Some(CrashWatch {
+            watch,
+            policy: crashloop::Policy {
+                deaths: c.deaths,
+                window: c.window,
+                max_hold: *max_hold,
+                reset_after: *reset_after,
+            },
+            trackers: BTreeMap::new(),
+        }),
+        Err(e) => {
+            tracing::warn!("crash-loop backoff unavailable: inotify: {e}");
+            None
+        }
+    }
+}
 
 /// The reconciler's state between passes.
 pub struct Daemon {
@@ -65,6 +89,16 @@ pub struct Daemon {
     slot_files: SlotFileCache,
     /// Profile files as last parsed (SPEC §9.3: parsed again only when their identity changes).
     profile_files: ProfileFileCache,
+    /// Crash-loop backoff (SPEC §6.8): each slot's `supervise/status` rewrites, and each
+    /// slot's tracker. `None`: off (or inotify unavailable).
+    crash: Option<CrashWatch>,
+}
+
+/// Crash-loop backoff state of the daemon.
+pub struct CrashWatch {
+    pub watch: crate::observe::deaths::StatusWatch,
+    policy: crashloop::Policy,
+    trackers: BTreeMap<ProfileName, crashloop::Tracker>,
 }
 
 impl Daemon {
@@ -97,6 +131,7 @@ impl Daemon {
             Some(_) => "inotify".to_string(),
             None => format!("none (re-listing every {} s)", FALLBACK_RELIST.as_secs()),
         });
+        let cfg_crash = (cfg.crashloop, cfg.backoff_max, cfg.crashloop_reset);
         let daemon = Daemon {
             polling_fallback: watcher.is_none(),
             world: Observed::empty(),
@@ -115,12 +150,17 @@ impl Daemon {
             relist_pending: false,
             slot_files: SlotFileCache::default(),
             profile_files: ProfileFileCache::default(),
+            crash: crash_watch(&cfg_crash),
         };
         (daemon, events)
     }
 
     /// The timer state as the pure schedule sees it.
-    fn timers<'a>(&'a self, removals: &'a [Instant]) -> schedule::Timers<'a> {
+    fn timers<'a>(
+        &'a self,
+        removals: &'a [Instant],
+        holds: &'a BTreeMap<ProfileName, Instant>,
+    ) -> schedule::Timers<'a> {
         schedule::Timers {
             last_full: self.last_full,
             resync: self.cfg.resync,
@@ -130,19 +170,149 @@ impl Daemon {
             absent: &self.absent,
             retries: &self.retries,
             removals,
+            holds,
         }
+    }
+
+    /// When each crash-loop hold ends.
+    fn hold_ends(&self) -> BTreeMap<ProfileName, Instant> {
+        self.crash
+            .iter()
+            .flat_map(|c| c.trackers.iter())
+            .filter_map(|(n, t)| t.hold.as_ref().map(|h| (n.clone(), h.until)))
+            .collect()
+    }
+
+    /// The descriptor that turns readable when a slot's status is rewritten (crash-loop
+    /// backoff on), for the event loop to wait on.
+    pub fn status_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.crash.as_ref().map(|c| c.watch.as_raw_fd())
+    }
+
+    /// Slots' statuses were rewritten: feed each tracker, hold down or release.
+    pub fn on_status_events(&mut self, now: Instant) {
+        let Some(crash) = self.crash.as_mut() else { return };
+        let names = crash.watch.read();
+        let mut lines = Vec::new();
+        for name in names {
+            let dir = slot_dir(&self.cfg.scandir, &name);
+            let Some(seen) = crate::observe::deaths::seen(&dir) else { continue };
+            let tracker = crash.trackers.entry(name.clone()).or_default();
+            match tracker.observe(&seen, now, &crash.policy) {
+                crashloop::Verdict::Nothing => {}
+                crashloop::Verdict::HoldDown(h) => {
+                    // `d`: want-up cleared, `./down` left as the applied intent has it, so a
+                    // supervisor restart goes by the intent, not by a hold nobody remembers.
+                    if let Err(e) = s6::send_command(&dir, SupervisorCommand::Down) {
+                        tracing::error!(slot = %name.slot_name(), "crash loop: cannot hold the gateway down: {e}");
+                        tracker.hold = None;
+                        continue;
+                    }
+                    tracing::warn!(
+                        "profile {name}: gateway crash-looping ({} deaths within {:?}, last {}); held down, tried again in {:?}",
+                        h.deaths,
+                        crash.policy.window,
+                        h.last_exit.describe(),
+                        h.retry_in
+                    );
+                    let at = chrono::Local::now()
+                        + chrono::Duration::from_std(h.retry_in).unwrap_or_else(|_| chrono::Duration::zero());
+                    self.report.backoff.insert(
+                        name.to_string(),
+                        format!(
+                            "until {} (deaths={}, last {})",
+                            at.format("%Y-%m-%dT%H:%M:%S%z"),
+                            h.deaths,
+                            h.last_exit.describe()
+                        ),
+                    );
+                    lines.push(plan::Decision {
+                        profile: name.to_string(),
+                        slot: Some(name.slot_name()),
+                        action: plan::ActionKind::Backoff,
+                        prior_state: Some("running".into()),
+                        prior_exit: crate::model::PriorExit::Unknown,
+                        reason: Some(plan::Reason::CrashLoop),
+                        folded_into_root: None,
+                        backoff: Some(plan::BackoffInfo {
+                            retry_in_secs: h.retry_in.as_secs(),
+                            deaths: h.deaths,
+                            last_exit: h.last_exit.describe(),
+                        }),
+                    });
+                }
+                crashloop::Verdict::Released => {
+                    tracing::info!(
+                        "profile {name}: gateway wanted up by someone else; crash-loop hold ended"
+                    );
+                    self.report.backoff.remove(name.as_str());
+                }
+            }
+        }
+        if !lines.is_empty()
+            && let Err(e) = self.applier.log_decisions(&lines)
+        {
+            tracing::error!("container-boot.log not written: {e}");
+        }
+        if let Err(e) = self.report.write(&self.cfg.runtime_dir) {
+            tracing::debug!("status file not written: {e}");
+        }
+    }
+
+    /// Holds whose time has come (`due`, from the schedule): want those gateways up again.
+    fn retry_holds(&mut self, due: &BTreeSet<ProfileName>, now: Instant) {
+        let Some(crash) = self.crash.as_mut() else { return };
+        for name in due {
+            let Some(tracker) = crash.trackers.get_mut(name) else { continue };
+            if tracker.due(now) {
+                let dir = slot_dir(&self.cfg.scandir, name);
+                match s6::send_command(&dir, SupervisorCommand::Up) {
+                    Ok(()) => tracing::info!("profile {name}: crash-loop hold over; gateway tried again"),
+                    Err(e) => tracing::warn!(
+                        "profile {name}: crash-loop hold over, but the gateway could not be wanted up: {e}"
+                    ),
+                }
+                self.report.backoff.remove(name.as_str());
+            }
+        }
+        if let Err(e) = self.report.write(&self.cfg.runtime_dir) {
+            tracing::debug!("status file not written: {e}");
+        }
+    }
+
+    /// The operator's new `desired_state` (a command the daemon applied) ends a hold at once.
+    fn release_holds(&mut self, applied: &[plan::Decision]) {
+        let Some(crash) = self.crash.as_mut() else { return };
+        for d in applied {
+            if matches!(d.action, plan::ActionKind::Started | plan::ActionKind::Stopped)
+                && let Ok(name) = ProfileName::parse_any(&d.profile)
+                && crash.trackers.get_mut(&name).is_some_and(|t| t.release())
+            {
+                tracing::info!("profile {name}: new desired_state; crash-loop hold ended");
+                self.report.backoff.remove(name.as_str());
+            }
+        }
+        let slots = &self.world.scandir.slots;
+        crash.trackers.retain(|n, _| slots.contains_key(n));
+        crash.watch.sync(&self.cfg.scandir, slots.keys());
     }
 
     /// When the next timer-driven work is due.
     pub fn next_deadline(&self, now: Instant) -> Instant {
         let removals: Vec<Instant> = self.removals.iter().map(|r| r.since).collect();
-        self.timers(&removals).next_deadline(now)
+        let holds = self.hold_ends();
+        self.timers(&removals, &holds).next_deadline(now)
     }
 
     /// Runs whatever timers are due at `now`: removals, full re-list, expired graces, retries.
     pub fn on_timer(&mut self, now: Instant) {
         let removals: Vec<Instant> = self.removals.iter().map(|r| r.since).collect();
-        let due = self.timers(&removals).due(now);
+        let holds = self.hold_ends();
+        let due = self.timers(&removals, &holds).due(now);
+        if !due.holds.is_empty() {
+            self.retry_holds(&due.holds, now);
+        }
         if due.removals
             && self.poll_removals()
             && !self.deferred.is_empty()
@@ -468,6 +638,7 @@ impl Daemon {
         if let Err(e) = self.applier.log_decisions(&outcome.applied) {
             tracing::error!("container-boot.log not written: {e}");
         }
+        self.release_holds(&outcome.applied);
         for r in outcome.removals {
             // A full pass lists the hidden directories of removals already in flight too.
             if !self.removals.iter().any(|p| p.hidden == r.hidden) {

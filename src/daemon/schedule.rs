@@ -41,6 +41,8 @@ pub struct Timers<'a> {
     pub retries: &'a BTreeMap<ProfileName, Backoff>,
     /// When each removal in flight started.
     pub removals: &'a [Instant],
+    /// When each crash-loop hold ends (SPEC §6.8).
+    pub holds: &'a BTreeMap<ProfileName, Instant>,
 }
 
 /// What is due at an instant.
@@ -53,6 +55,9 @@ pub struct Due {
     /// Profiles whose removal grace expired or whose retry is due (only without `full`, which
     /// covers them).
     pub profiles: BTreeSet<ProfileName>,
+    /// Crash-looping gateways whose hold is over: to be wanted up again (independent of
+    /// `full`: a pass never lifts a hold).
+    pub holds: BTreeSet<ProfileName>,
 }
 
 impl Timers<'_> {
@@ -71,6 +76,9 @@ impl Timers<'_> {
         }
         for b in self.retries.values() {
             next = next.min(b.due);
+        }
+        for until in self.holds.values() {
+            next = next.min(*until);
         }
         if let Some(youngest) = self.removals.iter().map(|s| now.saturating_duration_since(*s)).min() {
             let poll = if youngest < REMOVAL_POLL_SLOW_AFTER { REMOVAL_POLL } else { REMOVAL_POLL_SLOW };
@@ -93,7 +101,8 @@ impl Timers<'_> {
             );
             profiles.extend(self.retries.iter().filter(|(_, b)| now >= b.due).map(|(n, _)| n.clone()));
         }
-        Due { removals: !self.removals.is_empty(), full, profiles }
+        let holds = self.holds.iter().filter(|(_, until)| now >= **until).map(|(n, _)| n.clone()).collect();
+        Due { removals: !self.removals.is_empty(), full, profiles, holds }
     }
 }
 
@@ -110,6 +119,7 @@ mod tests {
         absent: BTreeMap<ProfileName, Instant>,
         retries: BTreeMap<ProfileName, Backoff>,
         removals: Vec<Instant>,
+        holds: BTreeMap<ProfileName, Instant>,
     }
 
     impl State {
@@ -119,6 +129,7 @@ mod tests {
                 absent: BTreeMap::new(),
                 retries: BTreeMap::new(),
                 removals: Vec::new(),
+                holds: BTreeMap::new(),
             }
         }
         fn timers(&self, pending: bool, fallback: bool) -> Timers<'_> {
@@ -131,6 +142,7 @@ mod tests {
                 absent: &self.absent,
                 retries: &self.retries,
                 removals: &self.removals,
+                holds: &self.holds,
             }
         }
         fn at(&self, ms: u64) -> Instant {
@@ -174,6 +186,19 @@ mod tests {
         // A full re-list covers them.
         let d = t.due(s.at(30_000));
         assert!(d.full && d.profiles.is_empty());
+    }
+
+    #[test]
+    fn a_crash_loop_hold_wakes_the_loop_when_it_ends_even_during_a_full_relist() {
+        let mut s = State::new();
+        s.holds.insert(name("looping"), s.at(4_000));
+        let t = s.timers(false, false);
+        assert_eq!(t.next_deadline(s.at(0)), s.at(4_000));
+        assert!(t.due(s.at(3_999)).holds.is_empty());
+        assert_eq!(t.due(s.at(4_000)).holds, [name("looping")].into());
+        // A full re-list does not cover a hold: the gateway is wanted up by the hold's end.
+        let d = t.due(s.at(30_000));
+        assert!(d.full && d.holds == [name("looping")].into());
     }
 
     #[test]

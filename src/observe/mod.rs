@@ -3,6 +3,8 @@
 //! Everything returned here is what the pure [`crate::plan`] step decides from.
 
 pub mod container;
+pub mod deaths;
+pub mod gateway_yaml;
 pub mod profile_files;
 pub mod runtime_record;
 pub mod safe_read;
@@ -39,6 +41,8 @@ pub fn unread_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> Pro
         intent_warning: None,
         prior_exit: PriorExit::Unknown,
         env_sets_port: false,
+        yaml: crate::world::GatewayYaml::default(),
+        yaml_warning: None,
     }
 }
 
@@ -49,6 +53,7 @@ pub fn read_profile_files(p: &mut ProfileObs, cache: &mut ProfileFileCache) {
     p.intent_warning = reading.warning;
     p.prior_exit = cache.prior_exit(&p.dir);
     p.env_sets_port = cache.env_sets_port(&p.dir);
+    (p.yaml, p.yaml_warning) = cache.gateway_yaml(&p.dir);
 }
 
 /// Reads `.gateway-ports.json`: a JSON object of profile name → port. Anything else is a

@@ -135,6 +135,7 @@ pub struct ProfileFileCache {
     pub intent: IdentityCache<IntentOutcome>,
     pub prior: IdentityCache<PriorExit>,
     pub env: IdentityCache<bool>,
+    pub yaml: IdentityCache<crate::observe::gateway_yaml::YamlOutcome>,
 }
 
 impl ProfileFileCache {
@@ -156,13 +157,31 @@ impl ProfileFileCache {
         self.env.get(&dir.join(ENV_FILE), MAX_ENV_FILE, |r| r.is_ok_and(|b| volume::parse_env_sets_port(&b)))
     }
 
+    /// `<dir>/config.yaml` (SPEC §6.7): the topology settings, and a warning naming the file
+    /// when it was ignored.
+    pub fn gateway_yaml(
+        &mut self,
+        dir: &Path,
+    ) -> (crate::observe::gateway_yaml::GatewayYaml, Option<crate::warning::Warning>) {
+        use crate::observe::gateway_yaml::{CONFIG_FILE, MAX_CONFIG_FILE, outcome};
+        let path = dir.join(CONFIG_FILE);
+        let o = self.yaml.get(&path, MAX_CONFIG_FILE, outcome);
+        let warning = o.problem.map(|why| {
+            let shown = crate::escape::Escaped::new(&path).to_string();
+            crate::warning::Warning::about(&shown, "config", format!("{shown} {why}"))
+        });
+        (o.settings, warning)
+    }
+
     pub fn end_pass(&mut self) {
+        self.yaml.end_pass();
         self.intent.end_pass();
         self.prior.end_pass();
         self.env.end_pass();
     }
 
     pub fn end_full_pass(&mut self) {
+        self.yaml.end_full_pass();
         self.intent.end_full_pass();
         self.prior.end_full_pass();
         self.env.end_full_pass();
@@ -170,7 +189,7 @@ impl ProfileFileCache {
 
     /// Parses done so far, all kinds together.
     pub fn parses(&self) -> u64 {
-        self.intent.parses + self.prior.parses + self.env.parses
+        self.intent.parses + self.prior.parses + self.env.parses + self.yaml.parses
     }
 }
 

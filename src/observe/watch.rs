@@ -20,6 +20,7 @@
 //! handler (on notify's thread), so the daemon's own reads never wake the event loop.
 
 use crate::config::WatchMode;
+use crate::layout::home::CONFIG_FILE;
 use crate::model::ProfileName;
 use crate::observe::volume::{ENV_FILE, INTENT_FILE as ROOT_INTENT_FILE, MARKER_FILE};
 use notify::event::{AccessKind, AccessMode, DataChange, ModifyKind, RenameMode};
@@ -153,7 +154,7 @@ fn interpret_path(
     } else if path.parent() == Some(home) {
         // Other files in the home (logs, the port record the daemon writes) do not matter:
         // ignoring them keeps the daemon's own writes from waking it.
-        if matches!(name_of(path).as_deref(), Some(ROOT_INTENT_FILE) | Some(ENV_FILE)) {
+        if matches!(name_of(path).as_deref(), Some(ROOT_INTENT_FILE) | Some(ENV_FILE) | Some(CONFIG_FILE)) {
             c.dirty.insert(ProfileName::root());
         }
     } else if path.parent() == Some(tombstones) {
@@ -176,7 +177,10 @@ fn interpret_path(
         && dir.parent() == Some(profiles)
         && let Some(n) = name_of(dir)
         && !n.starts_with('.')
-        && matches!(name_of(path).as_deref(), Some(MARKER_FILE) | Some(ROOT_INTENT_FILE) | Some(ENV_FILE))
+        && matches!(
+            name_of(path).as_deref(),
+            Some(MARKER_FILE) | Some(ROOT_INTENT_FILE) | Some(ENV_FILE) | Some(CONFIG_FILE)
+        )
     {
         c.dirty.extend(ProfileName::parse_named(&n).ok());
     }
@@ -587,6 +591,25 @@ mod tests {
             ],
         );
         assert_eq!(c.dirty, dirty(&["a", "c", "d", "default"]));
+        assert!(c.appeared.is_empty() && c.gone.is_empty() && !c.relist, "{c:?}");
+    }
+
+    #[test]
+    fn a_config_yaml_marks_its_profile_dirty_and_the_roots_marks_the_root() {
+        // SPEC §6.7: `gateway.standalone` and the root's `gateway.multiplex_profiles` pick the
+        // topology, so a rewritten `config.yaml` is a change of the profile.
+        let c = interpret(
+            Path::new(HOME),
+            &[
+                ev(
+                    EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                    &["/data/home/profiles/a/config.yaml"],
+                ),
+                ev(EventKind::Access(AccessKind::Close(AccessMode::Write)), &["/data/home/config.yaml"]),
+                ev(EventKind::Create(CreateKind::File), &["/data/home/profiles/b/config.yml"]),
+            ],
+        );
+        assert_eq!(c.dirty, dirty(&["a", "default"]));
         assert!(c.appeared.is_empty() && c.gone.is_empty() && !c.relist, "{c:?}");
     }
 

@@ -4,13 +4,14 @@
 //! lives here and is tested without I/O. [`crate::apply`] carries the steps out.
 
 pub use crate::capacity;
+pub mod crashloop;
 pub mod ports;
 pub mod reason;
 pub mod render;
 
 pub use reason::Reason;
 
-use crate::config::Config;
+use crate::config::{Config, Topology};
 use crate::model::{Intent, PriorExit, ProfileName, SlotRecord};
 use crate::warning::{CapacityBound, Finding, Warning};
 use crate::world::ContainerMode;
@@ -38,6 +39,8 @@ pub enum ActionKind {
     Unregistered,
     Updated,
     Skipped,
+    /// A crash-looping gateway held down for a while (SPEC §6.8).
+    Backoff,
 }
 
 impl ActionKind {
@@ -49,6 +52,7 @@ impl ActionKind {
             ActionKind::Unregistered => "unregistered",
             ActionKind::Updated => "updated",
             ActionKind::Skipped => "skipped",
+            ActionKind::Backoff => "backoff",
         }
     }
 }
@@ -64,6 +68,22 @@ pub struct Decision {
     pub prior_state: Option<String>,
     pub prior_exit: PriorExit,
     pub reason: Option<Reason>,
+    /// `single` topology only: for the root, whether any named profile's `running` folded
+    /// into its intent; for a named profile, whether its `running` did (SPEC §6.7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folded_into_root: Option<bool>,
+    /// `backoff` only: the hold's length and the deaths that caused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffInfo>,
+}
+
+/// The fields of an `action=backoff` line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackoffInfo {
+    pub retry_in_secs: u64,
+    pub deaths: u32,
+    /// `exit_<code>` or `signal_<n>`.
+    pub last_exit: String,
 }
 
 /// One change to the world. Steps of one profile run in order; a failed step stops that
@@ -118,6 +138,10 @@ pub struct Plan {
     /// still used by slots being removed. Planned again once those supervisors are gone.
     pub deferred: Vec<ProfileName>,
     pub warnings: Vec<Warning>,
+    /// The topology in force for this pass (SPEC §6.7).
+    pub topology: Topology,
+    /// `single`: the named profiles whose `running` folds into the root's intent.
+    pub folded: Vec<ProfileName>,
 }
 
 impl Plan {
@@ -159,7 +183,14 @@ pub fn plan(obs: &Observed, cfg: &Config, kind: PassKind) -> Plan {
 /// Decides one pass. Pure.
 pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
     let kind = opts.kind;
-    let in_scope = |name: &ProfileName| opts.only.is_none_or(|o| o.contains(name));
+    let topo = topology(obs, cfg);
+    // In `single` the root's intent depends on every named profile's: a pass over any named
+    // profile plans the root too.
+    let in_scope = |name: &ProfileName| {
+        opts.only.is_none_or(|o| {
+            o.contains(name) || (name.is_root() && topo == Topology::Single && o.iter().any(|n| !n.is_root()))
+        })
+    };
     let mut plan = Plan {
         mode: obs.mode,
         migrate_legacy: false,
@@ -172,6 +203,8 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         skipped: Vec::new(),
         deferred: Vec::new(),
         warnings: obs.warnings.clone(),
+        topology: topo,
+        folded: Vec::new(),
     };
     if obs.mode == ContainerMode::Dashboard {
         plan.clear_hidden.clear();
@@ -183,6 +216,8 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             prior_state: None,
             prior_exit: PriorExit::Unknown,
             reason: Some(Reason::DashboardContainer),
+            folded_into_root: None,
+            backoff: None,
         });
         return plan;
     }
@@ -244,6 +279,8 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                     prior_state: p.intent.effective().map(str::to_owned),
                     prior_exit: p.prior_exit,
                     reason: Some(Reason::Capacity),
+                    folded_into_root: None,
+                    backoff: None,
                 }),
             });
         }
@@ -255,6 +292,14 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
     plan.ports = ports::assign(&port_names, &obs.previous_ports);
     plan.ports_changed = plan.ports != obs.previous_ports;
 
+    // `single`: named intents fold into the root's (admitted profiles only: the files of
+    // the others are not read).
+    let fold = (topo == Topology::Single).then(|| {
+        let named: Vec<&ProfileObs> =
+            admitted.iter().copied().filter(|p| !p.name.is_root() && !p.yaml.standalone).collect();
+        plan.folded = named.iter().filter(|p| p.intent.runs()).map(|p| p.name.clone()).collect();
+        named
+    });
     for p in admitted {
         if !in_scope(&p.name) {
             continue;
@@ -265,7 +310,30 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                 inner: Box::new(w.finding.clone()),
             }));
         }
-        let intent = if p.name.is_root() && plan.migrate_legacy { legacy_intent() } else { p.intent.clone() };
+        if let Some(w) = &p.yaml_warning
+            && (p.name.is_root() || topo == Topology::Single)
+        {
+            plan.warnings.push(Warning::new(Finding::InProfile {
+                profile: p.name.clone(),
+                inner: Box::new(w.finding.clone()),
+            }));
+        }
+        let own = if p.name.is_root() && plan.migrate_legacy { legacy_intent() } else { p.intent.clone() };
+        // What boot-log lines and `status` show as the profile's state: its own effective
+        // intent, or `running` for a root that runs because of the fold.
+        let shown = own.effective().map(str::to_owned);
+        let (intent, runs) = match &fold {
+            Some(named) if p.name.is_root() => folded_root_intent(&own, named.iter().map(|n| &n.intent)),
+            _ => {
+                let runs = own.runs();
+                (own, runs)
+            }
+        };
+        let prior_state = if runs { Some("running".to_string()) } else { shown };
+        let folded_into_root = fold
+            .as_ref()
+            .map(|_| if p.name.is_root() { !plan.folded.is_empty() } else { plan.folded.contains(&p.name) });
+        let role = Role { topo, folded_into_root, runs, prior_state };
         let files = render::render(&RenderInput {
             name: &p.name,
             home: &cfg.home,
@@ -275,8 +343,8 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             with_contenv: obs.with_contenv,
         });
         let pp = match obs.scandir.slots.get(&p.name) {
-            None => plan_create(p, &intent, files, cfg, kind),
-            Some(slot) => plan_adopt(p, &intent, files, slot, cfg, obs.scanner.pid.is_some()),
+            None => plan_create(p, &intent, files, &role, kind),
+            Some(slot) => plan_adopt(p, &intent, files, slot, &role, obs.scanner.pid.is_some()),
         };
         if !pp.steps.is_empty() || pp.decision.is_some() {
             plan.profiles.push(pp);
@@ -301,6 +369,8 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                     prior_state: None,
                     prior_exit: PriorExit::Unknown,
                     reason: Some(Reason::ProfileGone),
+                    folded_into_root: None,
+                    backoff: None,
                 }),
             });
         }
@@ -324,37 +394,98 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             } else {
                 Reason::InvalidName
             }),
+            folded_into_root: None,
+            backoff: None,
         });
     }
     plan
 }
 
-/// Would the daemon bring this profile up? Named profiles never auto-start when multiplexing.
-fn may_start(name: &ProfileName, cfg: &Config) -> bool {
-    name.is_root() || !cfg.multiplex
+/// The topology in force: the configured one, else (neither variable set) `multiplex` when
+/// the root home's `config.yaml` says `multiplex_profiles`, as upstream reads it.
+pub fn topology(obs: &Observed, cfg: &Config) -> Topology {
+    cfg.topology.unwrap_or_else(|| {
+        let root_mux =
+            obs.profiles.iter().find(|p| p.name.is_root()).is_some_and(|r| r.yaml.multiplex_profiles);
+        if root_mux { Topology::Multiplex } else { Topology::PerProfile }
+    })
+}
+
+/// The root's intent in the `single` topology, and whether it runs (SPEC §6.7).
+///
+/// It runs when its own intent does or when any folded named profile's does (boot and
+/// creation: the effective intent, `gateway_state` included). Its `desired_state`, which the
+/// edge rule of §6.2 compares with the last applied one, is `running` when the root's own
+/// `desired_state` or any folded profile's is, else the root's own value, else `stopped`: so the
+/// root is brought up when the first named profile's `desired_state` becomes `running`, and
+/// stopped when the last one stops being it or its profile goes (unless the root's own is
+/// `running`), while a gateway rewriting `gateway_state` never changes it.
+pub fn folded_root_intent<'a>(
+    own: &Intent,
+    named: impl Iterator<Item = &'a Intent> + Clone,
+) -> (Intent, bool) {
+    let runs = own.runs() || named.clone().any(Intent::runs);
+    let desired_running = own.desired_state.as_deref() == Some("running")
+        || named.clone().any(|i| i.desired_state.as_deref() == Some("running"));
+    let desired_state = Some(if desired_running {
+        "running".to_string()
+    } else {
+        own.desired_state.clone().unwrap_or_else(|| "stopped".to_string())
+    });
+    let gateway_state = if runs { Some("running".to_string()) } else { own.gateway_state.clone() };
+    (Intent { desired_state, gateway_state }, runs)
+}
+
+/// How the topology places one profile.
+struct Role {
+    topo: Topology,
+    /// `single` only: see [`Decision::folded_into_root`].
+    folded_into_root: Option<bool>,
+    /// The effective intent runs (for the root in `single`: its folded intent does).
+    runs: bool,
+    /// The `prior_state` of its decisions.
+    prior_state: Option<String>,
+}
+
+impl Role {
+    /// Would the daemon bring this profile's slot up? Named slots never are when
+    /// multiplexing, nor in `single` unless the profile is standalone.
+    fn may_start(&self, p: &ProfileObs) -> bool {
+        p.name.is_root()
+            || match self.topo {
+                Topology::PerProfile => true,
+                Topology::Multiplex => false,
+                Topology::Single => p.yaml.standalone,
+            }
+    }
+
+    /// Why a `running` intent did not start the slot.
+    fn held_reason(&self) -> Reason {
+        if self.topo == Topology::Single { Reason::Folded } else { Reason::Multiplexed }
+    }
 }
 
 fn plan_create(
     p: &ProfileObs,
     intent: &Intent,
     files: Vec<SlotFile>,
-    cfg: &Config,
+    role: &Role,
     kind: PassKind,
 ) -> ProfilePlan {
-    let up = intent.runs() && may_start(&p.name, cfg);
+    let up = role.runs && role.may_start(p);
     let mut steps = Vec::new();
     if kind == PassKind::Boot && !p.via_symlink {
         steps.push(Step::SweepPidFiles { dir: p.dir.clone() });
     }
     let record = SlotRecord::new(intent.desired_state.clone(), up, render::digest(&files));
     steps.push(Step::Create { name: p.name.clone(), files, up, record });
-    let reason = (intent.runs() && !up).then_some(Reason::Multiplexed);
+    let reason = (role.runs && !up).then(|| role.held_reason());
     ProfilePlan {
         name: p.name.clone(),
         steps,
         decision: Some(decision(
             p,
-            intent,
+            role,
             if up { ActionKind::Started } else { ActionKind::Registered },
             reason,
         )),
@@ -366,7 +497,7 @@ fn plan_adopt(
     intent: &Intent,
     files: Vec<SlotFile>,
     slot: &SlotObs,
-    cfg: &Config,
+    role: &Role,
     scanner_runs: bool,
 ) -> ProfilePlan {
     let digest = render::digest(&files);
@@ -396,9 +527,9 @@ fn plan_adopt(
             // parked gateway would be restarted.
             if intent.desired_state.is_some() && intent.desired_state != r.applied_desired {
                 next.applied_desired = intent.desired_state.clone();
-                let up = intent.runs();
-                if up && !may_start(&p.name, cfg) {
-                    reason = Some(Reason::Multiplexed);
+                let up = intent.desired_state.as_deref() == Some("running");
+                if up && !role.may_start(p) {
+                    reason = Some(role.held_reason());
                     action = action.or(Some(ActionKind::Skipped));
                 } else {
                     steps.push(Step::Command { name: p.name.clone(), up });
@@ -415,17 +546,19 @@ fn plan_adopt(
     if !slot.record.as_ref().is_some_and(|r| r.same_state(&record)) {
         steps.push(Step::WriteRecord { name: p.name.clone(), record });
     }
-    ProfilePlan { name: p.name.clone(), steps, decision: action.map(|a| decision(p, intent, a, reason)) }
+    ProfilePlan { name: p.name.clone(), steps, decision: action.map(|a| decision(p, role, a, reason)) }
 }
 
-fn decision(p: &ProfileObs, intent: &Intent, action: ActionKind, reason: Option<Reason>) -> Decision {
+fn decision(p: &ProfileObs, role: &Role, action: ActionKind, reason: Option<Reason>) -> Decision {
     Decision {
         profile: p.name.to_string(),
         slot: Some(p.name.slot_name()),
         action,
-        prior_state: intent.effective().map(str::to_owned),
+        prior_state: role.prior_state.clone(),
         prior_exit: p.prior_exit,
         reason,
+        folded_into_root: role.folded_into_root,
+        backoff: None,
     }
 }
 

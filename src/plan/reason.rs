@@ -19,12 +19,17 @@ pub enum Reason {
     Multiplexed,
     /// Unregistered: the profile is gone and the removal grace has passed.
     ProfileGone,
+    /// Registered down or not started: in the `single` topology the root's gateway serves
+    /// this profile (SPEC §6.7).
+    Folded,
+    /// Held down: the gateway is crash-looping (SPEC §6.8, `action=backoff`).
+    CrashLoop,
 }
 
 impl Reason {
     /// The reasons a profile is skipped (gets no slot, or no start).
     pub fn is_skip(self) -> bool {
-        !matches!(self, Reason::ProfileGone)
+        !matches!(self, Reason::ProfileGone | Reason::CrashLoop)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +40,8 @@ impl Reason {
             Reason::DashboardContainer => "dashboard-container",
             Reason::Multiplexed => "multiplexed",
             Reason::ProfileGone => "profile-gone",
+            Reason::Folded => "folded",
+            Reason::CrashLoop => "crash-loop",
         }
     }
 }

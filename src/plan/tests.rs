@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 fn config(multiplex: bool, max: usize) -> Config {
     let mut c = Config::resolve(&RawSettings::default()).unwrap();
-    c.multiplex = multiplex;
+    c.topology = multiplex.then_some(crate::config::Topology::Multiplex);
     c.max_profiles = max;
     c.run_as = None;
     c
@@ -34,6 +34,8 @@ fn profile(name: &str, i: Intent) -> ProfileObs {
         intent_warning: None,
         prior_exit: PriorExit::Unknown,
         env_sets_port: false,
+        yaml: Default::default(),
+        yaml_warning: None,
     }
 }
 
@@ -509,4 +511,232 @@ fn new_slots_wait_while_removed_supervisors_still_count_against_the_limit() {
     let p = plan(&obs, &cfg, PassKind::Continuous);
     assert_eq!(creates(&p), ["p18", "p19"]);
     assert!(p.deferred.is_empty());
+}
+
+// ---- Topologies (SPEC §6.7) ----
+
+fn single() -> Config {
+    let mut c = config(false, 400);
+    c.topology = Some(crate::config::Topology::Single);
+    c
+}
+
+fn standalone(mut p: ProfileObs) -> ProfileObs {
+    p.yaml.standalone = true;
+    p
+}
+
+fn command_of(p: &Plan, name: &str) -> Option<bool> {
+    p.profiles.iter().find(|pp| pp.name.as_str() == name)?.steps.iter().find_map(|s| match s {
+        Step::Command { up, .. } => Some(*up),
+        _ => None,
+    })
+}
+
+fn decision_of<'a>(p: &'a Plan, name: &str) -> Option<&'a Decision> {
+    p.profiles.iter().find(|pp| pp.name.as_str() == name)?.decision.as_ref()
+}
+
+/// Boot table: root intent × two named profiles' intents × standalone.
+#[test]
+fn single_topology_boot_table() {
+    let intents = [
+        intent(None, None),
+        intent(Some("running"), None),
+        intent(Some("stopped"), Some("running")),
+        intent(None, Some("draining")),
+        intent(None, Some("startup_failed")),
+    ];
+    let cfg = single();
+    for root in &intents {
+        for a in &intents {
+            for b in &intents {
+                for b_alone in [false, true] {
+                    let mut pb = profile("b", b.clone());
+                    if b_alone {
+                        pb = standalone(pb);
+                    }
+                    let obs = observed(vec![profile("default", root.clone()), profile("a", a.clone()), pb]);
+                    let p = plan(&obs, &cfg, PassKind::Boot);
+                    let folded_b = b.runs() && !b_alone;
+                    let root_runs = root.runs() || a.runs() || folded_b;
+                    let ctx = format!("root={root:?} a={a:?} b={b:?} standalone={b_alone}");
+                    assert_eq!(create_of(&p, "default"), Some(root_runs), "{ctx}");
+                    assert_eq!(create_of(&p, "a"), Some(false), "{ctx}: named slots stay down");
+                    assert_eq!(create_of(&p, "b"), Some(b_alone && b.runs()), "{ctx}");
+                    let rd = decision_of(&p, "default").unwrap();
+                    assert_eq!(rd.folded_into_root, Some(a.runs() || folded_b), "{ctx}");
+                    assert_eq!(rd.prior_state.as_deref() == Some("running"), root_runs, "{ctx}");
+                    let ad = decision_of(&p, "a").unwrap();
+                    assert_eq!(ad.folded_into_root, Some(a.runs()), "{ctx}");
+                    assert_eq!(ad.reason.as_deref(), a.runs().then_some("folded"), "{ctx}");
+                    assert_eq!(decision_of(&p, "b").unwrap().folded_into_root, Some(folded_b), "{ctx}");
+                    let mut want_folded = Vec::new();
+                    if a.runs() {
+                        want_folded.push(ProfileName::parse_named("a").unwrap());
+                    }
+                    if folded_b {
+                        want_folded.push(ProfileName::parse_named("b").unwrap());
+                    }
+                    assert_eq!(p.folded, want_folded, "{ctx}");
+                }
+            }
+        }
+    }
+}
+
+/// The world after applying a plan, as the next pass observes it (slots as created/commanded).
+fn settle(obs: &mut Observed, cfg: &Config, kind: PassKind) {
+    let p = plan(obs, cfg, kind);
+    for pp in &p.profiles {
+        let mut slot = obs.scandir.slots.get(&pp.name).cloned();
+        for s in &pp.steps {
+            match s {
+                Step::Create { files, up, record, .. } => {
+                    slot = Some(SlotObs {
+                        record: Some(record.clone()),
+                        files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().to_vec()))).collect(),
+                        has_down: !up,
+                        supervised: true,
+                        event_open: false,
+                    })
+                }
+                Step::Command { up, .. } => slot.as_mut().unwrap().has_down = !up,
+                Step::WriteRecord { record, .. } => slot.as_mut().unwrap().record = Some(record.clone()),
+                _ => {}
+            }
+        }
+        obs.scandir.slots.insert(pp.name.clone(), slot.unwrap());
+    }
+}
+
+fn root_up(obs: &Observed) -> bool {
+    !obs.scandir.slots[&ProfileName::root()].has_down
+}
+
+#[test]
+fn single_topology_edges_follow_the_folded_desired_state() {
+    let cfg = single();
+    let mut obs = observed(vec![
+        profile("default", intent(None, None)),
+        profile("a", intent(None, None)),
+        profile("b", intent(None, None)),
+    ]);
+    settle(&mut obs, &cfg, PassKind::Boot);
+    assert!(!root_up(&obs));
+    let set = |obs: &mut Observed, i: usize, d: Option<&str>, g: Option<&str>| {
+        obs.profiles[i].intent = intent(d, g)
+    };
+    // The first fold brings the root up (a partial pass over `a` alone plans the root too).
+    set(&mut obs, 1, Some("running"), None);
+    let only: BTreeSet<ProfileName> = [ProfileName::parse_named("a").unwrap()].into();
+    let p = plan_with(
+        &obs,
+        &cfg,
+        &PassOptions { kind: PassKind::Continuous, only: Some(&only), hold: &BTreeSet::new() },
+    );
+    assert_eq!(command_of(&p, "default"), Some(true));
+    assert_eq!(command_of(&p, "a"), None, "named slots are never brought up");
+    assert_eq!(decision_of(&p, "default").unwrap().folded_into_root, Some(true));
+    settle(&mut obs, &cfg, PassKind::Continuous);
+    assert!(root_up(&obs));
+    // A second fold, then gateways rewriting gateway_state: nothing.
+    set(&mut obs, 2, Some("running"), None);
+    assert_eq!(command_of(&plan(&obs, &cfg, PassKind::Continuous), "default"), None);
+    settle(&mut obs, &cfg, PassKind::Continuous);
+    for g in ["stopped", "startup_failed", "running"] {
+        set(&mut obs, 1, Some("running"), Some(g));
+        obs.profiles[0].intent.gateway_state = Some(g.into());
+        assert_eq!(command_of(&plan(&obs, &cfg, PassKind::Continuous), "default"), None, "{g}");
+    }
+    // One unfolds: still running. The last unfolds: stopped.
+    set(&mut obs, 1, Some("stopped"), None);
+    assert_eq!(command_of(&plan(&obs, &cfg, PassKind::Continuous), "default"), None);
+    settle(&mut obs, &cfg, PassKind::Continuous);
+    assert!(root_up(&obs));
+    set(&mut obs, 2, Some("stopped"), Some("running"));
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    assert_eq!(command_of(&p, "default"), Some(false));
+    assert_eq!(command_of(&p, "b"), Some(false), "stop intents of named slots still apply");
+    settle(&mut obs, &cfg, PassKind::Continuous);
+    assert!(!root_up(&obs));
+    // A standalone profile keeps its own slot and intent.
+    obs.profiles[2].yaml.standalone = true;
+    set(&mut obs, 2, Some("running"), None);
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    assert_eq!(command_of(&p, "b"), Some(true));
+    assert_eq!(command_of(&p, "default"), None);
+}
+
+#[test]
+fn root_config_yaml_selects_multiplex_only_when_no_variable_does() {
+    let mut root = profile("default", intent(None, None));
+    root.yaml.multiplex_profiles = true;
+    let obs = observed(vec![root, profile("bot", intent(Some("running"), None))]);
+    let p = plan(&obs, &config(false, 400), PassKind::Boot);
+    assert_eq!(p.topology, crate::config::Topology::Multiplex);
+    assert_eq!(create_of(&p, "bot"), Some(false));
+    let mut cfg = config(false, 400);
+    cfg.topology = Some(crate::config::Topology::PerProfile);
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    assert_eq!(create_of(&p, "bot"), Some(true), "the environment overrides config.yaml");
+    // A named profile's multiplex_profiles means nothing.
+    let mut bot = profile("bot", intent(Some("running"), None));
+    bot.yaml.multiplex_profiles = true;
+    let obs = observed(vec![profile("default", intent(None, None)), bot]);
+    assert_eq!(create_of(&plan(&obs, &config(false, 400), PassKind::Boot), "bot"), Some(true));
+}
+
+proptest! {
+    /// Whatever the intents, in `single` no named non-standalone slot is ever created up or
+    /// commanded up, and the root is created up iff some folded or own intent runs.
+    #[test]
+    fn single_never_starts_folded_named_slots(
+        spec in proptest::collection::vec((0usize..5, any::<bool>()), 0..6),
+        root_i in 0usize..5,
+    ) {
+        let intents = [
+            intent(None, None),
+            intent(Some("running"), None),
+            intent(Some("stopped"), Some("running")),
+            intent(None, Some("degraded")),
+            intent(Some("paused"), None),
+        ];
+        let mut profiles = vec![profile("default", intents[root_i].clone())];
+        for (k, (i, alone)) in spec.iter().enumerate() {
+            let mut p = profile(&format!("p{k}"), intents[*i].clone());
+            p.yaml.standalone = *alone;
+            profiles.push(p);
+        }
+        let want_root = profiles.iter().any(|p| p.intent.runs() && (p.name.is_root() || !p.yaml.standalone));
+        let obs = observed(profiles.clone());
+        let p = plan(&obs, &single(), PassKind::Boot);
+        prop_assert_eq!(create_of(&p, "default"), Some(want_root));
+        for q in profiles.iter().filter(|q| !q.name.is_root()) {
+            prop_assert_eq!(create_of(&p, q.name.as_str()), Some(q.yaml.standalone && q.intent.runs()));
+        }
+    }
+}
+
+#[test]
+fn single_root_stops_when_its_last_folded_profile_goes() {
+    let cfg = single();
+    let mut obs = observed(vec![profile("default", intent(None, None)), profile("a", intent(None, None))]);
+    settle(&mut obs, &cfg, PassKind::Boot);
+    let p = plan(&observed(obs.profiles.clone()), &cfg, PassKind::Boot);
+    assert_eq!(decision_of(&p, "default").unwrap().prior_state, None, "no intent shows as None");
+    obs.profiles[1].intent = intent(Some("running"), None);
+    settle(&mut obs, &cfg, PassKind::Continuous);
+    assert!(root_up(&obs));
+    // The profile is deleted: nothing folds any more.
+    obs.profiles.truncate(1);
+    let p = plan(&obs, &cfg, PassKind::Continuous);
+    assert_eq!(command_of(&p, "default"), Some(false));
+    // The root's own running keeps it up whatever the named profiles do.
+    settle(&mut obs, &cfg, PassKind::Continuous);
+    obs.profiles[0].intent = intent(Some("running"), None);
+    obs.profiles.push(profile("b", intent(Some("running"), None)));
+    settle(&mut obs, &cfg, PassKind::Continuous);
+    obs.profiles[1].intent = intent(Some("stopped"), None);
+    assert_eq!(command_of(&plan(&obs, &cfg, PassKind::Continuous), "default"), None);
 }

@@ -1,6 +1,6 @@
 //! `container-boot.log`: one line per profile and pass, in a documented format.
 
-/// One line of `container-boot.log`.
+/// One line of `container-boot.log`. Actions: the six of SPEC §8.1 and `backoff` (§6.8).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootLine {
     pub time: String,
@@ -57,7 +57,8 @@ pub fn parse_boot_line(line: &str) -> Result<BootLine, String> {
             _ => return bad(key),
         }
     }
-    const ACTIONS: [&str; 6] = ["started", "registered", "stopped", "unregistered", "updated", "skipped"];
+    const ACTIONS: [&str; 7] =
+        ["started", "registered", "stopped", "unregistered", "updated", "skipped", "backoff"];
     if !ACTIONS.contains(&fixed[2].as_str()) {
         return bad("action");
     }
@@ -74,6 +75,25 @@ pub fn parse_boot_line(line: &str) -> Result<BootLine, String> {
             }
             _ => return bad("extra field"),
         }
+    }
+    // The fields with a documented shape (SPEC §6.7, §6.8): `folded_into_root=true|false`;
+    // `retry_in=<secs> deaths=<n> last_exit=exit_<code>|signal_<n>`, on `action=backoff` lines
+    // and only there.
+    let get = |key: &str| extra.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    if get("folded_into_root").is_some_and(|v| v != "true" && v != "false") {
+        return bad("folded_into_root");
+    }
+    let number = |v: Option<&str>| v.is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit()));
+    let exit = |v: Option<&str>| {
+        v.and_then(|v| v.strip_prefix("exit_").or_else(|| v.strip_prefix("signal_")))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if fixed[2] == "backoff" {
+        if !number(get("retry_in")) || !number(get("deaths")) || !exit(get("last_exit")) {
+            return bad("backoff fields");
+        }
+    } else if get("retry_in").is_some() || get("deaths").is_some() {
+        return bad("backoff fields on another action");
     }
     Ok(BootLine {
         time: time.to_string(),
