@@ -9,24 +9,10 @@ use std::process::Command;
 /// Runs `hermes-reconciler <args>` in a fresh pid namespace beside a stand-in for the
 /// container's main process, started as `main-wrapper.sh <main>`.
 fn once_in_container(w: &World, main: &str, args: &[&str]) -> Outcome {
-    let inner = w.command(args);
     let script = format!(
         "sh -c 'sleep 60; :' /opt/hermes/docker/main-wrapper.sh {main} & sleep 0.3; exec \"$0\" \"$@\""
     );
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "sh", "-c", &script])
-        .arg(BIN)
-        .args(args)
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    run_with_timeout(cmd, ONCE_TIMEOUT)
+    in_container_with(w, &script, args)
 }
 
 #[test]
@@ -189,10 +175,16 @@ fn directories_at_predictable_temporary_names_do_not_block_the_home_records() {
 /// Runs `script` with `sh` as pid 1 of a fresh pid namespace (a container of its own, with its
 /// own `/proc`); the script gets the binary as `$0` and this world's environment.
 fn in_container(w: &World, script: &str) -> Outcome {
+    in_container_with(w, script, &[])
+}
+
+/// [`in_container`], the script also getting `args` as `$1…`.
+fn in_container_with(w: &World, script: &str, args: &[&str]) -> Outcome {
     let inner = w.command(&[]);
     let mut cmd = Command::new("unshare");
     cmd.args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "sh", "-c", script])
         .arg(BIN)
+        .args(args)
         .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
