@@ -96,16 +96,31 @@ fn bounce_as_hermes(c: &mut Checks, slot: &Path) {
     }
 }
 
-#[test]
-fn hermes_cannot_plant_in_event_of_a_new_slot_and_the_symlink_attack_fails() {
-    root_only!();
+/// The container world after its boot pass, with `work` and `other` up and the victim file.
+struct Booted {
+    w: World,
+    uid: u32,
+    gid: u32,
+    c: Checks,
+    victim: std::path::PathBuf,
+    work: std::path::PathBuf,
+    other: std::path::PathBuf,
+}
+
+fn booted() -> Booted {
     let (w, uid, gid) = container_world();
     w.once();
     let mut c = Checks::new();
     c.ok(wait_slots(&w.scandir, &wants(&[("default", Want::Down), ("work", Want::Up), ("other", Want::Up)])));
     let victim = victim(&w);
-    let work = w.slot("work");
-    let other = w.slot("other");
+    let (work, other) = (w.slot("work"), w.slot("other"));
+    Booted { w, uid, gid, c, victim, work, other }
+}
+
+#[test]
+fn hermes_cannot_plant_in_event_of_a_new_slot_and_the_symlink_attack_fails() {
+    root_only!();
+    let Booted { w, uid, gid, mut c, victim, work, other } = booted();
     check_event_closed(&mut c, &work);
 
     // The attack: a symlink to a root-only file, a hard link to another slot's control FIFO,
@@ -160,13 +175,7 @@ fn hermes_cannot_plant_in_event_of_a_new_slot_and_the_symlink_attack_fails() {
 #[test]
 fn adopting_an_older_slot_closes_event_and_removes_what_hermes_planted() {
     root_only!();
-    let (w, uid, gid) = container_world();
-    w.once();
-    let mut c = Checks::new();
-    c.ok(wait_slots(&w.scandir, &wants(&[("default", Want::Down), ("work", Want::Up), ("other", Want::Up)])));
-    let victim = victim(&w);
-    let work = w.slot("work");
-    let other = w.slot("other");
+    let Booted { w, uid, gid, mut c, victim, work, other } = booted();
     let ev = work.join("event");
     // What older builds made: event/ 03730 group hermes.
     std::os::unix::fs::chown(&ev, Some(0), Some(gid)).unwrap();
