@@ -305,8 +305,13 @@ impl Watcher {
                     .map_err(|source| WatchError::Start { backend: "inotify", source })?,
             ),
             Backend::Poll => Box::new(
-                notify::PollWatcher::new(handler, notify::Config::default().with_poll_interval(poll))
-                    .map_err(|source| WatchError::Start { backend: "poll", source })?,
+                notify::PollWatcher::new(
+                    handler,
+                    // Entries are compared by their own metadata (lstat): following a link
+                    // `hermes` planted would only cost a readlink and a second stat per entry.
+                    notify::Config::default().with_poll_interval(poll).with_follow_symlinks(false),
+                )
+                .map_err(|source| WatchError::Start { backend: "poll", source })?,
             ),
         };
         let w = Watcher {

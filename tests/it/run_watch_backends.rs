@@ -46,6 +46,16 @@ fn poll_backend_converges_the_key_scenarios() {
     set_desired(&w.profile_dir("alpha"), "running");
     converge(&w, &d, &[("alpha", Want::Up), ("beta", Want::Up)]);
 
+    // A profile directory that is a link to one outside `profiles/` (SPEC allows it): its
+    // files are polled through the link, although the poller follows no link below it.
+    let outside = w.home.parent().unwrap().join("linked-target");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("SOUL.md"), "# linked\n").unwrap();
+    std::os::unix::fs::symlink(&outside, w.profile_dir("linked")).unwrap();
+    converge(&w, &d, &[("linked", Want::Down)]);
+    set_desired(&outside, "running");
+    converge(&w, &d, &[("linked", Want::Up)]);
+
     // A profile renamed in from outside, then renamed `beta` → `gamma` with a change inside
     // `gamma` right after.
     rename_in_profile(&w, "late", Some("running"));
@@ -60,7 +70,7 @@ fn poll_backend_converges_the_key_scenarios() {
         "doomed and beta removed",
         poll(WAIT, || {
             let slots = gateway_slots(&w.scandir);
-            let want = slot_set(["alpha", "default", "gamma", "late"]);
+            let want = slot_set(["alpha", "default", "gamma", "late", "linked"]);
             if slots == want { Ok(()) } else { Err(format!("slots {slots:?}, want {want:?}")) }
         }),
     );
