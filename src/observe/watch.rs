@@ -24,7 +24,7 @@ use crate::layout::home::CONFIG_FILE;
 use crate::model::ProfileName;
 use crate::observe::volume::{ENV_FILE, INTENT_FILE as ROOT_INTENT_FILE, MARKER_FILE};
 use notify::event::{AccessKind, AccessMode, DataChange, ModifyKind, RenameMode};
-use notify::{Event, EventKind, RecursiveMode, Watcher as _};
+use notify::{Event, EventKind, EventKindMask, RecursiveMode, Watcher as _};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -94,6 +94,16 @@ pub struct Changes {
     /// Entries of `profiles/` that went away (deleted, renamed from): their watch is dropped.
     pub gone: BTreeSet<String>,
 }
+
+/// What inotify is asked to report at all: the kinds [`wanted`] keeps. Opens, read-only closes
+/// and per-`write()` modifications are never queued by the kernel, so neither the daemon's own
+/// reads nor a gateway (or a hostile agent) opening its profile's files in a loop wake the
+/// watcher thread.
+const KERNEL_EVENTS: EventKindMask = EventKindMask::CREATE
+    .union(EventKindMask::REMOVE)
+    .union(EventKindMask::MODIFY_META)
+    .union(EventKindMask::MODIFY_NAME)
+    .union(EventKindMask::ACCESS_CLOSE);
 
 /// Is this event one the event loop must see? Opens, reads and read-only closes are not
 /// changes (and the daemon's own reads cause them); a data change is always followed by the
@@ -301,8 +311,11 @@ impl Watcher {
         };
         let inner: Box<dyn notify::Watcher + Send> = match backend {
             Backend::Inotify => Box::new(
-                notify::INotifyWatcher::new(handler, notify::Config::default())
-                    .map_err(|source| WatchError::Start { backend: "inotify", source })?,
+                notify::INotifyWatcher::new(
+                    handler,
+                    notify::Config::default().with_event_kinds(KERNEL_EVENTS),
+                )
+                .map_err(|source| WatchError::Start { backend: "inotify", source })?,
             ),
             Backend::Poll => Box::new(
                 notify::PollWatcher::new(

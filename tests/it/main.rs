@@ -16,6 +16,7 @@ mod kit;
 
 mod hostile_event;
 mod hostile_lock;
+mod hostile_opens;
 mod once_bad_input;
 mod once_cli;
 mod once_container;
