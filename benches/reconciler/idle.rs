@@ -96,7 +96,8 @@ pub fn run(cfg: &Cfg, report: &mut Report) -> Result<()> {
         let polling = std::env::var("HERMES_BENCH_WATCH").is_ok_and(|v| v == "poll");
         wait_quiet(pid, Duration::from_millis(if polling { 500 } else { 2000 }))?;
         if cfg.wants("idle") {
-            idle(cfg, pid, report)?;
+            idle(cfg, pid, "400 profiles", 0.05, report)?;
+            relist_cpu(&lab, pid, "400 profiles", report)?;
         }
         if cfg.wants("memory") {
             lab.daemon().signal(Signal::SIGHUP);
@@ -112,7 +113,7 @@ pub fn run(cfg: &Cfg, report: &mut Report) -> Result<()> {
             );
         }
     }
-    if cfg.wants("memory") {
+    if cfg.wants("memory") || cfg.wants("idle") {
         let n = cfg.big_profiles;
         let (mut lab, running) = populated("memory", n)?;
         let ready = lab.start_daemon(&[])?;
@@ -125,24 +126,56 @@ pub fn run(cfg: &Cfg, report: &mut Report) -> Result<()> {
         if slots != 401 {
             bail!("{n} profiles with the default cap: {slots} slots, expected 401");
         }
-        report.row(
-            format!("5. peak RSS (VmHWM), {n} profile folders (cap 400)"),
-            format!("{:.1} MiB", kib as f64 / MIB),
-            "-",
-            "-",
-            if n >= 10_000 { "≤ 64 MiB" } else { "≤ 64 MiB (at 10,000)" },
-            Some(kib <= 64 * 1024),
-        );
-        report.note(format!(
-            "memory: VmHWM after the boot pass and one SIGHUP re-list; with {n} folders the first pass \
-             (to readiness) took {:.2} s",
-            ready.as_secs_f64()
-        ));
+        if cfg.wants("idle") {
+            // The folders over the cap are listed by every re-list, never read (SPEC 9.3).
+            let what = format!("{n} profile folders (cap 400)");
+            idle(cfg, pid, &what, 0.1, report)?;
+            relist_cpu(&lab, pid, &what, report)?;
+        }
+        if cfg.wants("memory") {
+            report.row(
+                format!("5. peak RSS (VmHWM), {n} profile folders (cap 400)"),
+                format!("{:.1} MiB", kib as f64 / MIB),
+                "-",
+                "-",
+                if n >= 10_000 { "≤ 64 MiB" } else { "≤ 64 MiB (at 10,000)" },
+                Some(kib <= 64 * 1024),
+            );
+            report.note(format!(
+                "memory: VmHWM after the boot pass and one SIGHUP re-list; with {n} folders the first \
+                 pass (to readiness) took {:.2} s",
+                ready.as_secs_f64()
+            ));
+        }
     }
     Ok(())
 }
 
-fn idle(cfg: &Cfg, pid: i32, report: &mut Report) -> Result<()> {
+/// CPU time of one full re-list (SIGHUP) from a quiet daemon to a quiet daemon: the median and
+/// the worst of five.
+fn relist_cpu(lab: &Lab, pid: i32, what: &str, report: &mut Report) -> Result<()> {
+    let mut ms = Vec::new();
+    for _ in 0..5 {
+        wait_quiet(pid, Duration::from_secs(1))?;
+        let before = sample(pid)?.run_ns;
+        lab.daemon().signal(Signal::SIGHUP);
+        wait_quiet(pid, Duration::from_secs(1))?;
+        ms.push((sample(pid)?.run_ns - before) as f64 / 1e6);
+    }
+    ms.sort_by(f64::total_cmp);
+    let (median, worst) = (ms[ms.len() / 2], ms[ms.len() - 1]);
+    report.row(
+        format!("4. CPU of one full re-list (SIGHUP), {what}, median / worst of 5"),
+        format!("{median:.2} / {worst:.2} ms"),
+        "-",
+        "-",
+        "≤ 5 ms",
+        Some(worst <= 5.0),
+    );
+    Ok(())
+}
+
+fn idle(cfg: &Cfg, pid: i32, what: &str, target_pct: f64, report: &mut Report) -> Result<()> {
     let window = Duration::from_secs(cfg.idle_secs);
     let start = Instant::now();
     let s0 = sample(pid)?;
@@ -164,12 +197,12 @@ fn idle(cfg: &Cfg, pid: i32, report: &mut Report) -> Result<()> {
     let cpu = (s1.run_ns - s0.run_ns) as f64 / 1e9;
     let pct = 100.0 * cpu / secs;
     report.row(
-        format!("4. idle CPU, 400 profiles, {:.0} s", secs),
+        format!("4. idle CPU, {what}, {:.0} s", secs),
         format!("{pct:.4} % ({:.1} ms on CPU; utime+stime {:.2} s)", cpu * 1e3, cpu_ticks),
         "-",
         "-",
-        "≤ 0.1 %",
-        Some(pct <= 0.1),
+        format!("≤ {target_pct} %"),
+        Some(pct <= target_pct),
     );
     // Episodes: switch-count changes less than 2 s apart are one episode (a re-list, with the
     // early timer wakeups that lead up to it). A periodic wakeup faster than the re-list period
@@ -186,7 +219,7 @@ fn idle(cfg: &Cfg, pid: i32, report: &mut Report) -> Result<()> {
     let ok = episodes.len() <= fit && episodes.iter().all(|(a, b)| b - a < 3.0);
     let at: Vec<String> = episodes.iter().map(|(a, b)| format!("{a:.1}–{b:.1}")).collect();
     report.row(
-        "4. idle wakeups",
+        format!("4. idle wakeups, {what}"),
         format!(
             "{} context switches in {} episode(s), at t = [{}] s",
             s1.switches - s0.switches,
