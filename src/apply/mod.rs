@@ -80,7 +80,7 @@ pub struct ProfileError {
 pub const LEGACY_RECORD: &str = "{\"gateway_state\":\"running\",\"desired_state\":\"running\",\"migrated_from\":\"legacy-container-cmd\"}\n";
 
 impl Applier {
-    fn run_step(&self, step: &Step, out: &mut Outcome) -> Result<(), StepError> {
+    fn run_step(&self, step: &Step, out: &mut Outcome, held: &mut home::HeldDir) -> Result<(), StepError> {
         match step {
             Step::SweepPidFiles { dir } => {
                 // A leftover that cannot be removed safely (a directory of that name, the
@@ -88,8 +88,20 @@ impl Applier {
                 // gateway runs as an unprivileged user and cannot misuse it beyond its rights,
                 // and one odd file must not keep the profile from getting its slot.
                 let rel = self.home.relative(dir)?;
-                for f in crate::layout::home::PID_LEFTOVERS {
-                    match self.home.unlink(rel, f) {
+                let leftovers = crate::layout::home::PID_LEFTOVERS;
+                let results = match self.home.unlink_each_held(held, rel, &leftovers) {
+                    Ok(results) => results,
+                    Err(e) => {
+                        // The directory cannot be opened: one warning per leftover left.
+                        let error = e.to_string();
+                        for _ in leftovers {
+                            out.warnings.push(Finding::LeftoverNotRemoved { error: error.clone() }.into());
+                        }
+                        Vec::new()
+                    }
+                };
+                for (f, r) in results {
+                    match r {
                         Ok(true) => {
                             tracing::info!(file = %dir.join(f).display(), "removed a leftover of the previous container")
                         }
@@ -167,6 +179,8 @@ impl Applier {
                     .push(Finding::LeftoverNotCleared { kick: false, error: e.to_string() }.into()),
             }
         }
+        // `profiles/`, opened once for the pass's pid-file sweeps.
+        let mut held = home::HeldDir::default();
         for pp in &plan.profiles {
             if self.shutdown.requested() {
                 // Safe point: every slot so far is published whole or still hidden.
@@ -177,7 +191,7 @@ impl Applier {
                 continue;
             }
             let stamped = stamp(&pp.steps, pp.decision.as_ref());
-            let failed = stamped.iter().find_map(|s| self.run_step(s, &mut out).err());
+            let failed = stamped.iter().find_map(|s| self.run_step(s, &mut out, &mut held).err());
             match failed {
                 Some(source) => out.errors.push(ProfileError { profile: pp.name.clone(), source }),
                 None => out.applied.extend(pp.decision.clone()),

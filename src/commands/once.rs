@@ -172,9 +172,9 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
         };
         println!("{}", json_safe(&serde_json::to_string(&report).expect("report serialises")));
     } else {
-        for d in &outcome.applied {
-            println!("{}", decision_text(d));
-        }
+        // One write for all the lines, not one per profile (stdout is line-buffered).
+        let text: String = outcome.applied.iter().map(|d| decision_text(d) + "\n").collect();
+        print!("{text}");
     }
     if errors.is_empty() { EXIT_OK } else { EXIT_FAILURE }
 }
