@@ -39,6 +39,11 @@ pub fn assign(profiles: &BTreeSet<String>, previous: &BTreeMap<String, u16>) -> 
         }
     }
     for name in profiles {
+        if taken.len() == usize::from(RANGE) {
+            // The range is full: nobody else gets a port, and scanning it for each of the
+            // remaining profiles would cost RANGE steps apiece.
+            break;
+        }
         if out.contains_key(name) {
             continue;
         }
@@ -112,6 +117,17 @@ mod tests {
             let ports2: BTreeSet<u16> = second.values().copied().collect();
             prop_assert_eq!(ports2.len(), more.len());
         }
+    }
+
+    #[test]
+    fn a_full_range_still_keeps_recorded_ports_of_late_names() {
+        let names: BTreeSet<String> = (0..(RANGE as usize + 50)).map(|i| format!("n{i:04}")).collect();
+        let last = names.iter().next_back().unwrap().clone();
+        let prev: BTreeMap<String, u16> = [(last.clone(), PORT_BASE + 7)].into();
+        let got = assign(&names, &prev);
+        assert_eq!(got.len(), RANGE as usize);
+        assert_eq!(got[&last], PORT_BASE + 7);
+        assert_eq!(got.values().collect::<BTreeSet<_>>().len(), RANGE as usize);
     }
 
     #[test]
