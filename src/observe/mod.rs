@@ -125,6 +125,17 @@ pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
     )
 }
 
+/// [`observe_all`] with only the root's files read: the start of a boot pass that reads the
+/// named profiles' files batch by batch ([`crate::plan::BootStream`], [`read_profile_files_uncached`]).
+pub fn observe_names(config: &Config, proc_root: Option<&Path>) -> Observed {
+    let read_root = &mut |p: &mut ProfileObs| {
+        if p.name.is_root() {
+            read_profile_files_uncached(p);
+        }
+    };
+    observe_all_with(config, proc_root, &mut slots::SlotFileCache::default(), read_root)
+}
+
 /// [`observe_all`] reading slot and profile files through caches kept across passes.
 ///
 /// The scandir and s6-svscan's limit are observed first, so that the files of profiles over

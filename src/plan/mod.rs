@@ -259,6 +259,59 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
     plan
 }
 
+/// A full boot pass decided profile by profile, so that `once` can read, plan and apply its
+/// profiles in bounded batches (issue 14): memory then holds the names, the scandir and the
+/// port map, never every profile's rendered slot. It decides exactly what [`plan`] decides over
+/// the same observations (the same steps: [`context`], the ports, [`plan_profile`],
+/// [`plan_tail`]), given the profiles in their order (the root first, then names).
+#[derive(Debug)]
+pub struct BootStream<'a> {
+    obs: &'a Observed,
+    cfg: &'a Config,
+    ctx: PassContext,
+    ports: ports::PortAssigner,
+}
+
+impl<'a> BootStream<'a> {
+    /// The stream and the plan's head (no profiles yet), from `obs` whose named profiles need
+    /// not have been read (only the root's files matter here). `None` when the pass must be
+    /// decided whole: the `single` topology (the root's intent folds every named profile's)
+    /// and a dashboard container (which only reports).
+    pub fn new(obs: &'a Observed, cfg: &'a Config) -> Option<(Self, Plan)> {
+        let topo = topology(obs, cfg);
+        if topo == Topology::Single || obs.mode == ContainerMode::Dashboard {
+            return None;
+        }
+        let (plan, ctx) = context(obs, cfg, PassKind::Boot, topo, true, &|_| true);
+        let ports = ports::PortAssigner::new(
+            obs.profiles.iter().filter(|p| ctx.admitted.contains(&p.name)).map(|p| p.name.as_str()),
+            &obs.previous_ports,
+        );
+        Some((BootStream { obs, cfg, ctx, ports }, plan))
+    }
+
+    /// Whether `name` is planned with its files (else they are not to be read: SPEC §9.3).
+    pub fn admitted(&self, name: &ProfileName) -> bool {
+        self.ctx.admitted.contains(name)
+    }
+
+    /// The plan of the next profile, its files read if [`BootStream::admitted`]; its warnings
+    /// are appended to `warnings`. Profiles must come in the order of the observation.
+    pub fn profile(&mut self, p: &ProfileObs, warnings: &mut Vec<Warning>) -> Option<ProfilePlan> {
+        let port =
+            (self.admitted(&p.name) && !p.env_sets_port).then(|| self.ports.take(p.name.as_str())).flatten();
+        plan_profile(&self.ctx, self.obs, self.cfg, p, port, warnings)
+    }
+
+    /// Ends the pass: the port record and the tail (skipped entries, their warnings) go into
+    /// `plan`, whose profiles are not looked at.
+    pub fn finish(self, plan: &mut Plan) {
+        plan.ports = self.ports.finish();
+        plan.ports_changed = plan.ports != self.obs.previous_ports;
+        plan_tail(self.obs, self.cfg, PassKind::Boot, true, &|_| true, plan);
+    }
+}
+
 /// What the pass-wide step decided, for the per-profile step.
 #[derive(Clone, Debug)]
 pub struct PassContext {
