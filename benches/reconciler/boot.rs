@@ -5,7 +5,8 @@
 //! boot log). Both run interleaved, each on a fresh, identical tree (home, scandir, s6-svscan
 //! with its limit raised so that every profile gets a slot).
 //!
-//! Measured per N: wall time spawn to exit (median), peak RSS (`ru_maxrss` from `wait4`), and
+//! Measured per N: wall time spawn to exit and CPU time (user + system; medians), peak RSS
+//! (`ru_maxrss` from `wait4`), and
 //! once per pass kind the system calls per slot from `strace -f -c` (the difference between N =
 //! 1,000 and N = 0, divided by 1,000: what one more slot costs).
 
@@ -74,8 +75,17 @@ fn floor_command(floor: &Path, lab: &Lab) -> Command {
     cmd
 }
 
-/// Runs `cmd` to its end; returns its wall time and peak RSS (KiB).
-fn measured(mut cmd: Command) -> Result<(Duration, i64)> {
+/// What one run cost.
+struct Cost {
+    wall: Duration,
+    /// User + system CPU time, in nanoseconds: less sensitive than wall time to a busy machine.
+    cpu: i64,
+    /// Peak RSS, KiB.
+    rss: i64,
+}
+
+/// Runs `cmd` to its end; returns what it cost.
+fn measured(mut cmd: Command) -> Result<Cost> {
     let t0 = Instant::now();
     let child = cmd.spawn().context("spawn")?;
     let pid = child.id() as libc::pid_t;
@@ -91,7 +101,8 @@ fn measured(mut cmd: Command) -> Result<(Duration, i64)> {
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("{cmd:?} failed (wait status {status})");
     }
-    Ok((took, ru.ru_maxrss))
+    let ns = |t: libc::timeval| t.tv_sec * 1_000_000_000 + t.tv_usec * 1000;
+    Ok(Cost { wall: took, cpu: ns(ru.ru_utime) + ns(ru.ru_stime), rss: ru.ru_maxrss })
 }
 
 /// C string literal of `s`.
@@ -207,23 +218,26 @@ pub fn run(cfg: &Cfg, tpl: &Template, report: &mut Report) -> Result<()> {
     let strace = strace()?;
     record_mode()?;
     for &(n, reps) in &cfg.boot {
-        let (mut d, mut f, mut d_rss, mut f_rss) = (Vec::new(), Vec::new(), 0, 0);
+        let (mut d, mut f, mut d_cpu, mut f_cpu, mut d_rss, mut f_rss) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0, 0);
         for r in 0..reps {
             for floor_turn in [!r.is_multiple_of(2), r.is_multiple_of(2)] {
                 let lab = lab_with(n)?;
                 if floor_turn {
-                    let (t, rss) = measured(floor_command(&floor, &lab))?;
-                    f.push(t.as_nanos() as i64);
-                    f_rss = f_rss.max(rss);
+                    let c = measured(floor_command(&floor, &lab))?;
+                    f.push(c.wall.as_nanos() as i64);
+                    f_cpu.push(c.cpu);
+                    f_rss = f_rss.max(c.rss);
                 } else {
-                    let (t, rss) = measured(lab.once_command(&once_env(n))?)?;
-                    d.push(t.as_nanos() as i64);
-                    d_rss = d_rss.max(rss);
+                    let c = measured(lab.once_command(&once_env(n))?)?;
+                    d.push(c.wall.as_nanos() as i64);
+                    d_cpu.push(c.cpu);
+                    d_rss = d_rss.max(c.rss);
                 }
                 check(&lab, n)?;
             }
         }
-        let (d, f) = (summarize(&d), summarize(&f));
+        let (d, f, d_cpu, f_cpu) = (summarize(&d), summarize(&f), summarize(&d_cpu), summarize(&f_cpu));
         let (target, pass) = if n >= 100 {
             ("≤ 1.5 × floor", d.median * 2 <= f.median * 3)
         } else {
@@ -236,6 +250,14 @@ pub fn run(cfg: &Cfg, tpl: &Template, report: &mut Report) -> Result<()> {
             ratio(d.median, f.median),
             target,
             Some(pass),
+        );
+        report.row(
+            format!("3. boot pass CPU (user + system), {n} profiles (median of {reps})"),
+            ms(d_cpu.median),
+            ms(f_cpu.median),
+            ratio(d_cpu.median, f_cpu.median),
+            "-",
+            None,
         );
         let (target, pass) = if n >= 10_000 { ("≤ 20 MiB", Some(d_rss <= 20 * 1024)) } else { ("-", None) };
         report.row(
