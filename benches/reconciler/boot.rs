@@ -6,9 +6,9 @@
 //! with its limit raised so that every profile gets a slot).
 //!
 //! Measured per N: wall time spawn to exit and CPU time (user + system; medians), peak RSS
-//! (`ru_maxrss` from `wait4`), and
-//! once per pass kind the system calls per slot from `strace -f -c` (the difference between N =
-//! 1,000 and N = 0, divided by 1,000: what one more slot costs).
+//! (`ru_maxrss` from `wait4`); and once for each program the system calls per slot from
+//! `strace -f -c` (the difference between N = 1,000 and N = 0, divided by 1,000: what one more
+//! slot costs).
 
 use crate::Cfg;
 use crate::lab::{Lab, Template};
