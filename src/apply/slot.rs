@@ -74,8 +74,13 @@ fn umask() -> u32 {
 /// set-group-ID on a file may be dropped. Skipping the `chmod` otherwise saves one system call
 /// per object of a slot.
 fn needs_chmod(mode: u32, dir: bool) -> bool {
+    needs_chmod_under(mode, dir, umask())
+}
+
+/// [`needs_chmod`] under the umask `mask`.
+fn needs_chmod_under(mode: u32, dir: bool, mask: u32) -> bool {
     let special = if dir { 0o2000 } else { 0o6000 };
-    mode & 0o777 & umask() != 0 || mode & special != 0
+    mode & 0o777 & mask != 0 || mode & special != 0
 }
 
 /// Creates `path` (which must not exist) with exactly `mode` and `content`. Used inside a
@@ -357,6 +362,22 @@ impl SlotWriter {
 mod tests {
     use super::*;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    #[test]
+    fn chmod_only_what_creation_gets_wrong() {
+        // The usual umask: scripts, dirs, records and supervise/ come out exact; the control
+        // FIFO loses its group write bit; mkdir drops event/'s set-group-ID.
+        for (mode, dir) in [(0o755, false), (0o644, false), (0o755, true), (0o710, true)] {
+            assert!(!needs_chmod_under(mode, dir, 0o022), "{mode:o}");
+        }
+        assert!(needs_chmod_under(0o660, false, 0o022));
+        assert!(needs_chmod_under(EVENT_MODE, true, 0));
+        assert!(needs_chmod_under(0o4755, false, 0));
+        // A stricter umask: everything the group or others may use is set again.
+        assert!(needs_chmod_under(0o755, true, 0o077));
+        assert!(needs_chmod_under(0o644, false, 0o077));
+        assert!(!needs_chmod_under(0o660, false, 0));
+    }
 
     #[test]
     fn closing_event_keeps_single_link_fifos_and_removes_everything_else() {
