@@ -210,6 +210,10 @@ fn run_streamed(
     let mut log = BootLog { ts, first: true, error: None, skipped: Vec::new() };
     let mut run = applier.begin(&plan);
     for chunk in names.profiles.chunks(BATCH) {
+        if run.out.abandoned {
+            // A stop was requested: the rest is neither read nor planned.
+            break;
+        }
         let mut warnings = Vec::new();
         let mut plans = Vec::with_capacity(chunk.len());
         for p in chunk {
