@@ -262,8 +262,7 @@ mod tests {
         let p = d.path().join("fifo");
         nix::unistd::mkfifo(&p, Mode::from_bits_truncate(0o644)).unwrap();
         assert!(matches!(read_bounded(&p, 10), Err(ReadError::NotRegular("FIFO"))));
-        // Even if the lstat check were raced, the open itself must not block on a FIFO with no
-        // writer, and fstat must refuse it.
+        // The open itself must not block on a FIFO with no writer, and fstat must refuse it.
         assert!(matches!(open_no_follow(&p), Err(ReadError::NotRegular("FIFO"))));
     }
 

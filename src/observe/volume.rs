@@ -328,13 +328,14 @@ fn is_absent(e: &io::Error) -> bool {
 ///   `Path.exists()` check, so the daemon and the CLI agree on what a profile is; the file is
 ///   never read, so its type does not matter for safety. Without it the entry is ignored
 ///   silently;
-/// * a tombstone `profiles/.deleted/<name>` of any type (checked with `lstat`) makes it ignored
-///   silently;
+/// * a tombstone `profiles/.deleted/<name>` of any type makes it ignored silently (one listing
+///   of `.deleted/` answers for every entry; if it cannot be listed, each name is `lstat`ed);
 /// * the name must be UTF-8 and pass [`ProfileName::parse_named`], else it goes to `skipped`
 ///   (this includes `default`, refused as [`NameError::Reserved`]).
 ///
-/// Never errors and never opens a file: a missing `profiles/` is an empty result, any other
-/// failure to list it is an empty result with a warning.
+/// Never errors and never opens a file (only the directories `profiles/` and `.deleted/`, to
+/// list them): a missing `profiles/` is an empty result, any other failure to list it is an
+/// empty result with a warning.
 pub fn discover(home: &Path) -> Discovery {
     let profiles = home.join(PROFILES_DIR);
     let mut out = Discovery::default();
