@@ -274,9 +274,12 @@ impl BootLog {
         if applied.is_empty() {
             return;
         }
-        if let Err(e) = applier.log_decisions_at(&self.ts, applied, self.first) {
+        if let Err(e) = applier.log_decisions_at(&self.ts, applied, self.first)
+            && self.error.is_none()
+        {
+            // Said once: the next batches most likely meet the same problem.
             tracing::error!("container-boot.log not written: {e}");
-            self.error.get_or_insert_with(|| e.to_string());
+            self.error = Some(e.to_string());
         }
         self.first = false;
         let text: String = applied.iter().map(|d| decision_text(d) + "\n").collect();
