@@ -219,7 +219,11 @@ fn run_streamed(
         for p in chunk {
             let mut p = p.clone();
             if !p.name.is_root() && stream.admitted(&p.name) {
-                observe::read_profile_files_uncached(&mut p);
+                if stream.reads_yaml(&p.name) {
+                    observe::read_profile_files_uncached(&mut p);
+                } else {
+                    observe::read_profile_files_but_yaml(&mut p);
+                }
             }
             plans.extend(stream.profile(&p, &mut warnings));
         }

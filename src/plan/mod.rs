@@ -295,6 +295,13 @@ impl<'a> BootStream<'a> {
         self.ctx.admitted.contains(name)
     }
 
+    /// Whether the plan looks at this profile's `config.yaml`: the root's selects the topology;
+    /// a named profile's matters only in the `single` topology (`standalone`, and its warning),
+    /// which is never streamed.
+    pub fn reads_yaml(&self, name: &ProfileName) -> bool {
+        name.is_root() || self.ctx.topo == Topology::Single
+    }
+
     /// The plan of the next profile, its files read if [`BootStream::admitted`]; its warnings
     /// are appended to `warnings`. Profiles must come in the order of the observation.
     pub fn profile(&mut self, p: &ProfileObs, warnings: &mut Vec<Warning>) -> Option<ProfilePlan> {
