@@ -10,7 +10,7 @@
  * Per profile: read gateway_state.json; unlink gateway.pid and processes.json; build the slot
  * under a dot name (dirs, files with their modes, down if stopped, supervise/ + control FIFO +
  * event/ with setgid, for the slot and its log/); rename it into the scan. Per pass: one listing
- * of profiles/, the rescan byte, the port record (fsynced, renamed), status.json, the boot log. */
+ * of profiles/, the rescan byte, the port record (fdatasync, renamed), status.json, the boot log. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
@@ -136,11 +136,11 @@ int main(int argc, char **argv) {
 	/* the rescan byte */
 	int c = openat(scan, ".s6-svscan/control", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
 	if (c >= 0) { if (write(c, "a", 1) != 1) die("rescan"); close(c); }
-	/* the port record: durable, atomic */
+	/* the port record: durable (fdatasync, as once), atomic */
 	int pf = openat(h, ".gateway-ports.json.tmp", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	if (pf < 0) die("ports");
 	if (write(pf, ports, portlen) != (ssize_t)portlen) die("write ports");
-	fsync(pf);
+	fdatasync(pf); /* as once: its data, durable before the rename */
 	close(pf);
 	if (renameat(h, ".gateway-ports.json.tmp", h, ".gateway-ports.json")) die("rename ports");
 	/* status.json in the runtime directory */
