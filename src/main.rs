@@ -7,6 +7,9 @@ use hermes_reconciler::commands::{self, EXIT_CONFIG, EXIT_OK, EXIT_USAGE};
 use hermes_reconciler::config::Config;
 use hermes_reconciler::escape::EscapingWriter;
 
+/// Lines the diagnostics writer queues before it drops (see [`init_tracing`]).
+const LOG_QUEUE_LINES: usize = 4096;
+
 /// Diagnostics to stderr through a non-blocking writer (SPEC §8.2): a slow log pipe never
 /// stalls reconciling. The guard flushes what is queued when dropped.
 fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
@@ -20,8 +23,15 @@ fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
         directives = directives.add_directive(d);
     }
     let filter = directives;
-    // The escaping runs on the writer's own thread, never in a pass.
-    let (writer, guard) = tracing_appender::non_blocking(EscapingWriter(std::io::stderr()));
+    // The escaping runs on the writer's own thread, never in a pass. Lossy: when the pipe is
+    // slower than the daemon, lines are dropped rather than a pass stalled. The queue is bounded
+    // small: tracing-appender's default (128,000 lines) is allocated and touched up front, about
+    // 4 MB and most of a one-shot command's start-up; a few thousand lines absorb any burst a
+    // pass logs while the pipe keeps up.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .finish(EscapingWriter(std::io::stderr()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

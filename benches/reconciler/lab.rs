@@ -260,6 +260,11 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(tag: &str) -> Result<Self> {
+        Lab::with_limit(tag, SVSCAN_LIMIT)
+    }
+
+    /// [`Lab::new`] with s6-svscan's service limit (`-c`) set to `limit`.
+    pub fn with_limit(tag: &str, limit: &str) -> Result<Self> {
         let tmp = tempfile::Builder::new().prefix(&format!("hermes-bench-{tag}-")).tempdir_in(home_base())?;
         let dir = tmp.path().to_path_buf();
         // The scandir is on tmpfs, as in the container (/run/service); the home is on /tmp's
@@ -277,7 +282,7 @@ impl Lab {
         let svscan = Svscan::start_env(
             &scandir,
             &dir.join("svscan.log"),
-            &["-c", SVSCAN_LIMIT],
+            &["-c", limit],
             &[(FIFO_ENV, fifo.as_os_str())],
         );
         Ok(Lab {
@@ -334,8 +339,8 @@ impl Lab {
         self.daemon.as_ref().expect("daemon started")
     }
 
-    /// Runs `hermes-reconciler once`; returns its wall time (spawn to exit).
-    pub fn once(&self, extra: &[(&str, String)]) -> Result<Duration> {
+    /// The command running `hermes-reconciler once` in the lab (stderr to `once.log`).
+    pub fn once_command(&self, extra: &[(&str, String)]) -> Result<Command> {
         let mut cmd = Command::new(bin());
         cmd.arg("once")
             .env_clear()
@@ -343,6 +348,12 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(self.dir.join("once.log"))?);
+        Ok(cmd)
+    }
+
+    /// Runs `hermes-reconciler once`; returns its wall time (spawn to exit).
+    pub fn once(&self, extra: &[(&str, String)]) -> Result<Duration> {
+        let mut cmd = self.once_command(extra)?;
         let t0 = Instant::now();
         let status = cmd.status()?;
         let took = t0.elapsed();
@@ -439,6 +450,13 @@ impl Template {
                 .collect()
         };
         Ok(Template { named: read(&format!("gateway-{TPL_NAME}"))?, root: read("gateway-default")? })
+    }
+
+    /// The captured files of a named slot (`root`: of the root's), as (relative path, mode,
+    /// content with `@HOME@` and `@NAME@` placeholders).
+    pub fn files(&self, root: bool) -> impl Iterator<Item = (&str, u32, &str)> {
+        let files = if root { &self.root } else { &self.named };
+        files.iter().map(|f| (f.rel, f.mode, f.content.as_str()))
     }
 
     /// Builds the slot `entry` for `profile` under a dot name, then renames it into the scandir,

@@ -55,7 +55,11 @@ impl Cfg {
             only,
             trials: if quick { 30 } else { 200 },
             base_profiles: 100,
-            boot: if quick { vec![(100, 1), (1000, 1)] } else { vec![(100, 5), (1000, 3)] },
+            boot: if quick {
+                vec![(0, 3), (100, 2), (1000, 1), (10_000, 1)]
+            } else {
+                vec![(0, 11), (100, 7), (1000, 3), (10_000, 2)]
+            },
             idle_secs: if quick { 5 } else { 30 },
             big_profiles: 10_000,
             storm: 400,

@@ -249,7 +249,36 @@ impl HomeWriter {
         names: &[&'n str],
     ) -> Result<Vec<(&'n str, Unlinked)>, HomeError> {
         let dir = self.open_dir(rel_dir, false)?;
-        Ok(names
+        Ok(self.unlink_in(&dir, rel_dir, names))
+    }
+
+    /// [`HomeWriter::unlink_each`] opening `rel_dir` relative to its parent's handle kept in
+    /// `held` (opened on first use, kept for the next call with the same parent): sweeping every
+    /// profile of a pass opens `profiles/` once, then each profile directory with `O_NOFOLLOW`
+    /// once. The held handle was opened without following any symlink below the home; if the
+    /// agent moves that directory meanwhile, the handle follows it, still on the volume and
+    /// never through a symlink.
+    pub fn unlink_each_held<'n>(
+        &self,
+        held: &mut HeldDir,
+        rel_dir: &Path,
+        names: &[&'n str],
+    ) -> Result<Vec<(&'n str, Unlinked)>, HomeError> {
+        let (Some(parent), Some(last)) = (rel_dir.parent(), rel_dir.file_name()) else {
+            return self.unlink_each(rel_dir, names);
+        };
+        if held.fd.is_none() || held.rel != parent {
+            held.fd = Some(self.open_dir(parent, false)?);
+            held.rel = parent.to_path_buf();
+        }
+        let parent_fd = held.fd.as_ref().expect("held above");
+        let dir = openat(parent_fd.as_fd(), last, DIR_FLAGS, Mode::empty())
+            .map_err(|e| io_err(&self.home.join(rel_dir), e))?;
+        Ok(self.unlink_in(&dir, rel_dir, names))
+    }
+
+    fn unlink_in<'n>(&self, dir: &OwnedFd, rel_dir: &Path, names: &[&'n str]) -> Vec<(&'n str, Unlinked)> {
+        names
             .iter()
             .map(|n| {
                 let r = match unlinkat(dir.as_fd(), *n, UnlinkatFlags::NoRemoveDir) {
@@ -259,8 +288,15 @@ impl HomeWriter {
                 };
                 (*n, r)
             })
-            .collect())
+            .collect()
     }
+}
+
+/// A directory handle kept across [`HomeWriter::unlink_each_held`] calls of one pass.
+#[derive(Debug, Default)]
+pub struct HeldDir {
+    rel: PathBuf,
+    fd: Option<OwnedFd>,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ pub mod slot;
 pub mod status_record;
 
 use crate::model::ProfileName;
-use crate::plan::{Decision, Plan, Step};
+use crate::plan::{Decision, Plan, ProfilePlan, Step};
 use crate::s6::{self, ControlError};
 use crate::warning::{Finding, Warning};
 use home::HomeWriter;
@@ -80,7 +80,7 @@ pub struct ProfileError {
 pub const LEGACY_RECORD: &str = "{\"gateway_state\":\"running\",\"desired_state\":\"running\",\"migrated_from\":\"legacy-container-cmd\"}\n";
 
 impl Applier {
-    fn run_step(&self, step: &Step, out: &mut Outcome) -> Result<(), StepError> {
+    fn run_step(&self, step: &Step, out: &mut Outcome, held: &mut home::HeldDir) -> Result<(), StepError> {
         match step {
             Step::SweepPidFiles { dir } => {
                 // A leftover that cannot be removed safely (a directory of that name, the
@@ -88,8 +88,20 @@ impl Applier {
                 // gateway runs as an unprivileged user and cannot misuse it beyond its rights,
                 // and one odd file must not keep the profile from getting its slot.
                 let rel = self.home.relative(dir)?;
-                for f in crate::layout::home::PID_LEFTOVERS {
-                    match self.home.unlink(rel, f) {
+                let leftovers = crate::layout::home::PID_LEFTOVERS;
+                let results = match self.home.unlink_each_held(held, rel, &leftovers) {
+                    Ok(results) => results,
+                    Err(e) => {
+                        // The directory cannot be opened: one warning per leftover left.
+                        let error = e.to_string();
+                        for _ in leftovers {
+                            out.warnings.push(Finding::LeftoverNotRemoved { error: error.clone() }.into());
+                        }
+                        Vec::new()
+                    }
+                };
+                for (f, r) in results {
+                    match r {
                         Ok(true) => {
                             tracing::info!(file = %dir.join(f).display(), "removed a leftover of the previous container")
                         }
@@ -134,8 +146,17 @@ impl Applier {
 
     /// Applies a whole plan, then asks s6-svscan to rescan if anything was published.
     pub fn apply(&self, plan: &Plan) -> Outcome {
-        let mut out = Outcome::default();
-        let mut root_failed = false;
+        let mut run = self.begin(plan);
+        self.apply_profiles(&mut run, &plan.profiles);
+        self.finish(run, plan)
+    }
+
+    /// The start of a pass: the legacy migration record and the leftovers of the scandir.
+    /// Profiles follow ([`Applier::apply_profiles`], in one go or in batches), then
+    /// [`Applier::finish`].
+    pub fn begin(&self, plan: &Plan) -> PassRun {
+        let mut run = PassRun::default();
+        let out = &mut run.out;
         if plan.migrate_legacy {
             match self.home.write_atomic(
                 Path::new(""),
@@ -146,7 +167,7 @@ impl Applier {
                     tracing::info!("legacy `gateway run` container: recorded the root gateway as running")
                 }
                 Err(e) => {
-                    root_failed = true;
+                    run.root_failed = true;
                     out.errors.push(ProfileError {
                         profile: ProfileName::root(),
                         source: StepError::LegacyRecord(e),
@@ -167,22 +188,34 @@ impl Applier {
                     .push(Finding::LeftoverNotCleared { kick: false, error: e.to_string() }.into()),
             }
         }
-        for pp in &plan.profiles {
-            if self.shutdown.requested() {
+        run
+    }
+
+    /// Applies the steps of `profiles` (in order), each profile's until one fails. Stops at
+    /// the first profile after a stop request (the pass is then abandoned).
+    pub fn apply_profiles(&self, run: &mut PassRun, profiles: &[ProfilePlan]) {
+        for pp in profiles {
+            if run.out.abandoned || self.shutdown.requested() {
                 // Safe point: every slot so far is published whole or still hidden.
-                out.abandoned = true;
+                run.out.abandoned = true;
                 break;
             }
-            if root_failed && pp.name.is_root() {
+            if run.root_failed && pp.name.is_root() {
                 continue;
             }
-            let stamped = stamp(&pp.steps, pp.decision.as_ref());
-            let failed = stamped.iter().find_map(|s| self.run_step(s, &mut out).err());
+            let stamped = stamp(&pp.steps, pp.decision.as_ref(), &mut run.at);
+            let failed = stamped.iter().find_map(|s| self.run_step(s, &mut run.out, &mut run.held).err());
             match failed {
-                Some(source) => out.errors.push(ProfileError { profile: pp.name.clone(), source }),
-                None => out.applied.extend(pp.decision.clone()),
+                Some(source) => run.out.errors.push(ProfileError { profile: pp.name.clone(), source }),
+                None => run.out.applied.extend(pp.decision.clone()),
             }
         }
+    }
+
+    /// The end of a pass: the skipped entries' decisions, the kick entry, the rescan, the port
+    /// record, the confirmation that the new slots are supervised.
+    pub fn finish(&self, run: PassRun, plan: &Plan) -> Outcome {
+        let mut out = run.out;
         out.applied.extend(plan.skipped.iter().cloned());
         if plan.clear_kick
             && !out.abandoned
@@ -290,23 +323,47 @@ impl Applier {
 
     /// Appends the decisions to `container-boot.log`, all with one timestamp.
     pub fn log_decisions(&self, decisions: &[Decision]) -> Result<(), home::HomeError> {
+        self.log_decisions_at(&boot_log::now_timestamp(), decisions, true)
+    }
+
+    /// Appends the decisions to `container-boot.log` with the timestamp `ts`; `rotate`: the
+    /// log may be rotated first (a pass that logs in batches rotates only before its first, so
+    /// that its lines stay together).
+    pub fn log_decisions_at(
+        &self,
+        ts: &str,
+        decisions: &[Decision],
+        rotate: bool,
+    ) -> Result<(), home::HomeError> {
         if decisions.is_empty() {
             return Ok(());
         }
-        let ts = boot_log::now_timestamp();
-        let text: String = decisions.iter().map(|d| boot_log::format_line(&ts, d)).collect();
-        self.home.append_log(boot_log::BOOT_LOG, &text, boot_log::ROTATE_AT)
+        let text: String = decisions.iter().map(|d| boot_log::format_line(ts, d)).collect();
+        self.home.append_log(boot_log::BOOT_LOG, &text, if rotate { boot_log::ROTATE_AT } else { u64::MAX })
     }
 }
 
-/// Fills the records' informational fields with the decision about to be carried out.
-fn stamp(steps: &[Step], decision: Option<&Decision>) -> Vec<Step> {
+/// A pass being applied: what it did so far, and what its profiles share.
+#[derive(Debug, Default)]
+pub struct PassRun {
+    pub out: Outcome,
+    /// The legacy migration record could not be written: the root's steps are not run.
+    root_failed: bool,
+    /// `profiles/`, opened once for the pass's pid-file sweeps.
+    held: home::HeldDir,
+    /// The pass's time, as records show it (taken at the first record written).
+    at: Option<String>,
+}
+
+/// Fills the records' informational fields with the decision about to be carried out, and the
+/// pass's time `at` (taken now if not yet).
+fn stamp(steps: &[Step], decision: Option<&Decision>, at: &mut Option<String>) -> Vec<Step> {
     let mut steps = steps.to_vec();
     // Only for a decision with a record to write: thousands of capacity skips (no steps) must
     // not cost a local-time formatting each on every re-list.
     let records = steps.iter().any(|s| matches!(s, Step::Create { .. } | Step::WriteRecord { .. }));
     if let Some(d) = decision.filter(|_| records) {
-        let at = boot_log::now_timestamp();
+        let at = at.get_or_insert_with(boot_log::now_timestamp);
         for s in &mut steps {
             if let Step::Create { record, .. } | Step::WriteRecord { record, .. } = s {
                 record.last_action = Some(d.action.as_str().to_string());

@@ -25,8 +25,9 @@ use nix::unistd::{Gid, UnlinkatFlags, fchown, getegid, geteuid, mkfifo, unlinkat
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, chown};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
@@ -50,6 +51,38 @@ pub struct SlotWriter {
     pub group: Option<Gid>,
 }
 
+/// The process's file-mode creation mask, read once: nothing in the daemon changes it.
+fn umask() -> u32 {
+    static MASK: OnceLock<u32> = OnceLock::new();
+    *MASK.get_or_init(|| {
+        // Linux says it in /proc/self/status; elsewhere reading the mask means setting it: the
+        // strictest one stands for the instant between the two calls, so a file another thread
+        // creates meanwhile is never more open.
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let listed = status.lines().find_map(|l| l.strip_prefix("Umask:"));
+        if let Some(mask) = listed.and_then(|m| u32::from_str_radix(m.trim(), 8).ok()) {
+            return mask;
+        }
+        let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o777));
+        nix::sys::stat::umask(old);
+        old.bits()
+    })
+}
+
+/// Whether an object just created with `mode` may lack some of its bits, so that a `chmod` must
+/// set them: the umask clears permission bits, `mkdir` ignores set-group-ID, and set-user-ID or
+/// set-group-ID on a file may be dropped. Skipping the `chmod` otherwise saves one system call
+/// per object of a slot.
+fn needs_chmod(mode: u32, dir: bool) -> bool {
+    needs_chmod_under(mode, dir, umask())
+}
+
+/// [`needs_chmod`] under the umask `mask`.
+fn needs_chmod_under(mode: u32, dir: bool, mask: u32) -> bool {
+    let special = if dir { 0o2000 } else { 0o6000 };
+    mode & 0o777 & mask != 0 || mode & special != 0
+}
+
 /// Creates `path` (which must not exist) with exactly `mode` and `content`. Used inside a
 /// staging directory, which nothing else sees, so no temp file is needed.
 fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
@@ -60,9 +93,14 @@ fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), SlotError> {
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)
         .map_err(io(path))?;
-    f.write_all(content).map_err(io(path))?;
+    if !content.is_empty() {
+        f.write_all(content).map_err(io(path))?;
+    }
     // The mode given to open is masked by the umask; scripts must be exactly what we say.
-    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io(path))
+    if needs_chmod(mode, false) {
+        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io(path))?;
+    }
+    Ok(())
 }
 
 /// Replaces `path` atomically with exactly `mode` ([`fsops::replace`]). Not synced: the scandir
@@ -147,9 +185,18 @@ impl SlotWriter {
         self.scandir.join(name.slot_name())
     }
 
+    /// Creates the directory `path` with exactly `mode` (given the group when `group`). Inside
+    /// a staging directory whose own mode was set exactly (so it passes on no set-group-ID),
+    /// the `chmod` is needed only when [`needs_chmod`] says so.
     fn mkdir(&self, path: &Path, mode: u32, group: bool) -> Result<(), SlotError> {
-        fs::create_dir(path).map_err(io(path))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io(path))?;
+        self.mkdir_in(path, mode, group, true)
+    }
+
+    fn mkdir_in(&self, path: &Path, mode: u32, group: bool, staged: bool) -> Result<(), SlotError> {
+        fs::DirBuilder::new().mode(mode).create(path).map_err(io(path))?;
+        if !staged || needs_chmod(mode, true) {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io(path))?;
+        }
         if group {
             self.give_group(path)?;
         }
@@ -174,11 +221,17 @@ impl SlotWriter {
     ) -> Result<(), SlotError> {
         let staging = self.scandir.join(name.staging_name());
         let target = self.slot_dir(name);
-        // A leftover staging directory was never scanned (dot name): nothing runs in it.
-        if fs::symlink_metadata(&staging).is_ok() {
-            fs::remove_dir_all(&staging).map_err(io(&staging))?;
-        }
-        let built = self.build(&staging, files, up, record);
+        // The staging directory's mode is set exactly whatever the umask, and the scandir's
+        // set-group-ID bit, if any, not passed on: its subdirectories then need no `chmod`.
+        let made = match self.mkdir_in(&staging, 0o755, false, false) {
+            // A leftover staging directory was never scanned (dot name): nothing runs in it.
+            Err(SlotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                fs::remove_dir_all(&staging).map_err(io(&staging))?;
+                self.mkdir_in(&staging, 0o755, false, false)
+            }
+            other => other,
+        };
+        let built = made.and_then(|()| self.build(&staging, files, up, record));
         let published = built.and_then(|()| {
             fsops::rename_noreplace(&staging, &target).map_err(|e| {
                 if e == nix::errno::Errno::EEXIST {
@@ -194,8 +247,8 @@ impl SlotWriter {
         published
     }
 
+    /// Fills the staging directory `dir` (made by the caller).
     fn build(&self, dir: &Path, files: &[SlotFile], up: bool, record: &SlotRecord) -> Result<(), SlotError> {
-        self.mkdir(dir, 0o755, false)?;
         self.mkdir(&dir.join(LOG_DIR), 0o755, false)?;
         self.mkdir(&dir.join(DATA_DIR), 0o755, false)?;
         for f in files {
@@ -223,7 +276,9 @@ impl SlotWriter {
         self.mkdir(&supervise, 0o710, true)?;
         let control = service.join(SUPERVISE_CONTROL);
         mkfifo(&control, Mode::from_bits_truncate(0o660)).map_err(|e| io(&control)(e.into()))?;
-        fs::set_permissions(&control, fs::Permissions::from_mode(0o660)).map_err(io(&control))?;
+        if needs_chmod(0o660, false) {
+            fs::set_permissions(&control, fs::Permissions::from_mode(0o660)).map_err(io(&control))?;
+        }
         self.give_group(&control)?;
         self.mkdir(&service.join(EVENT_DIR), EVENT_MODE, false)
     }
@@ -247,7 +302,7 @@ impl SlotWriter {
             if let Some(parent) = path.parent()
                 && !parent.is_dir()
             {
-                self.mkdir(parent, 0o755, false)?;
+                self.mkdir_in(parent, 0o755, false, false)?;
             }
             write_file(&path, f.content.as_bytes(), f.mode)?;
         }
@@ -258,7 +313,7 @@ impl SlotWriter {
         let dir = self.slot_dir(name);
         let data = dir.join(DATA_DIR);
         if !data.is_dir() {
-            self.mkdir(&data, 0o755, false)?;
+            self.mkdir_in(&data, 0o755, false, false)?;
         }
         write_file(&dir.join(RECORD_FILE), &record_bytes(record), 0o644)
     }
@@ -307,6 +362,22 @@ impl SlotWriter {
 mod tests {
     use super::*;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    #[test]
+    fn chmod_only_what_creation_gets_wrong() {
+        // The usual umask: scripts, dirs, records and supervise/ come out exact; the control
+        // FIFO loses its group write bit; mkdir drops event/'s set-group-ID.
+        for (mode, dir) in [(0o755, false), (0o644, false), (0o755, true), (0o710, true)] {
+            assert!(!needs_chmod_under(mode, dir, 0o022), "{mode:o}");
+        }
+        assert!(needs_chmod_under(0o660, false, 0o022));
+        assert!(needs_chmod_under(EVENT_MODE, true, 0));
+        assert!(needs_chmod_under(0o4755, false, 0));
+        // A stricter umask: everything the group or others may use is set again.
+        assert!(needs_chmod_under(0o755, true, 0o077));
+        assert!(needs_chmod_under(0o644, false, 0o077));
+        assert!(!needs_chmod_under(0o660, false, 0));
+    }
 
     #[test]
     fn closing_event_keeps_single_link_fifos_and_removes_everything_else() {

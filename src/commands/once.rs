@@ -104,6 +104,12 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
     if !dry_run && let (_, Some(w)) = runtime_record::settle(&config.runtime_dir, Path::new("/proc")) {
         tracing::warn!("{w}");
     }
+    if !dry_run && !json {
+        let names = observe::observe_names(config, Some(Path::new("/proc")));
+        if let Some((stream, head)) = plan::BootStream::new(&names, config) {
+            return run_streamed(config, applier, &names, stream, head);
+        }
+    }
     let observed = observe::observe_all(config, Some(Path::new("/proc")));
     let plan = plan::plan(&observed, config, PassKind::Boot);
     for w in &plan.warnings {
@@ -172,9 +178,116 @@ pub fn run(config: &Config, applier: &Applier, dry_run: bool, json: bool) -> i32
         };
         println!("{}", json_safe(&serde_json::to_string(&report).expect("report serialises")));
     } else {
-        for d in &outcome.applied {
-            println!("{}", decision_text(d));
-        }
+        // One write for all the lines, not one per profile (stdout is line-buffered).
+        let text: String = outcome.applied.iter().map(|d| decision_text(d) + "\n").collect();
+        print!("{text}");
     }
     if errors.is_empty() { EXIT_OK } else { EXIT_FAILURE }
+}
+
+/// Profiles read, planned and applied together by a streamed boot pass: memory holds one
+/// batch's rendered slots at a time.
+const BATCH: usize = 256;
+
+/// The boot pass in batches of [`BATCH`] profiles (issue 14): observe (files), plan and apply
+/// each batch, then append its boot-log lines (one timestamp for the whole pass, in order) and
+/// print them. What it decides and does is what the whole pass would ([`plan::BootStream`]);
+/// only the diagnostics come as they arise instead of all before applying.
+fn run_streamed(
+    config: &Config,
+    applier: &Applier,
+    names: &observe::Observed,
+    mut stream: plan::BootStream<'_>,
+    mut plan: Plan,
+) -> i32 {
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    // What the status record needs of the warnings: the scandir findings (bounded).
+    let keep = |w: &Warning| w.scope() == crate::warning::Scope::Scandir;
+    let mut kept: Vec<Warning> = plan.warnings.iter().filter(|w| keep(w)).cloned().collect();
+    let ts = crate::apply::boot_log::now_timestamp();
+    let mut log = BootLog { ts, first: true, error: None, skipped: Vec::new() };
+    let mut run = applier.begin(&plan);
+    for chunk in names.profiles.chunks(BATCH) {
+        if run.out.abandoned {
+            // A stop was requested: the rest is neither read nor planned.
+            break;
+        }
+        let mut warnings = Vec::new();
+        let mut plans = Vec::with_capacity(chunk.len());
+        for p in chunk {
+            let mut p = p.clone();
+            if !p.name.is_root() && stream.admitted(&p.name) {
+                if stream.reads_yaml(&p.name) {
+                    observe::read_profile_files_uncached(&mut p);
+                } else {
+                    observe::read_profile_files_but_yaml(&mut p);
+                }
+            }
+            plans.extend(stream.profile(&p, &mut warnings));
+        }
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        kept.extend(warnings.into_iter().filter(|w| keep(w)));
+        applier.apply_profiles(&mut run, &plans);
+        drop(plans);
+        let applied = std::mem::take(&mut run.out.applied);
+        log.emit(applier, &applied);
+    }
+    let before = plan.warnings.len();
+    stream.finish(&mut plan);
+    for w in &plan.warnings[before..] {
+        tracing::warn!("{w}");
+    }
+    kept.extend(plan.warnings[before..].iter().filter(|w| keep(w)).cloned());
+    let mut outcome = applier.finish(run, &plan);
+    let applied = std::mem::take(&mut outcome.applied);
+    log.emit(applier, &applied);
+    for w in &outcome.warnings {
+        tracing::warn!("{w}");
+    }
+    for e in &outcome.errors {
+        tracing::error!("{e}");
+    }
+    kept.extend(outcome.warnings.iter().cloned());
+    // The status record's skips come from the applied decisions: the skipped ones suffice.
+    outcome.applied = log.skipped;
+    let mut report = StatusRecord::from(status_record::of_pass(&kept, &outcome));
+    report.watch = crate::observe::status_record::read(&config.runtime_dir).watch;
+    if let Err(e) = report.write(&config.runtime_dir) {
+        tracing::debug!("status file not written: {e}");
+    }
+    if outcome.errors.is_empty() && log.error.is_none() { EXIT_OK } else { EXIT_FAILURE }
+}
+
+/// The boot log and stdout of a streamed pass.
+struct BootLog {
+    ts: String,
+    /// No batch logged yet: the log may be rotated before this one.
+    first: bool,
+    error: Option<String>,
+    /// The skipped decisions so far (for the status record).
+    skipped: Vec<Decision>,
+}
+
+impl BootLog {
+    /// Appends the lines of `applied` to `container-boot.log` and prints them (one write each).
+    fn emit(&mut self, applier: &Applier, applied: &[Decision]) {
+        if applied.is_empty() {
+            return;
+        }
+        if let Err(e) = applier.log_decisions_at(&self.ts, applied, self.first)
+            && self.error.is_none()
+        {
+            // Said once: the next batches most likely meet the same problem.
+            tracing::error!("container-boot.log not written: {e}");
+            self.error = Some(e.to_string());
+        }
+        self.first = false;
+        let text: String = applied.iter().map(|d| decision_text(d) + "\n").collect();
+        print!("{text}");
+        self.skipped.extend(applied.iter().filter(|d| d.action == plan::ActionKind::Skipped).cloned());
+    }
 }

@@ -50,6 +50,20 @@ pub fn outcome(read: Result<Vec<u8>, ReadError>) -> YamlOutcome {
     }
 }
 
+/// Reads `<dir>/config.yaml` (uncached): its settings, and a warning naming the file when it
+/// was ignored.
+pub fn read(dir: &std::path::Path) -> (GatewayYaml, Option<crate::warning::Warning>) {
+    let path = dir.join(CONFIG_FILE);
+    let o = outcome(crate::observe::safe_read::read_bounded(&path, MAX_CONFIG_FILE));
+    (o.settings, o.problem.map(|why| warning(&path, &why)))
+}
+
+/// The warning about an ignored `config.yaml` at `path`.
+pub fn warning(path: &std::path::Path, why: &str) -> crate::warning::Warning {
+    let shown = crate::escape::Escaped::new(path).to_string();
+    crate::warning::Warning::about(&shown, "config", format!("{shown} {why}"))
+}
+
 fn is_true(v: &str) -> bool {
     matches!(v, "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON")
 }

@@ -26,8 +26,27 @@ use std::path::{Path, PathBuf};
 /// Reads one profile's files (uncached).
 pub fn observe_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> ProfileObs {
     let mut p = unread_profile(name, dir, via_symlink);
-    read_profile_files(&mut p, &mut ProfileFileCache::default());
+    read_profile_files_uncached(&mut p);
     p
+}
+
+/// Reads a profile's intent, lifecycle, `.env` and `config.yaml` files directly: what
+/// [`read_profile_files`] gives with an empty cache, without the cache's `lstat` of each file
+/// before and after its read (a one-shot pass reads every file once).
+pub fn read_profile_files_uncached(p: &mut ProfileObs) {
+    read_profile_files_but_yaml(p);
+    (p.yaml, p.yaml_warning) = gateway_yaml::read(&p.dir);
+}
+
+/// [`read_profile_files_uncached`] without `config.yaml` (left unread: default settings, no
+/// warning), for a pass whose plan does not look at it (see
+/// [`crate::plan::BootStream::reads_yaml`]): one lookup and a YAML parse less per profile.
+pub fn read_profile_files_but_yaml(p: &mut ProfileObs) {
+    let reading = volume::read_intent(&p.dir);
+    p.intent = reading.intent;
+    p.intent_warning = reading.warning;
+    p.prior_exit = volume::read_prior_exit(&p.dir);
+    p.env_sets_port = volume::env_sets_port(&p.dir);
 }
 
 /// A profile as discovered, its files not read (yet): no intent, prior exit unknown, no port
@@ -105,12 +124,23 @@ pub fn observe_root(home: &Path) -> ProfileObs {
 /// judgment is recorded in the runtime directory (SPEC §9.4); `None` skips that (the mode only
 /// matters to a boot pass) and reports a normal container.
 pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
-    observe_all_cached(
+    observe_all_with(
         config,
         proc_root,
         &mut slots::SlotFileCache::default(),
-        &mut ProfileFileCache::default(),
+        &mut read_profile_files_uncached,
     )
+}
+
+/// [`observe_all`] with only the root's files read: the start of a boot pass that reads the
+/// named profiles' files batch by batch ([`crate::plan::BootStream`], [`read_profile_files_uncached`]).
+pub fn observe_names(config: &Config, proc_root: Option<&Path>) -> Observed {
+    let read_root = &mut |p: &mut ProfileObs| {
+        if p.name.is_root() {
+            read_profile_files_uncached(p);
+        }
+    };
+    observe_all_with(config, proc_root, &mut slots::SlotFileCache::default(), read_root)
 }
 
 /// [`observe_all`] reading slot and profile files through caches kept across passes.
@@ -124,6 +154,18 @@ pub fn observe_all_cached(
     cache: &mut slots::SlotFileCache,
     profile_cache: &mut ProfileFileCache,
 ) -> Observed {
+    let observed = observe_all_with(config, proc_root, cache, &mut |p| read_profile_files(p, profile_cache));
+    profile_cache.end_pass();
+    observed
+}
+
+/// [`observe_all`] reading each admitted profile's files with `read`.
+fn observe_all_with(
+    config: &Config,
+    proc_root: Option<&Path>,
+    cache: &mut slots::SlotFileCache,
+    read: &mut dyn FnMut(&mut ProfileObs),
+) -> Observed {
     let home = &config.home;
     let mut warnings = Vec::new();
     let scandir = slots::observe_scandir(&config.scandir, cache);
@@ -136,16 +178,15 @@ pub fn observe_all_cached(
         cap.named,
     );
     let mut root = unread_profile(ProfileName::root(), home.to_path_buf(), false);
-    read_profile_files(&mut root, profile_cache);
+    read(&mut root);
     let mut profiles = vec![root];
     for d in discovery.named {
         let mut p = unread_profile(d.name, d.dir, d.via_symlink);
         if admitted.contains(&p.name) {
-            read_profile_files(&mut p, profile_cache);
+            read(&mut p);
         }
         profiles.push(p);
     }
-    profile_cache.end_pass();
     warnings.extend(discovery.warnings.into_iter().map(|text| Warning::new(Finding::Discovery { text })));
     let (previous_ports, ports_warning) = read_ports(home);
     warnings.extend(ports_warning);

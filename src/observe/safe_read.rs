@@ -7,11 +7,10 @@
 //! that turns such a path into bytes, and it guarantees:
 //!
 //! * a symlink in the **last** component is never followed ([`ReadError::Symlink`]);
-//! * anything that is not a regular file is refused ([`ReadError::NotRegular`]) and is never
-//!   opened in the common case: an `lstat` refuses it first, and if the entry is swapped between
-//!   that check and the `open` (a race an attacker can win), the `open` uses `O_NONBLOCK` and
-//!   `O_NOCTTY` so it cannot block nor acquire a terminal, and the `fstat` of the opened
-//!   descriptor refuses it before a single byte is read;
+//! * anything that is not a regular file is refused ([`ReadError::NotRegular`]) before a single
+//!   byte is read: the `open` uses `O_NONBLOCK` and `O_NOCTTY` so it cannot block (a FIFO) nor
+//!   acquire a terminal, and the `fstat` of the opened descriptor refuses it (an entry that
+//!   cannot even be opened, a socket, is classified by an `lstat` on that error path only);
 //! * at most `limit + 1` bytes are read, whatever the file's size ([`ReadError::TooLarge`]);
 //! * the descriptor is close-on-exec, so it never leaks into a gateway the daemon starts.
 //!
@@ -81,26 +80,47 @@ pub fn kind_name(ft: FileType) -> &'static str {
 /// [`ReadError::TooLarge`] (after reading at most `limit + 1` bytes, so a file that grows while
 /// it is read, or whose `st_size` lies, as in `/proc`, is still bounded).
 pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    // First look without opening: a FIFO, device or symlink is refused before any `open`.
-    let meta = std::fs::symlink_metadata(path).map_err(map_lstat_error)?;
-    refuse_non_regular(&meta)?;
-    let file = open_no_follow(path)?;
-    read_opened(file, limit)
+    let (file, meta) = open_no_follow(path)?;
+    read_opened(file, &meta, limit)
 }
 
 /// Opens `path` read-only with `O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC` and checks
-/// with `fstat` that what was opened is a regular file. Safe on any entry type: it never blocks.
-fn open_no_follow(path: &Path) -> Result<File, ReadError> {
+/// with one `fstat` that what was opened is a regular file. Safe on any entry type: it never
+/// blocks (a FIFO opened for reading with `O_NONBLOCK` returns at once), never acquires a
+/// terminal, and a symlink fails with `ELOOP`. No `lstat` comes first: it would only repeat
+/// what the `fstat` of the descriptor tells, one system call more per file, and the agent cannot
+/// make device nodes (the only entries whose mere opening could act) on the volume.
+fn open_no_follow(path: &Path) -> Result<(File, Metadata), ReadError> {
     let flags = OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-    let file = OpenOptions::new().read(true).custom_flags(flags.bits()).open(path).map_err(map_open_error)?;
-    refuse_non_regular(&file.metadata()?)?;
-    Ok(file)
+    let file = match OpenOptions::new().read(true).custom_flags(flags.bits()).open(path) {
+        Ok(f) => f,
+        // Error paths only: an `lstat` tells what the entry is. `ELOOP` is a symlink in the
+        // last component only if that is what the `lstat` sees (else a loop in a directory
+        // component, an I/O problem); a socket cannot be opened (`ENXIO`) but is named as such.
+        Err(e) => {
+            let err = map_open_error(e);
+            if let ReadError::Missing = err {
+                return Err(err);
+            }
+            let lstat = std::fs::symlink_metadata(path);
+            return match (err, lstat) {
+                (ReadError::Symlink, Ok(m)) if m.file_type().is_symlink() => Err(ReadError::Symlink),
+                (ReadError::Symlink, Ok(_)) => Err(ReadError::Io(Errno::ELOOP.into())),
+                (ReadError::Symlink, Err(e)) => Err(ReadError::Io(e)),
+                (ReadError::Io(e), Ok(m)) => refuse_non_regular(&m).and(Err(ReadError::Io(e))),
+                (err, _) => Err(err),
+            };
+        }
+    };
+    let meta = file.metadata()?;
+    refuse_non_regular(&meta)?;
+    Ok((file, meta))
 }
 
-/// Reads at most `limit + 1` bytes of an opened regular file.
-fn read_opened(file: File, limit: u64) -> Result<Vec<u8>, ReadError> {
+/// Reads at most `limit + 1` bytes of an opened regular file whose `fstat` is `meta`.
+fn read_opened(file: File, meta: &Metadata, limit: u64) -> Result<Vec<u8>, ReadError> {
     let too_large = ReadError::TooLarge { limit };
-    let size = file.metadata()?.len();
+    let size = meta.len();
     if size > limit {
         // `st_size` of a regular file is reliable when it is large; no need to read it.
         return Err(too_large);
@@ -127,12 +147,6 @@ fn refuse_non_regular(meta: &Metadata) -> Result<(), ReadError> {
 
 fn is_missing(e: &io::Error) -> bool {
     matches!(e.raw_os_error().map(Errno::from_raw), Some(Errno::ENOENT) | Some(Errno::ENOTDIR))
-}
-
-/// `lstat` does not follow the last component, so `ELOOP` here means a loop in a directory
-/// component: an I/O problem, not "the file is a symlink".
-fn map_lstat_error(e: io::Error) -> ReadError {
-    if is_missing(&e) { ReadError::Missing } else { ReadError::Io(e) }
 }
 
 /// `ELOOP` from an `O_NOFOLLOW` open means the last component is a symlink.
@@ -248,8 +262,7 @@ mod tests {
         let p = d.path().join("fifo");
         nix::unistd::mkfifo(&p, Mode::from_bits_truncate(0o644)).unwrap();
         assert!(matches!(read_bounded(&p, 10), Err(ReadError::NotRegular("FIFO"))));
-        // Even if the lstat check were raced, the open itself must not block on a FIFO with no
-        // writer, and fstat must refuse it.
+        // The open itself must not block on a FIFO with no writer, and fstat must refuse it.
         assert!(matches!(open_no_follow(&p), Err(ReadError::NotRegular("FIFO"))));
     }
 

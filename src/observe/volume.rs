@@ -328,13 +328,14 @@ fn is_absent(e: &io::Error) -> bool {
 ///   `Path.exists()` check, so the daemon and the CLI agree on what a profile is; the file is
 ///   never read, so its type does not matter for safety. Without it the entry is ignored
 ///   silently;
-/// * a tombstone `profiles/.deleted/<name>` of any type (checked with `lstat`) makes it ignored
-///   silently;
+/// * a tombstone `profiles/.deleted/<name>` of any type makes it ignored silently (one listing
+///   of `.deleted/` answers for every entry; if it cannot be listed, each name is `lstat`ed);
 /// * the name must be UTF-8 and pass [`ProfileName::parse_named`], else it goes to `skipped`
 ///   (this includes `default`, refused as [`NameError::Reserved`]).
 ///
-/// Never errors and never opens a file: a missing `profiles/` is an empty result, any other
-/// failure to list it is an empty result with a warning.
+/// Never errors and never opens a file (only the directories `profiles/` and `.deleted/`, to
+/// list them): a missing `profiles/` is an empty result, any other failure to list it is an
+/// empty result with a warning.
 pub fn discover(home: &Path) -> Discovery {
     let profiles = home.join(PROFILES_DIR);
     let mut out = Discovery::default();
@@ -349,7 +350,7 @@ pub fn discover(home: &Path) -> Discovery {
     };
     let profiles_is_symlink =
         std::fs::symlink_metadata(&profiles).map(|m| m.file_type().is_symlink()).unwrap_or(false);
-    let tombstones = profiles.join(TOMBSTONE_DIR);
+    let tombstones = Tombstones::list(profiles.join(TOMBSTONE_DIR));
 
     for entry in entries {
         let entry = match entry {
@@ -365,7 +366,24 @@ pub fn discover(home: &Path) -> Discovery {
             continue;
         }
         let dir = entry.path();
-        match classify_entry(&dir, &tombstones, &file_name) {
+        // The listing's type (`d_type`; std falls back to `lstat` when the file system does
+        // not give it) spares a `stat` of every real directory; a symlink is followed.
+        let entry_type = match entry.file_type() {
+            Ok(ft) => ft,
+            Err(e) if is_absent(&e) => continue, // vanished since
+            Err(e) => {
+                out.warnings.push(format!("{} cannot be examined: {e}", dir.display()));
+                continue;
+            }
+        };
+        let kind = if entry_type.is_dir() {
+            EntryKind::Directory
+        } else if entry_type.is_symlink() {
+            EntryKind::Follow
+        } else {
+            continue; // a file, a FIFO...: never a profile
+        };
+        match classify_entry(&dir, kind, &tombstones, &file_name) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(warning) => {
@@ -387,15 +405,7 @@ pub fn discover(home: &Path) -> Discovery {
                 continue;
             }
         };
-        let entry_is_symlink = match entry.file_type() {
-            Ok(ft) => ft.is_symlink(),
-            Err(e) if is_absent(&e) => continue, // vanished since
-            Err(e) => {
-                out.warnings.push(format!("{} cannot be examined: {e}", dir.display()));
-                continue;
-            }
-        };
-        out.named.push(NamedDir { name, dir, via_symlink: entry_is_symlink || profiles_is_symlink });
+        out.named.push(NamedDir { name, dir, via_symlink: entry_type.is_symlink() || profiles_is_symlink });
     }
     out.named.sort_by(|a, b| a.name.cmp(&b.name));
     out.skipped.sort_by(|a, b| a.raw.cmp(&b.raw));
@@ -407,7 +417,8 @@ pub fn discover(home: &Path) -> Discovery {
 pub fn probe(home: &Path, name: &ProfileName) -> Result<Option<NamedDir>, String> {
     let profiles = home.join(PROFILES_DIR);
     let dir = profiles.join(name.as_str());
-    if !classify_entry(&dir, &profiles.join(TOMBSTONE_DIR), OsStr::new(name.as_str()))? {
+    let tombstones = Tombstones::PerEntry(profiles.join(TOMBSTONE_DIR));
+    if !classify_entry(&dir, EntryKind::Follow, &tombstones, OsStr::new(name.as_str()))? {
         return Ok(None);
     }
     let is_link =
@@ -416,14 +427,54 @@ pub fn probe(home: &Path, name: &ProfileName) -> Result<Option<NamedDir>, String
     Ok(Some(NamedDir { name: name.clone(), dir, via_symlink }))
 }
 
+/// What is known of an entry's type before [`classify_entry`].
+#[derive(Clone, Copy)]
+enum EntryKind {
+    /// The listing said: a directory (not a symlink).
+    Directory,
+    /// A symlink, or unknown: `stat` it (following) to see whether it is a directory.
+    Follow,
+}
+
+/// The tombstones of `profiles/.deleted/`.
+enum Tombstones {
+    /// Its names, from one listing (a full discovery): one `getdents` instead of one `lstat`
+    /// per profile.
+    Listed(std::collections::HashSet<std::ffi::OsString>),
+    /// The directory, to `lstat` each name in (one probe, or a listing that failed).
+    PerEntry(PathBuf),
+}
+
+impl Tombstones {
+    /// Lists `dir`; a missing one holds no tombstone; one that cannot be listed is asked per
+    /// entry, whose errors are then reported as before.
+    fn list(dir: PathBuf) -> Self {
+        let names = std::fs::read_dir(&dir).and_then(|entries| {
+            entries.map(|e| e.map(|e| e.file_name())).collect::<io::Result<std::collections::HashSet<_>>>()
+        });
+        match names {
+            Ok(names) => Tombstones::Listed(names),
+            Err(e) if is_absent(&e) => Tombstones::Listed(Default::default()),
+            Err(_) => Tombstones::PerEntry(dir),
+        }
+    }
+}
+
 /// Is this (non-hidden) entry a profile candidate: a directory holding `SOUL.md`, not
 /// tombstoned? `Err` is a warning about an unexpected failure (the entry is then left out).
-fn classify_entry(dir: &Path, tombstones: &Path, file_name: &OsStr) -> Result<bool, String> {
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Ok(false),
-        Err(e) if is_absent(&e) => return Ok(false),
-        Err(e) => return Err(format!("{} cannot be examined: {e}", dir.display())),
+fn classify_entry(
+    dir: &Path,
+    kind: EntryKind,
+    tombstones: &Tombstones,
+    file_name: &OsStr,
+) -> Result<bool, String> {
+    if let EntryKind::Follow = kind {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if is_absent(&e) => return Ok(false),
+            Err(e) => return Err(format!("{} cannot be examined: {e}", dir.display())),
+        }
     }
     let marker = dir.join(MARKER_FILE);
     match std::fs::metadata(&marker) {
@@ -431,6 +482,10 @@ fn classify_entry(dir: &Path, tombstones: &Path, file_name: &OsStr) -> Result<bo
         Err(e) if is_absent(&e) => return Ok(false),
         Err(e) => return Err(format!("{} cannot be examined: {e}", marker.display())),
     }
+    let tombstones = match tombstones {
+        Tombstones::Listed(names) => return Ok(!names.contains(file_name)),
+        Tombstones::PerEntry(dir) => dir,
+    };
     let tombstone = tombstones.join(file_name);
     match std::fs::symlink_metadata(&tombstone) {
         Ok(_) => Ok(false),

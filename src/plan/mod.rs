@@ -181,8 +181,12 @@ pub fn plan(obs: &Observed, cfg: &Config, kind: PassKind) -> Plan {
 }
 
 /// Decides one pass. Pure.
+///
+/// Three steps, shared with the batched boot pass ([`BootStream`]): the pass-wide one
+/// ([`context`]: topology, capacity and admission, over the names and the scandir), the ports
+/// ([`ports::PortAssigner`]), and one step per profile ([`plan_profile`]); then the tail
+/// ([`plan_tail`]: slots without a profile, skipped entries).
 pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
-    let kind = opts.kind;
     let topo = topology(obs, cfg);
     // In `single` the root's intent depends on every named profile's: a pass over any named
     // profile plans the root too.
@@ -191,20 +195,187 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             o.contains(name) || (name.is_root() && topo == Topology::Single && o.iter().any(|n| !n.is_root()))
         })
     };
+    let (mut plan, mut ctx) = context(obs, cfg, opts.kind, topo, opts.only.is_none(), &in_scope);
+    if obs.mode == ContainerMode::Dashboard {
+        return plan;
+    }
+    let admitted: Vec<&ProfileObs> = obs.profiles.iter().filter(|p| ctx.admitted.contains(&p.name)).collect();
+
+    // Ports for every admitted profile whose .env does not set its own.
+    let mut ports = ports::PortAssigner::new(admitted.iter().map(|p| p.name.as_str()), &obs.previous_ports);
+    let wanting = admitted.iter().filter(|p| !p.env_sets_port).map(|p| p.name.as_str());
+    for name in ports::in_port_order(wanting) {
+        ports.take(name);
+    }
+    plan.ports = ports.finish();
+    plan.ports_changed = plan.ports != obs.previous_ports;
+
+    // `single`: named intents fold into the root's (admitted profiles only: the files of
+    // the others are not read).
+    if topo == Topology::Single {
+        let named: Vec<&ProfileObs> =
+            admitted.iter().copied().filter(|p| !p.name.is_root() && !p.yaml.standalone).collect();
+        plan.folded = named.iter().filter(|p| p.intent.runs()).map(|p| p.name.clone()).collect();
+        ctx.fold = Some(Fold {
+            intents: named.iter().map(|p| p.intent.clone()).collect(),
+            folded: plan.folded.iter().cloned().collect(),
+        });
+    }
+    for p in &obs.profiles {
+        if !in_scope(&p.name) {
+            continue;
+        }
+        let port = plan.ports.get(p.name.as_str()).copied();
+        if let Some(pp) = plan_profile(&ctx, obs, cfg, p, port, &mut plan.warnings) {
+            plan.profiles.push(pp);
+        }
+    }
+    // Slots whose profile is gone: removed by continuous passes once the grace has passed.
+    let known: BTreeSet<&ProfileName> = obs.profiles.iter().map(|p| &p.name).collect();
+    for name in obs.scandir.slots.keys() {
+        if known.contains(name) || name.is_root() || !in_scope(name) || opts.kind == PassKind::Boot {
+            continue;
+        }
+        if !opts.hold.contains(name) {
+            plan.profiles.push(ProfilePlan {
+                name: name.clone(),
+                steps: vec![Step::Remove { name: name.clone() }],
+                decision: Some(Decision {
+                    profile: name.to_string(),
+                    slot: Some(name.slot_name()),
+                    action: ActionKind::Unregistered,
+                    prior_state: None,
+                    prior_exit: PriorExit::Unknown,
+                    reason: Some(Reason::ProfileGone),
+                    folded_into_root: None,
+                    backoff: None,
+                }),
+            });
+        }
+    }
+    // Keep log order: root first, then names.
+    plan.profiles.sort_by(|a, b| (!a.name.is_root(), &a.name).cmp(&(!b.name.is_root(), &b.name)));
+    plan_tail(obs, cfg, opts.kind, opts.only.is_none(), &in_scope, &mut plan);
+    plan
+}
+
+/// A full boot pass decided profile by profile, so that `once` can read, plan and apply its
+/// profiles in bounded batches (issue 14): memory then holds the names, the scandir and the
+/// port map, never every profile's rendered slot. It decides exactly what [`plan`] decides over
+/// the same observations (the same steps: [`context`], the ports, [`plan_profile`],
+/// [`plan_tail`]), given the profiles in their order (the root first, then names).
+#[derive(Debug)]
+pub struct BootStream<'a> {
+    obs: &'a Observed,
+    cfg: &'a Config,
+    ctx: PassContext,
+    ports: ports::PortAssigner,
+}
+
+impl<'a> BootStream<'a> {
+    /// The stream and the plan's head (no profiles yet), from `obs` whose named profiles need
+    /// not have been read (only the root's files matter here). `None` when the pass must be
+    /// decided whole: the `single` topology (the root's intent folds every named profile's)
+    /// and a dashboard container (which only reports).
+    pub fn new(obs: &'a Observed, cfg: &'a Config) -> Option<(Self, Plan)> {
+        let topo = topology(obs, cfg);
+        if topo == Topology::Single || obs.mode == ContainerMode::Dashboard {
+            return None;
+        }
+        let (plan, ctx) = context(obs, cfg, PassKind::Boot, topo, true, &|_| true);
+        let ports = ports::PortAssigner::new(
+            obs.profiles.iter().filter(|p| ctx.admitted.contains(&p.name)).map(|p| p.name.as_str()),
+            &obs.previous_ports,
+        );
+        Some((BootStream { obs, cfg, ctx, ports }, plan))
+    }
+
+    /// Whether `name` is planned with its files (else they are not to be read: SPEC §9.3).
+    pub fn admitted(&self, name: &ProfileName) -> bool {
+        self.ctx.admitted.contains(name)
+    }
+
+    /// Whether the plan looks at this profile's `config.yaml`: the root's selects the topology;
+    /// a named profile's matters only in the `single` topology (`standalone`, and its warning),
+    /// which is never streamed.
+    pub fn reads_yaml(&self, name: &ProfileName) -> bool {
+        name.is_root() || self.ctx.topo == Topology::Single
+    }
+
+    /// The plan of the next profile, its files read if [`BootStream::admitted`]; its warnings
+    /// are appended to `warnings`. Profiles must come in the order of the observation.
+    pub fn profile(&mut self, p: &ProfileObs, warnings: &mut Vec<Warning>) -> Option<ProfilePlan> {
+        let port =
+            (self.admitted(&p.name) && !p.env_sets_port).then(|| self.ports.take(p.name.as_str())).flatten();
+        plan_profile(&self.ctx, self.obs, self.cfg, p, port, warnings)
+    }
+
+    /// Ends the pass: the port record and the tail (skipped entries, their warnings) go into
+    /// `plan`, whose profiles are not looked at.
+    pub fn finish(self, plan: &mut Plan) {
+        plan.ports = self.ports.finish();
+        plan.ports_changed = plan.ports != self.obs.previous_ports;
+        plan_tail(self.obs, self.cfg, PassKind::Boot, true, &|_| true, plan);
+    }
+}
+
+/// What the pass-wide step decided, for the per-profile step.
+#[derive(Clone, Debug)]
+pub struct PassContext {
+    kind: PassKind,
+    topo: Topology,
+    migrate_legacy: bool,
+    /// Profiles planned in this pass (subject to the pass's scope): the root, those with a slot,
+    /// and those admitted by the capacity guard for which there is room now.
+    admitted: BTreeSet<ProfileName>,
+    /// Profiles over the capacity cap, in scope: a skip decision each.
+    over_cap: BTreeSet<ProfileName>,
+    /// `single` only: the fold, once every admitted named profile has been read.
+    fold: Option<Fold>,
+}
+
+/// The `single` topology's fold (SPEC §6.7).
+#[derive(Clone, Debug)]
+struct Fold {
+    /// Intents of the admitted named profiles that are not standalone.
+    intents: Vec<Intent>,
+    /// Those whose intent runs.
+    folded: BTreeSet<ProfileName>,
+}
+
+/// The pass-wide step: the plan's head (mode, legacy migration, leftovers, warnings so far,
+/// deferred profiles) and the admission of every profile. Reads only the names, the scandir,
+/// the scanner and the root's files (the topology), never another profile's files. `full`: the
+/// pass covers every profile (it listed the scandir afresh).
+fn context(
+    obs: &Observed,
+    cfg: &Config,
+    kind: PassKind,
+    topo: Topology,
+    full: bool,
+    in_scope: &dyn Fn(&ProfileName) -> bool,
+) -> (Plan, PassContext) {
     let mut plan = Plan {
         mode: obs.mode,
         migrate_legacy: false,
         ports: BTreeMap::new(),
         ports_changed: false,
-        // Only a full pass has listed the scandir afresh.
-        clear_hidden: if opts.only.is_none() { obs.scandir.hidden.clone() } else { Vec::new() },
-        clear_kick: opts.only.is_none() && obs.scandir.kick_leftover,
+        clear_hidden: if full { obs.scandir.hidden.clone() } else { Vec::new() },
+        clear_kick: full && obs.scandir.kick_leftover,
         profiles: Vec::new(),
         skipped: Vec::new(),
         deferred: Vec::new(),
         warnings: obs.warnings.clone(),
         topology: topo,
         folded: Vec::new(),
+    };
+    let mut ctx = PassContext {
+        kind,
+        topo,
+        migrate_legacy: false,
+        admitted: BTreeSet::new(),
+        over_cap: BTreeSet::new(),
+        fold: None,
     };
     if obs.mode == ContainerMode::Dashboard {
         plan.clear_hidden.clear();
@@ -219,14 +390,15 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             folded_into_root: None,
             backoff: None,
         });
-        return plan;
+        return (plan, ctx);
     }
     plan.migrate_legacy = kind == PassKind::Boot
         && obs.mode == ContainerMode::LegacyGatewayRun
         && !cfg.no_supervise
         && !obs.root_state_file_exists;
+    ctx.migrate_legacy = plan.migrate_legacy;
 
-    for d in obs.scanner.dangling.iter().filter(|_| opts.only.is_none()) {
+    for d in obs.scanner.dangling.iter().filter(|_| full) {
         plan.warnings.push(Warning::new(Finding::DanglingScandirEntry { path: cfg.scandir.join(d) }));
     }
     // Capacity (SPEC §6.6): named profiles that already have a slot keep it; new slots are
@@ -248,13 +420,12 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         obs.scandir.slots.len() + usize::from(!obs.scandir.slots.contains_key(&ProfileName::root()));
     let mut room_now =
         (units_left.saturating_sub(obs.scanner.removing_units as usize) / 2).saturating_sub(present_pairs);
-    let mut admitted: Vec<&ProfileObs> = Vec::new();
     for p in &obs.profiles {
         if p.name.is_root() || obs.scandir.slots.contains_key(&p.name) {
-            admitted.push(p);
+            ctx.admitted.insert(p.name.clone());
         } else if admit.contains(&p.name) && room_now > 0 {
             room_now -= 1;
-            admitted.push(p);
+            ctx.admitted.insert(p.name.clone());
             if !in_scope(&p.name) {
                 // Room came back for a profile this partial pass does not cover (one that was
                 // over the cap): it gets its slot in the pass the daemon runs for it next.
@@ -269,116 +440,110 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
                 CapacityBound::Configured { max: cfg.max_profiles }
             };
             plan.warnings.push(Warning::new(Finding::OverCapacity { profile: p.name.clone(), bound }));
-            plan.profiles.push(ProfilePlan {
-                name: p.name.clone(),
-                steps: vec![],
-                decision: Some(Decision {
-                    profile: p.name.to_string(),
-                    slot: None,
-                    action: ActionKind::Skipped,
-                    prior_state: p.intent.effective().map(str::to_owned),
-                    prior_exit: p.prior_exit,
-                    reason: Some(Reason::Capacity),
-                    folded_into_root: None,
-                    backoff: None,
-                }),
-            });
+            ctx.over_cap.insert(p.name.clone());
         }
     }
+    (plan, ctx)
+}
 
-    // Ports for every admitted profile whose .env does not set its own.
-    let port_names: BTreeSet<String> =
-        admitted.iter().filter(|p| !p.env_sets_port).map(|p| p.name.to_string()).collect();
-    plan.ports = ports::assign(&port_names, &obs.previous_ports);
-    plan.ports_changed = plan.ports != obs.previous_ports;
-
-    // `single`: named intents fold into the root's (admitted profiles only: the files of
-    // the others are not read).
-    let fold = (topo == Topology::Single).then(|| {
-        let named: Vec<&ProfileObs> =
-            admitted.iter().copied().filter(|p| !p.name.is_root() && !p.yaml.standalone).collect();
-        plan.folded = named.iter().filter(|p| p.intent.runs()).map(|p| p.name.clone()).collect();
-        named
-    });
-    for p in admitted {
-        if !in_scope(&p.name) {
-            continue;
-        }
-        if let Some(w) = &p.intent_warning {
-            plan.warnings.push(Warning::new(Finding::InProfile {
-                profile: p.name.clone(),
-                inner: Box::new(w.finding.clone()),
-            }));
-        }
-        if let Some(w) = &p.yaml_warning
-            && (p.name.is_root() || topo == Topology::Single)
-        {
-            plan.warnings.push(Warning::new(Finding::InProfile {
-                profile: p.name.clone(),
-                inner: Box::new(w.finding.clone()),
-            }));
-        }
-        let own = if p.name.is_root() && plan.migrate_legacy { legacy_intent() } else { p.intent.clone() };
-        // What boot-log lines and `status` show as the profile's state: its own effective
-        // intent, or `running` for a root that runs because of the fold.
-        let shown = own.effective().map(str::to_owned);
-        let (intent, runs) = match &fold {
-            Some(named) if p.name.is_root() => folded_root_intent(&own, named.iter().map(|n| &n.intent)),
-            _ => {
-                let runs = own.runs();
-                (own, runs)
-            }
-        };
-        let prior_state = if runs { Some("running".to_string()) } else { shown };
-        let folded_into_root = fold
-            .as_ref()
-            .map(|_| if p.name.is_root() { !plan.folded.is_empty() } else { plan.folded.contains(&p.name) });
-        let role = Role { topo, folded_into_root, runs, prior_state };
-        let files = render::render(&RenderInput {
-            name: &p.name,
-            home: &cfg.home,
-            gateway_command: &cfg.gateway_command,
-            run_as: cfg.run_as.as_deref(),
-            port: plan.ports.get(p.name.as_str()).copied(),
-            with_contenv: obs.with_contenv,
+/// The per-profile step: the plan of one profile in scope (`None`: nothing to do, or not
+/// admitted), given its port; its warnings are appended to `warnings`.
+fn plan_profile(
+    ctx: &PassContext,
+    obs: &Observed,
+    cfg: &Config,
+    p: &ProfileObs,
+    port: Option<u16>,
+    warnings: &mut Vec<Warning>,
+) -> Option<ProfilePlan> {
+    if ctx.over_cap.contains(&p.name) {
+        return Some(ProfilePlan {
+            name: p.name.clone(),
+            steps: vec![],
+            decision: Some(Decision {
+                profile: p.name.to_string(),
+                slot: None,
+                action: ActionKind::Skipped,
+                prior_state: p.intent.effective().map(str::to_owned),
+                prior_exit: p.prior_exit,
+                reason: Some(Reason::Capacity),
+                folded_into_root: None,
+                backoff: None,
+            }),
         });
-        let pp = match obs.scandir.slots.get(&p.name) {
-            None => plan_create(p, &intent, files, &role, kind),
-            Some(slot) => plan_adopt(p, &intent, files, slot, &role, obs.scanner.pid.is_some()),
-        };
-        if !pp.steps.is_empty() || pp.decision.is_some() {
-            plan.profiles.push(pp);
-        }
     }
-    // Slots whose profile is gone: removed by continuous passes once the grace has passed.
-    let known: BTreeSet<&ProfileName> = obs.profiles.iter().map(|p| &p.name).collect();
-    for name in obs.scandir.slots.keys() {
-        if known.contains(name) || name.is_root() || !in_scope(name) {
-            continue;
-        }
-        if kind == PassKind::Boot {
-            plan.warnings.push(Warning::new(Finding::SlotWithoutProfile { slot: name.slot_name() }));
-        } else if !opts.hold.contains(name) {
-            plan.profiles.push(ProfilePlan {
-                name: name.clone(),
-                steps: vec![Step::Remove { name: name.clone() }],
-                decision: Some(Decision {
-                    profile: name.to_string(),
-                    slot: Some(name.slot_name()),
-                    action: ActionKind::Unregistered,
-                    prior_state: None,
-                    prior_exit: PriorExit::Unknown,
-                    reason: Some(Reason::ProfileGone),
-                    folded_into_root: None,
-                    backoff: None,
-                }),
-            });
-        }
+    if !ctx.admitted.contains(&p.name) {
+        return None;
     }
-    // Keep log order: root first, then names (capacity skips were pushed early).
-    plan.profiles.sort_by(|a, b| (!a.name.is_root(), &a.name).cmp(&(!b.name.is_root(), &b.name)));
+    let topo = ctx.topo;
+    if let Some(w) = &p.intent_warning {
+        warnings.push(Warning::new(Finding::InProfile {
+            profile: p.name.clone(),
+            inner: Box::new(w.finding.clone()),
+        }));
+    }
+    if let Some(w) = &p.yaml_warning
+        && (p.name.is_root() || topo == Topology::Single)
+    {
+        warnings.push(Warning::new(Finding::InProfile {
+            profile: p.name.clone(),
+            inner: Box::new(w.finding.clone()),
+        }));
+    }
+    let own = if p.name.is_root() && ctx.migrate_legacy { legacy_intent() } else { p.intent.clone() };
+    // What boot-log lines and `status` show as the profile's state: its own effective
+    // intent, or `running` for a root that runs because of the fold.
+    let shown = own.effective().map(str::to_owned);
+    let (intent, runs) = match &ctx.fold {
+        Some(fold) if p.name.is_root() => folded_root_intent(&own, fold.intents.iter()),
+        _ => {
+            let runs = own.runs();
+            (own, runs)
+        }
+    };
+    let prior_state = if runs { Some("running".to_string()) } else { shown };
+    let folded_into_root = ctx
+        .fold
+        .as_ref()
+        .map(|f| if p.name.is_root() { !f.folded.is_empty() } else { f.folded.contains(&p.name) });
+    let role = Role { topo, folded_into_root, runs, prior_state };
+    let files = render::render(&RenderInput {
+        name: &p.name,
+        home: &cfg.home,
+        gateway_command: &cfg.gateway_command,
+        run_as: cfg.run_as.as_deref(),
+        port,
+        with_contenv: obs.with_contenv,
+    });
+    let pp = match obs.scandir.slots.get(&p.name) {
+        None => plan_create(p, &intent, files, &role, ctx.kind),
+        Some(slot) => plan_adopt(p, &intent, files, slot, &role, obs.scanner.pid.is_some()),
+    };
+    (!pp.steps.is_empty() || pp.decision.is_some()).then_some(pp)
+}
 
-    for s in obs.skipped.iter().filter(|_| opts.only.is_none()) {
+/// The tail of a pass: warnings about slots without a profile (boot) and the skipped entries
+/// (full passes).
+fn plan_tail(
+    obs: &Observed,
+    cfg: &Config,
+    kind: PassKind,
+    full: bool,
+    in_scope: &dyn Fn(&ProfileName) -> bool,
+    plan: &mut Plan,
+) {
+    if obs.mode == ContainerMode::Dashboard {
+        return;
+    }
+    if kind == PassKind::Boot {
+        let known: BTreeSet<&ProfileName> = obs.profiles.iter().map(|p| &p.name).collect();
+        for name in obs.scandir.slots.keys() {
+            if !known.contains(name) && !name.is_root() && in_scope(name) {
+                plan.warnings.push(Warning::new(Finding::SlotWithoutProfile { slot: name.slot_name() }));
+            }
+        }
+    }
+    for s in obs.skipped.iter().filter(|_| full) {
         plan.warnings.push(Warning::new(Finding::SkippedDir {
             path: cfg.home.join(crate::layout::home::PROFILES_DIR).join(&s.raw),
             reason: s.reason.clone(),
@@ -398,7 +563,6 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             backoff: None,
         });
     }
-    plan
 }
 
 /// The topology in force: the configured one, else (neither variable set) `multiplex` when

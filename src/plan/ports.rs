@@ -4,6 +4,7 @@
 //! range has room; a profile keeps the port recorded for it while that port is still its own;
 //! a profile that left is forgotten, releasing its port.
 
+use crate::model::ROOT_PROFILE;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,36 +21,90 @@ pub fn hashed_port(name: &str) -> u16 {
     PORT_BASE + (u64::from_be_bytes(first) % u64::from(RANGE)) as u16
 }
 
-/// Assigns ports to `profiles` (names in any order; they are taken in name order).
+/// Assigns ports to `profiles` (names in any order; the root, [`ROOT_PROFILE`], is taken first,
+/// then the others in name order): [`PortAssigner`] over all of them.
 ///
 /// `previous` is what `.gateway-ports.json` recorded; entries for profiles not listed are
 /// dropped, entries out of range or already taken by an earlier profile are re-assigned.
 /// A profile gets no port only when the whole range is taken.
 pub fn assign(profiles: &BTreeSet<String>, previous: &BTreeMap<String, u16>) -> BTreeMap<String, u16> {
-    let mut taken = BTreeSet::new();
-    let mut out = BTreeMap::new();
-    // Keep recorded ports first, so a newcomer never takes a port that an existing profile
-    // already owns, whatever their name order.
-    for name in profiles {
-        if let Some(&port) = previous.get(name)
-            && (PORT_BASE..PORT_END).contains(&port)
-            && taken.insert(port)
-        {
-            out.insert(name.clone(), port);
-        }
+    let mut a = PortAssigner::new(profiles.iter().map(String::as_str), previous);
+    for name in in_port_order(profiles.iter().map(String::as_str)) {
+        a.take(name);
     }
-    for name in profiles {
-        if out.contains_key(name) {
-            continue;
+    a.finish()
+}
+
+/// `names` (in name order) with the root moved first: the order in which profiles take ports.
+pub fn in_port_order<'a>(names: impl Iterator<Item = &'a str> + Clone) -> impl Iterator<Item = &'a str> {
+    let root = names.clone().filter(|n| *n == ROOT_PROFILE);
+    root.chain(names.filter(|n| *n != ROOT_PROFILE))
+}
+
+/// The port rule, one profile at a time, so that a pass can assign ports while it walks the
+/// profiles in batches, before it knows which of the later ones want a port.
+///
+/// Rule: the recorded ports of every *listed* profile (every profile that may have a slot this
+/// pass) are reserved first, whether or not that profile turns out to want one (its `.env` may
+/// set its own port: it is only read in its batch); then each profile that wants a port, the
+/// root first and then the others in name order, gets its recorded port, else the first free
+/// port from its hashed one. A reserved port whose profile does not take it stays free of
+/// newcomers for this pass and is released from the record.
+#[derive(Debug)]
+pub struct PortAssigner {
+    taken: BTreeSet<u16>,
+    /// Recorded ports kept for listed profiles (at most the range's size).
+    reserved: BTreeMap<String, u16>,
+    out: BTreeMap<String, u16>,
+}
+
+impl PortAssigner {
+    /// Reserves the recorded ports of `listed` (name order); a port recorded twice goes to the
+    /// first (the root first).
+    pub fn new<'a>(listed: impl Iterator<Item = &'a str> + Clone, previous: &BTreeMap<String, u16>) -> Self {
+        let mut taken = BTreeSet::new();
+        let mut reserved = BTreeMap::new();
+        if !previous.is_empty() {
+            for name in in_port_order(listed) {
+                if let Some(&port) = previous.get(name)
+                    && (PORT_BASE..PORT_END).contains(&port)
+                    && taken.insert(port)
+                {
+                    reserved.insert(name.to_string(), port);
+                }
+            }
+        }
+        PortAssigner { taken, reserved, out: BTreeMap::new() }
+    }
+
+    /// The port of `name`, which wants one; called in port order (the root first, then name
+    /// order). `None` when the range is full.
+    pub fn take(&mut self, name: &str) -> Option<u16> {
+        if let Some(port) = self.reserved.remove(name) {
+            self.out.insert(name.to_string(), port);
+            return Some(port);
+        }
+        if self.taken.len() == usize::from(RANGE) {
+            // Full: scanning the range for each of the remaining profiles would cost RANGE
+            // steps apiece.
+            return None;
         }
         let start = hashed_port(name) - PORT_BASE;
-        let free = (0..RANGE).map(|i| PORT_BASE + (start + i) % RANGE).find(|p| !taken.contains(p));
-        if let Some(port) = free {
-            taken.insert(port);
-            out.insert(name.clone(), port);
-        }
+        let port = (0..RANGE).map(|i| PORT_BASE + (start + i) % RANGE).find(|p| !self.taken.contains(p))?;
+        self.taken.insert(port);
+        self.out.insert(name.to_string(), port);
+        Some(port)
     }
-    out
+
+    /// The assignments of the profiles that took a port: the record to keep.
+    pub fn finish(self) -> BTreeMap<String, u16> {
+        self.out
+    }
+
+    /// The assignments so far.
+    pub fn assigned(&self) -> &BTreeMap<String, u16> {
+        &self.out
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +167,17 @@ mod tests {
             let ports2: BTreeSet<u16> = second.values().copied().collect();
             prop_assert_eq!(ports2.len(), more.len());
         }
+    }
+
+    #[test]
+    fn a_full_range_still_keeps_recorded_ports_of_late_names() {
+        let names: BTreeSet<String> = (0..(RANGE as usize + 50)).map(|i| format!("n{i:04}")).collect();
+        let last = names.iter().next_back().unwrap().clone();
+        let prev: BTreeMap<String, u16> = [(last.clone(), PORT_BASE + 7)].into();
+        let got = assign(&names, &prev);
+        assert_eq!(got.len(), RANGE as usize);
+        assert_eq!(got[&last], PORT_BASE + 7);
+        assert_eq!(got.values().collect::<BTreeSet<_>>().len(), RANGE as usize);
     }
 
     #[test]

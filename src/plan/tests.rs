@@ -740,3 +740,65 @@ fn single_root_stops_when_its_last_folded_profile_goes() {
     obs.profiles[1].intent = intent(Some("stopped"), None);
     assert_eq!(command_of(&plan(&obs, &cfg, PassKind::Continuous), "default"), None);
 }
+
+/// The boot pass decided in batches ([`BootStream`]) is the whole pass ([`plan`]), whatever the
+/// ports recorded, the `.env` overrides, the capacity and the slots already there.
+fn streamed(obs: &Observed, cfg: &Config) -> Plan {
+    let (mut stream, mut head) = BootStream::new(obs, cfg).expect("streams");
+    for p in &obs.profiles {
+        if let Some(pp) = stream.profile(p, &mut head.warnings) {
+            head.profiles.push(pp);
+        }
+    }
+    stream.finish(&mut head);
+    head
+}
+
+proptest! {
+    #[test]
+    fn boot_stream_decides_what_the_whole_pass_decides(
+        names in proptest::collection::btree_set("[a-f][a-z0-9]{0,3}", 0..40),
+        env in proptest::collection::vec(any::<bool>(), 40),
+        recorded in proptest::collection::vec(proptest::option::of(9195u16..9805), 40),
+        running in proptest::collection::vec(any::<bool>(), 40),
+        max in 0usize..45,
+        multiplex in any::<bool>(),
+        with_slot in proptest::collection::vec(any::<bool>(), 40),
+    ) {
+        let cfg = config(multiplex, max);
+        let mut profiles = vec![profile("default", intent(Some("running"), None))];
+        let mut previous = BTreeMap::new();
+        for (i, n) in names.iter().filter(|n| n.as_str() != "default").enumerate() {
+            let mut p = profile(n, intent(Some(if running[i] { "running" } else { "stopped" }), None));
+            p.env_sets_port = env[i];
+            if let Some(port) = recorded[i] {
+                previous.insert(n.clone(), port);
+            }
+            profiles.push(p);
+        }
+        if let Some(port) = recorded[39] {
+            previous.insert("default".to_string(), port);
+        }
+        let mut obs = observed(profiles);
+        obs.previous_ports = previous;
+        // Some profiles already have a slot (as the planner would have made it).
+        let first = plan(&obs, &cfg, PassKind::Boot);
+        for (i, pp) in first.profiles.iter().enumerate() {
+            if with_slot[i % 40] && pp.steps.iter().any(|s| matches!(s, Step::Create { .. })) {
+                let slot = slot_as_created(&obs, &cfg, pp.name.as_str());
+                obs.scandir.slots.insert(pp.name.clone(), slot);
+            }
+        }
+        prop_assert_eq!(streamed(&obs, &cfg), plan(&obs, &cfg, PassKind::Boot));
+    }
+}
+
+#[test]
+fn boot_stream_is_not_used_for_single_or_dashboard() {
+    let obs = observed(vec![profile("default", intent(None, None))]);
+    assert!(BootStream::new(&obs, &single()).is_none());
+    let mut dash = obs.clone();
+    dash.mode = ContainerMode::Dashboard;
+    assert!(BootStream::new(&dash, &config(false, 10)).is_none());
+    assert!(BootStream::new(&obs, &config(false, 10)).is_some());
+}

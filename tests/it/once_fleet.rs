@@ -147,3 +147,68 @@ fn thirty_profiles_in_mixed_states_are_supervised_as_intended() {
     }
     c.finish();
 }
+
+/// A home of 300 profiles (more than one of `once`'s batches of 256), 20 of them over the
+/// capacity cap, one with its own port in the second batch: the streamed boot pass publishes the
+/// same slots (scripts, ports) and the same port record as the whole pass (`--json` decides
+/// whole), and its boot log is one pass: one line per profile, root first, then names in order,
+/// all with one timestamp.
+#[test]
+fn hundreds_of_profiles_stream_in_batches_as_one_pass() {
+    root_only!();
+    let make = || {
+        let mut w = World::without_svscan();
+        w.set_env("HERMES_RECONCILER_MAX_PROFILES", "280");
+        w.root_profile().desired("running");
+        for i in 0..300 {
+            let p = w.profile(&format!("p{i:03}")).desired(if i % 2 == 0 { "running" } else { "stopped" });
+            if i == 270 {
+                p.dot_env("API_SERVER_PORT=9999\n");
+            }
+        }
+        w
+    };
+    let streamed = make();
+    let out = streamed.once();
+    let whole = make();
+    whole.run(&["once", "--json"]).assert_code(0);
+
+    let mut c = Checks::new();
+    let slots = gateway_slots(&streamed.scandir);
+    c.eq("slots (root + 280 admitted)", slots.len(), 281);
+    c.eq("the same slots as the whole pass", &slots, &gateway_slots(&whole.scandir));
+    for name in std::iter::once("default".to_string()).chain((0..280).map(|i| format!("p{i:03}"))) {
+        for f in ["run", "finish", "log/run", "type"] {
+            let (a, b) = (read(&streamed.slot(&name).join(f)), read(&whole.slot(&name).join(f)));
+            // Each world has its own directory (home, stand-in).
+            let dir = |w: &World| w.home.parent().unwrap().to_string_lossy().into_owned();
+            let (a, b) = (a.replace(&dir(&streamed), "WORLD"), b.replace(&dir(&whole), "WORLD"));
+            c.eq(&format!("{name}/{f}"), a, b);
+        }
+        c.eq(
+            &format!("{name}: down"),
+            streamed.slot(&name).join("down").exists(),
+            whole.slot(&name).join("down").exists(),
+        );
+    }
+    c.eq(
+        "port record",
+        read(&streamed.home.join(".gateway-ports.json")),
+        read(&whole.home.join(".gateway-ports.json")),
+    );
+
+    let log = read(&streamed.home.join("logs/container-boot.log"));
+    let lines: Vec<BootLine> = log.lines().map(|l| parse_boot_line(l).unwrap()).collect();
+    let want: Vec<String> =
+        std::iter::once("default".to_string()).chain((0..300).map(|i| format!("p{i:03}"))).collect();
+    c.eq(
+        "boot log: one line per profile, in order",
+        lines.iter().map(|l| l.profile.clone()).collect::<Vec<_>>(),
+        want,
+    );
+    let times: BTreeSet<&str> = lines.iter().map(|l| l.time.as_str()).collect();
+    c.eq("boot log: one timestamp", times.len(), 1);
+    c.eq("skipped for capacity", lines.iter().filter(|l| l.get("reason") == Some("capacity")).count(), 20);
+    c.eq("stdout: one line per profile", out.stdout.lines().count(), 301);
+    c.finish();
+}

@@ -181,3 +181,70 @@ fn slots_are_root_owned_and_hermes_controls_them_through_group_rights() {
     c.ok(wait_slots(&w.scandir, &wants(&[("work", Want::Up)])));
     c.finish();
 }
+
+/// Mode (octal) of every entry of every slot, by path relative to the scandir.
+fn slot_modes(scandir: &Path) -> std::collections::BTreeMap<String, String> {
+    fn walk(base: &Path, p: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        let md = std::fs::symlink_metadata(p).unwrap();
+        let rel = p.strip_prefix(base).unwrap().display().to_string();
+        out.insert(rel, format!("{:o}", md.mode() & 0o7777));
+        if md.is_dir() {
+            for e in std::fs::read_dir(p).unwrap().flatten() {
+                walk(base, &e.path(), out);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(scandir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("gateway-") {
+            walk(scandir, &e.path(), &mut out);
+        }
+    }
+    out
+}
+
+/// Slots are built with exact modes whatever `once` inherits: a strict umask, or a scandir with
+/// the set-group-ID bit (which new directories inherit), give the same slots as the usual umask
+/// on a plain scandir. Building skips a `chmod` where creation already gives the mode.
+#[test]
+fn slot_modes_are_exact_whatever_the_umask_and_the_scandir() {
+    root_only!();
+    let build = |umask: u32, setgid: bool| {
+        let w = World::without_svscan();
+        w.root_profile().desired("stopped");
+        w.profile("work").desired("running");
+        if setgid {
+            std::fs::set_permissions(&w.scandir, std::os::unix::fs::PermissionsExt::from_mode(0o2755))
+                .unwrap();
+        }
+        let mut cmd = w.command(&["once"]);
+        // SAFETY: umask is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                nix::libc::umask(umask);
+                Ok(())
+            });
+        }
+        run_with_timeout(cmd, ONCE_TIMEOUT).assert_code(0);
+        let modes = slot_modes(&w.scandir);
+        (w, modes)
+    };
+    let (_w1, usual) = build(0o022, false);
+    let mut c = Checks::new();
+    for (rel, want) in [
+        ("gateway-work", "755"),
+        ("gateway-work/run", "755"),
+        ("gateway-work/supervise", "710"),
+        ("gateway-work/supervise/control", "660"),
+        ("gateway-work/event", "3730"),
+        ("gateway-work/log/event", "3730"),
+        ("gateway-default/down", "644"),
+    ] {
+        c.eq(rel, usual.get(rel).map(String::as_str), Some(want));
+    }
+    let (_w2, strict) = build(0o077, false);
+    c.eq("slot modes under umask 077", &strict, &usual);
+    let (_w3, setgid) = build(0o022, true);
+    c.eq("slot modes in a set-group-ID scandir", &setgid, &usual);
+    c.finish();
+}
