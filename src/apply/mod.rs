@@ -51,6 +51,9 @@ pub struct Outcome {
     pub ports_saved: bool,
     /// A stop was requested: the pass stopped at a safe point before its end.
     pub abandoned: bool,
+    /// Each profile whose steps all succeeded, with the steps as carried out (records
+    /// stamped): the daemon updates its view of the slot from them instead of reading it back.
+    pub done: Vec<(ProfileName, Vec<Step>)>,
 }
 
 /// Why a profile's step failed.
@@ -180,7 +183,10 @@ impl Applier {
             let failed = stamped.iter().find_map(|s| self.run_step(s, &mut out).err());
             match failed {
                 Some(source) => out.errors.push(ProfileError { profile: pp.name.clone(), source }),
-                None => out.applied.extend(pp.decision.clone()),
+                None => {
+                    out.applied.extend(pp.decision.clone());
+                    out.done.push((pp.name.clone(), stamped));
+                }
             }
         }
         out.applied.extend(plan.skipped.iter().cloned());

@@ -18,7 +18,7 @@ use super::{
 use crate::config::{Config, Topology};
 use crate::model::{PriorExit, ProfileName};
 use crate::warning::{Finding, Warning};
-use crate::world::{ContainerMode, Observed, ProfileObs};
+use crate::world::{ContainerMode, Observed, ProfileObs, SlotObs};
 use render::RenderInput;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -163,6 +163,45 @@ fn plan_present(
     (!pp.steps.is_empty() || pp.decision.is_some()).then_some(pp)
 }
 
+/// A slot as the next pass would observe it once `steps` (one profile's, in order) have all
+/// succeeded: the daemon keeps its world current from what it wrote instead of reading the
+/// slot back (`None`: no slot). A created or confirmed slot is taken as supervised (the
+/// daemon waits for that, and checks the lock itself); anything written by someone else is
+/// seen by the next full re-list.
+pub fn settle_slot(mut slot: Option<SlotObs>, steps: &[Step]) -> Option<SlotObs> {
+    for s in steps {
+        match s {
+            Step::Create { files, up, record, .. } => {
+                slot = Some(SlotObs {
+                    record: Some(record.clone()),
+                    files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().to_vec()))).collect(),
+                    has_down: !up,
+                    supervised: true,
+                    event_open: false,
+                })
+            }
+            Step::Remove { .. } => slot = None,
+            Step::SweepPidFiles { .. } => {}
+            _ => {
+                let Some(o) = slot.as_mut() else { continue };
+                match s {
+                    Step::WriteFiles { files, .. } => {
+                        for f in files {
+                            o.files.insert(f.rel, Some(f.content.as_bytes().to_vec()));
+                        }
+                    }
+                    Step::Command { up, .. } => o.has_down = !up,
+                    Step::WriteRecord { record, .. } => o.record = Some(record.clone()),
+                    Step::EnsureSupervised { .. } => o.supervised = true,
+                    Step::CloseEvent { .. } => o.event_open = false,
+                    _ => {}
+                }
+            }
+        }
+    }
+    slot
+}
+
 /// The removal of a slot whose profile is gone (its grace over).
 fn removal(name: &ProfileName) -> ProfilePlan {
     ProfilePlan {
@@ -187,7 +226,7 @@ mod tests {
     use super::*;
     use crate::config::RawSettings;
     use crate::model::Intent;
-    use crate::world::{ScandirObs, SlotObs};
+    use crate::world::ScandirObs;
     use proptest::prelude::*;
     use std::path::PathBuf;
 
@@ -240,33 +279,7 @@ mod tests {
     fn settle(obs: &mut Observed, cfg: &Config, kind: PassKind) {
         let p = plan_with(obs, cfg, &PassOptions { kind, only: None, hold: &BTreeSet::new() });
         for pp in &p.profiles {
-            let mut slot = obs.scandir.slots.get(&pp.name).cloned();
-            for s in &pp.steps {
-                match s {
-                    Step::Create { files, up, record, .. } => {
-                        slot = Some(SlotObs {
-                            record: Some(record.clone()),
-                            files: files
-                                .iter()
-                                .map(|f| (f.rel, Some(f.content.as_bytes().to_vec())))
-                                .collect(),
-                            has_down: !up,
-                            supervised: true,
-                            event_open: false,
-                        })
-                    }
-                    Step::WriteFiles { files, .. } => {
-                        for f in files {
-                            slot.as_mut().unwrap().files.insert(f.rel, Some(f.content.as_bytes().to_vec()));
-                        }
-                    }
-                    Step::Command { up, .. } => slot.as_mut().unwrap().has_down = !up,
-                    Step::WriteRecord { record, .. } => slot.as_mut().unwrap().record = Some(record.clone()),
-                    Step::Remove { .. } => slot = None,
-                    _ => {}
-                }
-            }
-            match slot {
+            match settle_slot(obs.scandir.slots.get(&pp.name).cloned(), &pp.steps) {
                 Some(s) => obs.scandir.slots.insert(pp.name.clone(), s),
                 None => obs.scandir.slots.remove(&pp.name),
             };
@@ -332,6 +345,9 @@ mod tests {
             profiles.extend(specs.iter().filter(|(n, _)| n.as_str() != "default").map(|(n, (d, e))| profile(n, *d, *e)));
             let mut obs = world(profiles);
             settle(&mut obs, &cfg, PassKind::Boot);
+            // The settled world is what the daemon keeps: a whole pass over it does nothing.
+            let again = plan_with(&obs, &cfg, &PassOptions { kind: PassKind::Continuous, only: None, hold: &BTreeSet::new() });
+            prop_assert!(again.profiles.iter().all(|pp| pp.steps.is_empty()), "{:?}", again.profiles);
             let only_intents = changes.values().all(|c| matches!(c, Change::Desired(_)))
                 && changes.keys().all(|n| obs.scandir.slots.contains_key(&name(n)) || n == "default")
                 && topology(&obs, &cfg) != Topology::Single;
