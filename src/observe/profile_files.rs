@@ -74,6 +74,12 @@ impl<T: Clone> IdentityCache<T> {
     pub fn get(&mut self, path: &Path, limit: u64, parse: impl Fn(Result<Vec<u8>, ReadError>) -> T) -> T {
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_file() => m,
+            // Missing (the common case for optional files): what the bounded read would say,
+            // without a second `lstat`.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.by_path.remove(path);
+                return parse(Err(ReadError::Missing));
+            }
             _ => {
                 self.by_path.remove(path);
                 return parse(read_bounded(path, limit));

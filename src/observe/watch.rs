@@ -99,11 +99,17 @@ pub struct Changes {
 /// changes (and the daemon's own reads cause them); a data change is always followed by the
 /// close-after-write, which is kept, so inotify's per-`write()` modify events are dropped too.
 /// The poll backend's data change (a content hash, off here) and times changes are kept.
+///
+/// A rename's `Both` event is dropped too: notify's inotify backend sends the `From` and `To`
+/// ends as events of their own first (the poll backend sends no renames), so it says nothing
+/// new, and arriving just after them it would wake the loop for a second pass over a profile
+/// the first has just read (issue 15: the intent path does no second read).
 pub fn wanted(kind: &EventKind) -> bool {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
         EventKind::Modify(ModifyKind::Data(DataChange::Any)) => false,
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => false,
         _ => true,
     }
 }
@@ -629,6 +635,8 @@ mod tests {
         assert_eq!(c, Changes::default());
         assert!(!wanted(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
         assert!(wanted(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(!wanted(&EventKind::Modify(ModifyKind::Name(RenameMode::Both))));
+        assert!(wanted(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
     }
 
     #[test]
