@@ -9,6 +9,7 @@ pub mod profile_files;
 pub mod runtime_record;
 pub mod safe_read;
 pub mod slots;
+pub mod stat_base;
 pub mod status_record;
 pub mod svscan;
 pub mod volume;
@@ -126,7 +127,9 @@ pub fn observe_all_cached(
 ) -> Observed {
     let home = &config.home;
     let mut warnings = Vec::new();
+    cache.set_base(stat_base::StatBase::open(&config.scandir));
     let scandir = slots::observe_scandir(&config.scandir, cache);
+    cache.set_base(None);
     let scanner = svscan::observe_scanner(&config.scandir);
     let discovery = volume::discover(home);
     let cap = crate::capacity::capacity(config, &scanner);
@@ -138,6 +141,8 @@ pub fn observe_all_cached(
     let mut root = unread_profile(ProfileName::root(), home.to_path_buf(), false);
     read_profile_files(&mut root, profile_cache);
     let mut profiles = vec![root];
+    // Held for this listing only: a later pass opens `profiles/` afresh.
+    profile_cache.set_base(stat_base::StatBase::open(&home.join(crate::layout::home::PROFILES_DIR)));
     for d in discovery.named {
         let mut p = unread_profile(d.name, d.dir, d.via_symlink);
         if admitted.contains(&p.name) {
@@ -145,6 +150,7 @@ pub fn observe_all_cached(
         }
         profiles.push(p);
     }
+    profile_cache.set_base(None);
     profile_cache.end_pass();
     warnings.extend(discovery.warnings.into_iter().map(|text| Warning::new(Finding::Discovery { text })));
     let (previous_ports, ports_warning) = read_ports(home);

@@ -15,6 +15,7 @@
 use crate::model::PriorExit;
 use crate::observe::safe_read::{MAX_STATE_FILE, ReadError, read_bounded};
 use crate::observe::slots::FileKey;
+use crate::observe::stat_base::StatBase;
 use crate::observe::volume::{
     self, ENV_FILE, INTENT_FILE, IntentOutcome, IntentReading, LIFECYCLE_FILE, MAX_ENV_FILE,
 };
@@ -72,8 +73,21 @@ impl<T: Clone> IdentityCache<T> {
     /// identity is unchanged. Anything that is not a regular file (missing, symlink, FIFO...)
     /// is never opened and costs one `lstat` and a refusal, so it is not cached.
     pub fn get(&mut self, path: &Path, limit: u64, parse: impl Fn(Result<Vec<u8>, ReadError>) -> T) -> T {
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_file() => m,
+        self.get_at(None, path, limit, parse)
+    }
+
+    /// [`IdentityCache::get`], its identity checked by a path relative to `base` when `path`
+    /// is under it (see [`StatBase`] for why that is as safe); the file itself is still read,
+    /// and its identity checked after the read, by its absolute path.
+    pub fn get_at(
+        &mut self,
+        base: Option<&StatBase>,
+        path: &Path,
+        limit: u64,
+        parse: impl Fn(Result<Vec<u8>, ReadError>) -> T,
+    ) -> T {
+        let key = match StatBase::lstat(base, path) {
+            Ok(st) if st.regular => st.key,
             // Missing (the common case for optional files): what the bounded read would say,
             // without a second `lstat`.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -85,7 +99,6 @@ impl<T: Clone> IdentityCache<T> {
                 return parse(read_bounded(path, limit));
             }
         };
-        let key = key_of(&meta);
         if let Some((k, value, used)) = self.by_path.get_mut(path)
             && *k == key
         {
@@ -142,25 +155,35 @@ pub struct ProfileFileCache {
     pub prior: IdentityCache<PriorExit>,
     pub env: IdentityCache<bool>,
     pub yaml: IdentityCache<crate::observe::gateway_yaml::YamlOutcome>,
+    /// `profiles/`, held open during a full re-list: the files under it are stat'ed by their
+    /// short relative paths.
+    base: Option<StatBase>,
 }
 
 impl ProfileFileCache {
+    /// Stats files under `base` relative to it until the next call (`None`: absolute paths).
+    pub fn set_base(&mut self, base: Option<StatBase>) {
+        self.base = base;
+    }
+
     /// `<dir>/gateway_state.json` (SPEC §5.2).
     pub fn intent(&mut self, dir: &Path) -> IntentReading {
         let path = dir.join(INTENT_FILE);
-        self.intent.get(&path, MAX_STATE_FILE, volume::intent_outcome).at(&path)
+        self.intent.get_at(self.base.as_ref(), &path, MAX_STATE_FILE, volume::intent_outcome).at(&path)
     }
 
     /// `<dir>/state/gateway.lifecycle.json` (SPEC §5.3).
     pub fn prior_exit(&mut self, dir: &Path) -> PriorExit {
-        self.prior.get(&dir.join(LIFECYCLE_FILE), MAX_STATE_FILE, |r| {
+        self.prior.get_at(self.base.as_ref(), &dir.join(LIFECYCLE_FILE), MAX_STATE_FILE, |r| {
             r.map_or(PriorExit::Unknown, |b| volume::parse_prior_exit(&b))
         })
     }
 
     /// Does `<dir>/.env` set `API_SERVER_PORT` (SPEC §7.4)?
     pub fn env_sets_port(&mut self, dir: &Path) -> bool {
-        self.env.get(&dir.join(ENV_FILE), MAX_ENV_FILE, |r| r.is_ok_and(|b| volume::parse_env_sets_port(&b)))
+        self.env.get_at(self.base.as_ref(), &dir.join(ENV_FILE), MAX_ENV_FILE, |r| {
+            r.is_ok_and(|b| volume::parse_env_sets_port(&b))
+        })
     }
 
     /// `<dir>/config.yaml` (SPEC §6.7): the topology settings, and a warning naming the file
@@ -171,7 +194,7 @@ impl ProfileFileCache {
     ) -> (crate::observe::gateway_yaml::GatewayYaml, Option<crate::warning::Warning>) {
         use crate::observe::gateway_yaml::{CONFIG_FILE, MAX_CONFIG_FILE, outcome};
         let path = dir.join(CONFIG_FILE);
-        let o = self.yaml.get(&path, MAX_CONFIG_FILE, outcome);
+        let o = self.yaml.get_at(self.base.as_ref(), &path, MAX_CONFIG_FILE, outcome);
         let warning = o.problem.map(|why| {
             let shown = crate::escape::Escaped::new(&path).to_string();
             crate::warning::Warning::about(&shown, "config", format!("{shown} {why}"))

@@ -4,6 +4,7 @@
 use crate::layout::slot::{DOWN_FILE, RECORD_FILE, RENDERED};
 use crate::model::{KICK_ENTRY, ProfileName, SlotRecord, is_own_hidden_entry};
 use crate::observe::safe_read::read_bounded;
+use crate::observe::stat_base::StatBase;
 pub use crate::world::{ScandirObs, SlotObs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,13 +44,16 @@ impl FileKey {
 pub struct SlotFileCache {
     entries: HashMap<PathBuf, (FileKey, Option<Vec<u8>>, u64)>,
     generation: u64,
+    /// The scandir, held open during a full re-list: slot files are stat'ed by their short
+    /// paths relative to it ([`StatBase`]).
+    base: Option<StatBase>,
 }
 
 impl SlotFileCache {
     /// Content of a slot file (bounded, no symlink followed), from the cache when unchanged.
     pub fn read(&mut self, path: &Path) -> Option<Vec<u8>> {
         let generation = self.generation;
-        let Some(key) = FileKey::of(path) else {
+        let Some(key) = StatBase::lstat(self.base.as_ref(), path).ok().map(|s| s.key) else {
             self.entries.remove(path);
             return None;
         };
@@ -65,6 +69,16 @@ impl SlotFileCache {
             self.entries.insert(path.to_path_buf(), (key, content.clone(), generation));
         }
         content
+    }
+
+    /// Stats files under `base` relative to it until the next call (`None`: absolute paths).
+    pub fn set_base(&mut self, base: Option<StatBase>) {
+        self.base = base;
+    }
+
+    /// Whether anything is at `path` (`lstat`), through the base.
+    fn exists(&self, path: &Path) -> bool {
+        StatBase::lstat(self.base.as_ref(), path).is_ok()
     }
 
     /// Forgets entries no read used since the last call (slots that are gone).
@@ -84,7 +98,7 @@ pub fn observe_slot(dir: &Path, cache: &mut SlotFileCache) -> SlotObs {
     let record =
         cache.read(&dir.join(RECORD_FILE)).and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
     let files = RENDERED.iter().map(|rel| (*rel, cache.read(&dir.join(rel)))).collect();
-    let has_down = std::fs::symlink_metadata(dir.join(DOWN_FILE)).is_ok();
+    let has_down = cache.exists(&dir.join(DOWN_FILE));
     // A lock that cannot be read counts as supervised: plan then leaves the slot alone rather
     // than re-publishing it under a supervisor that may be alive.
     let supervised = crate::s6::supervisor(dir).maybe_alive();
