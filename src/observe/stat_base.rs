@@ -36,6 +36,7 @@ pub struct StatBase {
 pub(crate) struct Stat {
     pub(crate) key: FileKey,
     pub(crate) regular: bool,
+    pub(crate) dir: bool,
 }
 
 fn of(st: &FileStat) -> Stat {
@@ -48,6 +49,7 @@ fn of(st: &FileStat) -> Stat {
             ctime: (st.st_ctime, st.st_ctime_nsec),
         },
         regular: SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG,
+        dir: SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
     }
 }
 
@@ -60,14 +62,25 @@ impl StatBase {
 
     /// `lstat` of the absolute `path`: relative to `base` when `path` is under it.
     pub(crate) fn lstat(base: Option<&StatBase>, path: &Path) -> std::io::Result<Stat> {
+        Self::stat_at(base, path, false)
+    }
+
+    /// `stat` (the last component followed too) of the absolute `path`, relative to `base`
+    /// when under it.
+    pub(crate) fn stat(base: Option<&StatBase>, path: &Path) -> std::io::Result<Stat> {
+        Self::stat_at(base, path, true)
+    }
+
+    fn stat_at(base: Option<&StatBase>, path: &Path, follow: bool) -> std::io::Result<Stat> {
+        use nix::fcntl::AtFlags;
         let rel = base.and_then(|b| Some((b, path.strip_prefix(&b.prefix).ok()?)));
+        let flags = if follow { AtFlags::empty() } else { AtFlags::AT_SYMLINK_NOFOLLOW };
         let st = match rel {
-            Some((b, rel)) if !rel.as_os_str().is_empty() => {
-                fstatat(&b.fd, rel, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).map_err(std::io::Error::from)?
-            }
-            _ => nix::sys::stat::lstat(path).map_err(std::io::Error::from)?,
+            Some((b, rel)) if !rel.as_os_str().is_empty() => fstatat(&b.fd, rel, flags),
+            _ if follow => nix::sys::stat::stat(path),
+            _ => nix::sys::stat::lstat(path),
         };
-        Ok(of(&st))
+        Ok(of(&st.map_err(std::io::Error::from)?))
     }
 }
 
@@ -89,7 +102,14 @@ mod tests {
                 StatBase::lstat(None, &d.join(f)).unwrap(),
                 "{f}"
             );
+            assert_eq!(
+                StatBase::stat(Some(&base), &d.join(f)).unwrap(),
+                StatBase::stat(None, &d.join(f)).unwrap(),
+                "{f}"
+            );
         }
+        assert!(StatBase::stat(Some(&base), &d.join("p/l")).unwrap().regular, "stat follows the last one");
+        assert!(StatBase::stat(Some(&base), &d.join("p")).unwrap().dir);
         assert!(StatBase::lstat(Some(&base), &d.join("p/f")).unwrap().regular);
         assert!(!StatBase::lstat(Some(&base), &d.join("p/l")).unwrap().regular, "a symlink is not followed");
         let missing = StatBase::lstat(Some(&base), &d.join("p/none")).unwrap_err();

@@ -22,11 +22,11 @@
 use crate::config::WatchMode;
 use crate::layout::home::CONFIG_FILE;
 use crate::model::ProfileName;
+use crate::observe::stat_base::StatBase;
 use crate::observe::volume::{ENV_FILE, INTENT_FILE as ROOT_INTENT_FILE, MARKER_FILE};
 use notify::event::{AccessKind, AccessMode, DataChange, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher as _};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -283,7 +283,12 @@ pub struct Watcher {
 
 /// Identity of the directory at `path` (symlinks followed), if it is one.
 fn dir_identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
+    dir_identity_at(None, path)
+}
+
+/// [`dir_identity`], stat'ed relative to `base` when under it (a listing of `profiles/`).
+fn dir_identity_at(base: Option<&StatBase>, path: &Path) -> Option<(u64, u64)> {
+    StatBase::stat(base, path).ok().filter(|s| s.dir).map(|s| (s.key.dev, s.key.ino))
 }
 
 impl Watcher {
@@ -376,10 +381,11 @@ impl Watcher {
         self.base = base;
         let mut listed: Vec<(String, Option<(u64, u64)>)> = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&profiles) {
+            let base = StatBase::open(&profiles);
             for e in entries.flatten() {
                 let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
                 if !name.starts_with('.') {
-                    let id = dir_identity(&profiles.join(&name));
+                    let id = dir_identity_at(base.as_ref(), &profiles.join(&name));
                     listed.push((name, id));
                 }
             }
