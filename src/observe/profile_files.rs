@@ -21,7 +21,7 @@ use crate::observe::volume::{
 };
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 /// A file changed this recently (seconds) is re-read by the next pass.
@@ -30,7 +30,8 @@ pub const RACY_SECS: i64 = 2;
 /// Parsed results of one kind of file, by path and, within a pass, by inode.
 #[derive(Debug)]
 pub struct IdentityCache<T> {
-    by_path: HashMap<PathBuf, (FileKey, T, u64)>,
+    /// By the path's bytes: hashing and comparing a `Path` goes component by component.
+    by_path: HashMap<std::ffi::OsString, (FileKey, T, u64)>,
     /// This pass's results by (device, inode): hard links share them. Cleared after each pass.
     by_inode: HashMap<(u64, u64), (FileKey, T)>,
     generation: u64,
@@ -91,15 +92,15 @@ impl<T: Clone> IdentityCache<T> {
             // Missing (the common case for optional files): what the bounded read would say,
             // without a second `lstat`.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.by_path.remove(path);
+                self.by_path.remove(path.as_os_str());
                 return parse(Err(ReadError::Missing));
             }
             _ => {
-                self.by_path.remove(path);
+                self.by_path.remove(path.as_os_str());
                 return parse(read_bounded(path, limit));
             }
         };
-        if let Some((k, value, used)) = self.by_path.get_mut(path)
+        if let Some((k, value, used)) = self.by_path.get_mut(path.as_os_str())
             && *k == key
         {
             *used = self.generation;
@@ -120,7 +121,7 @@ impl<T: Clone> IdentityCache<T> {
             self.by_inode.insert((key.dev, key.ino), (key, value.clone()));
             self.remember(path, key, &value);
         } else {
-            self.by_path.remove(path);
+            self.by_path.remove(path.as_os_str());
         }
         value
     }
@@ -128,9 +129,9 @@ impl<T: Clone> IdentityCache<T> {
     fn remember(&mut self, path: &Path, key: FileKey, value: &T) {
         let racy = key.mtime.0.max(key.ctime.0) >= now_secs().saturating_sub(self.racy_secs);
         if racy {
-            self.by_path.remove(path);
+            self.by_path.remove(path.as_os_str());
         } else {
-            self.by_path.insert(path.to_path_buf(), (key, value.clone(), self.generation));
+            self.by_path.insert(path.as_os_str().to_owned(), (key, value.clone(), self.generation));
         }
     }
 
@@ -226,6 +227,7 @@ impl ProfileFileCache {
 mod tests {
     use super::*;
     use std::fs;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     fn counting(c: &std::cell::Cell<u32>) -> impl Fn(Result<Vec<u8>, ReadError>) -> String + '_ {

@@ -174,7 +174,7 @@ pub fn settle_slot(mut slot: Option<SlotObs>, steps: &[Step]) -> Option<SlotObs>
             Step::Create { files, up, record, .. } => {
                 slot = Some(SlotObs {
                     record: Some(record.clone()),
-                    files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().to_vec()))).collect(),
+                    files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().into()))).collect(),
                     has_down: !up,
                     supervised: true,
                     event_open: false,
@@ -187,7 +187,7 @@ pub fn settle_slot(mut slot: Option<SlotObs>, steps: &[Step]) -> Option<SlotObs>
                 match s {
                     Step::WriteFiles { files, .. } => {
                         for f in files {
-                            o.files.insert(f.rel, Some(f.content.as_bytes().to_vec()));
+                            o.files.insert(f.rel, Some(f.content.as_bytes().into()));
                         }
                     }
                     Step::Command { up, .. } => o.has_down = !up,
