@@ -179,8 +179,19 @@ impl Applier {
             if root_failed && pp.name.is_root() {
                 continue;
             }
-            let stamped = stamp(&pp.steps, pp.decision.as_ref());
-            let failed = stamped.iter().find_map(|s| self.run_step(s, &mut out).err());
+            // Stamped one step at a time: the local time is taken only when a record is about
+            // to be written, after a command byte before it (the intent path).
+            let mut stamped = Vec::with_capacity(pp.steps.len());
+            let mut at = None;
+            let mut failed = None;
+            for step in &pp.steps {
+                let step = stamp(step, pp.decision.as_ref(), &mut at);
+                if let Err(e) = self.run_step(&step, &mut out) {
+                    failed = Some(e);
+                    break;
+                }
+                stamped.push(step);
+            }
             match failed {
                 Some(source) => out.errors.push(ProfileError { profile: pp.name.clone(), source }),
                 None => {
@@ -306,19 +317,15 @@ impl Applier {
 }
 
 /// Fills the records' informational fields with the decision about to be carried out.
-fn stamp(steps: &[Step], decision: Option<&Decision>) -> Vec<Step> {
-    let mut steps = steps.to_vec();
+fn stamp(step: &Step, decision: Option<&Decision>, at: &mut Option<String>) -> Step {
+    let mut step = step.clone();
     // Only for a decision with a record to write: thousands of capacity skips (no steps) must
     // not cost a local-time formatting each on every re-list.
-    let records = steps.iter().any(|s| matches!(s, Step::Create { .. } | Step::WriteRecord { .. }));
-    if let Some(d) = decision.filter(|_| records) {
-        let at = boot_log::now_timestamp();
-        for s in &mut steps {
-            if let Step::Create { record, .. } | Step::WriteRecord { record, .. } = s {
-                record.last_action = Some(d.action.as_str().to_string());
-                record.last_action_at = Some(at.clone());
-            }
-        }
+    if let Some(d) = decision
+        && let Step::Create { record, .. } | Step::WriteRecord { record, .. } = &mut step
+    {
+        record.last_action = Some(d.action.as_str().to_string());
+        record.last_action_at = Some(at.get_or_insert_with(boot_log::now_timestamp).clone());
     }
-    steps
+    step
 }
