@@ -368,7 +368,9 @@ pub fn discover(home: &Path) -> Discovery {
             continue;
         }
         let dir = entry.path();
-        match classify_entry(base.as_ref(), &dir, &tombstones, &file_name) {
+        // A directory by the listing's own type (not a symlink) needs no `stat` to say so.
+        let listed_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        match classify_entry(base.as_ref(), listed_dir, &dir, &tombstones, &file_name) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(warning) => {
@@ -410,7 +412,7 @@ pub fn discover(home: &Path) -> Discovery {
 pub fn probe(home: &Path, name: &ProfileName) -> Result<Option<NamedDir>, String> {
     let profiles = home.join(PROFILES_DIR);
     let dir = profiles.join(name.as_str());
-    if !classify_entry(None, &dir, &profiles.join(TOMBSTONE_DIR), OsStr::new(name.as_str()))? {
+    if !classify_entry(None, false, &dir, &profiles.join(TOMBSTONE_DIR), OsStr::new(name.as_str()))? {
         return Ok(None);
     }
     let is_link =
@@ -421,17 +423,20 @@ pub fn probe(home: &Path, name: &ProfileName) -> Result<Option<NamedDir>, String
 
 /// Is this (non-hidden) entry a profile candidate: a directory holding `SOUL.md`, not
 /// tombstoned? `Err` is a warning about an unexpected failure (the entry is then left out).
-/// Stats go relative to `base` (`profiles/` held open) when given.
+/// Stats go relative to `base` (`profiles/` held open) when given; `listed_dir`: the listing
+/// typed the entry a directory (not a symlink), so it is not stat'ed for that.
 fn classify_entry(
     base: Option<&super::stat_base::StatBase>,
+    listed_dir: bool,
     dir: &Path,
     tombstones: &Path,
     file_name: &OsStr,
 ) -> Result<bool, String> {
     use super::stat_base::StatBase;
-    match StatBase::stat(base, dir) {
-        Ok(m) if m.dir => {}
-        Ok(_) => return Ok(false),
+    let is_dir = if listed_dir { Ok(true) } else { StatBase::stat(base, dir).map(|m| m.dir) };
+    match is_dir {
+        Ok(true) => {}
+        Ok(false) => return Ok(false),
         Err(e) if is_absent(&e) => return Ok(false),
         Err(e) => return Err(format!("{} cannot be examined: {e}", dir.display())),
     }

@@ -385,7 +385,13 @@ impl Watcher {
             for e in entries.flatten() {
                 let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
                 if !name.starts_with('.') {
-                    let id = dir_identity_at(base.as_ref(), &profiles.join(&name));
+                    // Only a watched entry's identity is compared (below): the others (over
+                    // the cap, beyond the extra budget) cost no stat.
+                    let id = if self.profiles.contains_key(&name) {
+                        dir_identity_at(base.as_ref(), &profiles.join(&name))
+                    } else {
+                        None
+                    };
                     listed.push((name, id));
                 }
             }
