@@ -482,7 +482,6 @@ impl Daemon {
         let skipped = status_record::skips(plan.decisions());
         self.emit_warnings(&plan.warnings, true);
         self.report.scandir = status_record::scandir_findings(&plan.warnings);
-        let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
         let mut outcome = self.applier.apply(&plan);
         // A skip is logged when it starts, not at every re-list while it lasts.
         let previous = std::mem::replace(&mut self.report.skipped, skipped);
@@ -490,7 +489,7 @@ impl Daemon {
             d.action != plan::ActionKind::Skipped
                 || previous.get(&d.profile).map(String::as_str) != Some(d.reason.as_deref().unwrap_or(""))
         });
-        self.after_apply(&plan, outcome, &touched, None);
+        self.after_apply(&plan, outcome, None);
     }
 
     /// Re-observes the given profiles and converges them alone, in work proportional to them
@@ -533,10 +532,9 @@ impl Daemon {
                 )
             });
         self.emit_warnings(&plan.warnings, false);
-        let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
         let mid: Vec<Standing> = dirty.iter().map(|n| self.standing(n)).collect();
         let outcome = self.applier.apply(&plan);
-        self.after_apply(&plan, outcome, &touched, Some(&dirty));
+        self.after_apply(&plan, outcome, Some(&dirty));
         let after: Vec<Standing> = dirty.iter().map(|n| self.standing(n)).collect();
         if moved || mid != after {
             if mid != after {
@@ -660,13 +658,7 @@ impl Daemon {
     }
 
     /// Books the outcome of a pass. `scope` is the set a partial pass covered (`None`: all).
-    fn after_apply(
-        &mut self,
-        plan: &plan::Plan,
-        outcome: Outcome,
-        touched: &[ProfileName],
-        scope: Option<&BTreeSet<ProfileName>>,
-    ) {
+    fn after_apply(&mut self, plan: &plan::Plan, outcome: Outcome, scope: Option<&BTreeSet<ProfileName>>) {
         self.emit_warnings(&outcome.warnings, false);
         match scope {
             None => self.deferred.clear(),
@@ -705,7 +697,16 @@ impl Daemon {
         self.report.errors.retain(|n, _| ProfileName::parse_any(n).map_or(true, |n| !succeeded(&n)));
         // The slots as written, without reading them back; a profile that failed is read
         // back (what it left is unknown). Stopping: nothing reads `world` again.
-        let before: Vec<Standing> = touched.iter().map(|n| self.standing(n)).collect();
+        // Only profiles that carried out steps (or failed some) can have a slot more or less:
+        // a full pass's thousands of capacity skips cost nothing here.
+        let acted: BTreeSet<ProfileName> = outcome
+            .done
+            .iter()
+            .filter(|(_, steps)| !steps.is_empty())
+            .map(|(n, _)| n.clone())
+            .chain(outcome.errors.iter().map(|e| e.profile.clone()))
+            .collect();
+        let before: Vec<Standing> = acted.iter().map(|n| self.standing(n)).collect();
         if !outcome.abandoned {
             for (name, steps) in &outcome.done {
                 let slot = self.world.scandir.slots.remove(name);
@@ -724,8 +725,7 @@ impl Daemon {
                 self.refresh_slot(&e.profile);
             }
         }
-        let touched_set: BTreeSet<ProfileName> = touched.iter().cloned().collect();
-        let slots_changed = self.note(&touched_set, &before) || scope.is_none();
+        let slots_changed = self.note(&acted, &before) || scope.is_none();
         // Leftovers are only ever cleared by full passes, which list them afresh.
         self.world.scandir.hidden.clear();
         let ports_saved =
