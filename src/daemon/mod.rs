@@ -707,7 +707,14 @@ impl Daemon {
             .chain(outcome.errors.iter().map(|e| e.profile.clone()))
             .collect();
         let before: Vec<Standing> = acted.iter().map(|n| self.standing(n)).collect();
-        if !outcome.abandoned {
+        if !outcome.abandoned && scope.is_none() {
+            // A full pass (the boot pass creates every slot) reads back what it wrote, through
+            // the slot-file cache: the next re-list then finds it cached instead of reading
+            // every slot again.
+            for name in &acted {
+                self.refresh_slot(name);
+            }
+        } else if !outcome.abandoned {
             for (name, steps) in &outcome.done {
                 let slot = self.world.scandir.slots.remove(name);
                 let confirm = steps
