@@ -117,7 +117,9 @@ pub struct SlotObs {
     /// The daemon's record, if present and readable.
     pub record: Option<SlotRecord>,
     /// Current content of each rendered file (`None`: missing or unreadable).
-    pub files: BTreeMap<&'static str, Option<Vec<u8>>>,
+    /// Shared, not copied: a re-list hands the cached content of an unchanged file to the
+    /// new observation without copying it.
+    pub files: BTreeMap<&'static str, Option<std::sync::Arc<[u8]>>>,
     /// `./down` exists: the slot is not normally up.
     pub has_down: bool,
     /// An s6-supervise holds the slot's lock (a published slot s6-svscan has picked up).

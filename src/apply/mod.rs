@@ -51,6 +51,9 @@ pub struct Outcome {
     pub ports_saved: bool,
     /// A stop was requested: the pass stopped at a safe point before its end.
     pub abandoned: bool,
+    /// Each profile whose steps all succeeded, with the steps as carried out (records
+    /// stamped): the daemon updates its view of the slot from them instead of reading it back.
+    pub done: Vec<(ProfileName, Vec<Step>)>,
 }
 
 /// Why a profile's step failed.
@@ -203,11 +206,24 @@ impl Applier {
             if run.root_failed && pp.name.is_root() {
                 continue;
             }
-            let stamped = stamp(&pp.steps, pp.decision.as_ref(), &mut run.at);
-            let failed = stamped.iter().find_map(|s| self.run_step(s, &mut run.out, &mut run.held).err());
+            // Stamped one step at a time: the local time is taken only when a record is about
+            // to be written, after a command byte before it (the intent path), and once per pass.
+            let mut stamped = Vec::with_capacity(pp.steps.len());
+            let mut failed = None;
+            for step in &pp.steps {
+                let step = stamp(step, pp.decision.as_ref(), &mut run.at);
+                if let Err(e) = self.run_step(&step, &mut run.out, &mut run.held) {
+                    failed = Some(e);
+                    break;
+                }
+                stamped.push(step);
+            }
             match failed {
                 Some(source) => run.out.errors.push(ProfileError { profile: pp.name.clone(), source }),
-                None => run.out.applied.extend(pp.decision.clone()),
+                None => {
+                    run.out.applied.extend(pp.decision.clone());
+                    run.out.done.push((pp.name.clone(), stamped));
+                }
             }
         }
     }
@@ -356,20 +372,16 @@ pub struct PassRun {
 }
 
 /// Fills the records' informational fields with the decision about to be carried out, and the
-/// pass's time `at` (taken now if not yet).
-fn stamp(steps: &[Step], decision: Option<&Decision>, at: &mut Option<String>) -> Vec<Step> {
-    let mut steps = steps.to_vec();
+/// pass's time `at` (taken now if not yet: when the pass's first record is about to be written).
+fn stamp(step: &Step, decision: Option<&Decision>, at: &mut Option<String>) -> Step {
+    let mut step = step.clone();
     // Only for a decision with a record to write: thousands of capacity skips (no steps) must
     // not cost a local-time formatting each on every re-list.
-    let records = steps.iter().any(|s| matches!(s, Step::Create { .. } | Step::WriteRecord { .. }));
-    if let Some(d) = decision.filter(|_| records) {
-        let at = at.get_or_insert_with(boot_log::now_timestamp);
-        for s in &mut steps {
-            if let Step::Create { record, .. } | Step::WriteRecord { record, .. } = s {
-                record.last_action = Some(d.action.as_str().to_string());
-                record.last_action_at = Some(at.clone());
-            }
-        }
+    if let Some(d) = decision
+        && let Step::Create { record, .. } | Step::WriteRecord { record, .. } = &mut step
+    {
+        record.last_action = Some(d.action.as_str().to_string());
+        record.last_action_at = Some(at.get_or_insert_with(boot_log::now_timestamp).clone());
     }
-    steps
+    step
 }

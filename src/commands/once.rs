@@ -233,6 +233,8 @@ fn run_streamed(
         kept.extend(warnings.into_iter().filter(|w| keep(w)));
         applier.apply_profiles(&mut run, &plans);
         drop(plans);
+        // The steps as carried out are for a daemon's view of its slots; a batch keeps none.
+        run.out.done.clear();
         let applied = std::mem::take(&mut run.out.applied);
         log.emit(applier, &applied);
     }

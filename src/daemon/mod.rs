@@ -37,6 +37,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use warn_limit::WarnLimiter;
 
+/// The profile named `name` among `profiles` (root first, then names in order).
+fn profile_mut<'p>(
+    profiles: &'p mut [observe::ProfileObs],
+    name: &ProfileName,
+) -> Option<&'p mut observe::ProfileObs> {
+    if name.is_root() {
+        return profiles.first_mut().filter(|p| p.name.is_root());
+    }
+    let start = usize::from(profiles.first().is_some_and(|p| p.name.is_root()));
+    let i = profiles[start..].binary_search_by(|p| p.name.cmp(name)).ok()?;
+    Some(&mut profiles[start + i])
+}
+
 /// Crash-loop backoff, unless it is off or inotify cannot watch the slots.
 fn crash_watch(
     (crashloop, max_hold, reset_after): &(Option<crate::config::CrashLoop>, Duration, Duration),
@@ -92,7 +105,19 @@ pub struct Daemon {
     /// Crash-loop backoff (SPEC §6.8): each slot's `supervise/status` rewrites, and each
     /// slot's tracker. `None`: off (or inotify unavailable).
     crash: Option<CrashWatch>,
+    /// The profiles the capacity guard admits in `world`: computed by full passes, and again
+    /// only when a pass changes whether a profile exists or has a slot.
+    admitted: BTreeSet<ProfileName>,
+    /// Named profiles of `world` without a slot, kept from the profiles each pass touched.
+    slotless: BTreeSet<ProfileName>,
+    /// `world.previous_ports` is what the last pass assigned (saved, or unchanged): a partial
+    /// pass may then plan its profiles alone ([`plan::incremental`]).
+    ports_clean: bool,
 }
+
+/// Whether a profile exists and whether it has a slot: what capacity admission, the absent
+/// set and the slotless set are made of.
+type Standing = (bool, bool);
 
 /// Crash-loop backoff state of the daemon.
 pub struct CrashWatch {
@@ -151,6 +176,9 @@ impl Daemon {
             slot_files: SlotFileCache::default(),
             profile_files: ProfileFileCache::default(),
             crash: crash_watch(&cfg_crash),
+            admitted: BTreeSet::new(),
+            slotless: BTreeSet::new(),
+            ports_clean: false,
         };
         (daemon, events)
     }
@@ -282,7 +310,8 @@ impl Daemon {
     }
 
     /// The operator's new `desired_state` (a command the daemon applied) ends a hold at once.
-    fn release_holds(&mut self, applied: &[plan::Decision]) {
+    /// `slots_changed`: slots came or went, so the trackers and status watches follow.
+    fn release_holds(&mut self, applied: &[plan::Decision], slots_changed: bool) {
         let Some(crash) = self.crash.as_mut() else { return };
         for d in applied {
             if matches!(d.action, plan::ActionKind::Started | plan::ActionKind::Stopped)
@@ -293,9 +322,11 @@ impl Daemon {
                 self.report.backoff.remove(name.as_str());
             }
         }
-        let slots = &self.world.scandir.slots;
-        crash.trackers.retain(|n, _| slots.contains_key(n));
-        crash.watch.sync(&self.cfg.scandir, slots.keys());
+        if slots_changed {
+            let slots = &self.world.scandir.slots;
+            crash.trackers.retain(|n, _| slots.contains_key(n));
+            crash.watch.sync(&self.cfg.scandir, slots.keys());
+        }
     }
 
     /// When the next timer-driven work is due.
@@ -372,9 +403,8 @@ impl Daemon {
     /// Keeps the watches on the admitted profiles' directories (plus a bounded number of other
     /// entries). Returns the admitted profiles that were not watched until now.
     fn sync_watches(&mut self) -> Vec<ProfileName> {
-        let admitted = self.admitted_now();
         let Some(w) = self.watcher.as_mut() else { return Vec::new() };
-        match w.set_admitted(&admitted) {
+        match w.set_admitted(&self.admitted) {
             Ok(fresh) => fresh,
             Err(e) => {
                 if !self.polling_fallback {
@@ -390,6 +420,8 @@ impl Daemon {
     /// observes everything and converges it.
     pub fn full_pass(&mut self, kind: PassKind) {
         self.full_pass_inner(kind);
+        // Slots this pass created or removed may move the capacity guard's line.
+        self.admitted = self.admitted_now();
         // Profiles admitted for the first time were listed before their watch existed: read
         // them once more so a change made in between is not left to the next re-list.
         let fresh = self.sync_watches();
@@ -437,12 +469,19 @@ impl Daemon {
             return;
         }
         self.track_absent();
+        self.slotless = self
+            .world
+            .profiles
+            .iter()
+            .filter(|p| !p.name.is_root() && !self.world.scandir.slots.contains_key(&p.name))
+            .map(|p| p.name.clone())
+            .collect();
+        self.admitted = self.admitted_now();
         let hold = self.held();
         let plan = plan::plan_with(&self.world, &self.cfg, &PassOptions { kind, only: None, hold: &hold });
         let skipped = status_record::skips(plan.decisions());
         self.emit_warnings(&plan.warnings, true);
         self.report.scandir = status_record::scandir_findings(&plan.warnings);
-        let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
         let mut outcome = self.applier.apply(&plan);
         // A skip is logged when it starts, not at every re-list while it lasts.
         let previous = std::mem::replace(&mut self.report.skipped, skipped);
@@ -450,20 +489,29 @@ impl Daemon {
             d.action != plan::ActionKind::Skipped
                 || previous.get(&d.profile).map(String::as_str) != Some(d.reason.as_deref().unwrap_or(""))
         });
-        self.after_apply(&plan, outcome, &touched, None);
+        self.after_apply(&plan, outcome, None);
     }
 
-    /// Re-observes the given profiles and converges them alone.
+    /// Re-observes the given profiles and converges them alone, in work proportional to them
+    /// (issue 15): their slots are known from what the daemon last read or wrote (a full
+    /// re-list reads them afresh), admission, the absent and slotless sets are updated from
+    /// them, and they are planned alone unless the change can reach other profiles.
     pub fn partial_pass(&mut self, dirty: BTreeSet<ProfileName>) {
+        let before: Vec<Standing> = dirty.iter().map(|n| self.standing(n)).collect();
         for name in &dirty {
             if self.applier.shutdown.requested() {
                 return;
             }
             self.refresh(name);
         }
-        let admitted = self.admitted_now();
-        for p in self.world.profiles.iter_mut().filter(|p| dirty.contains(&p.name)) {
-            if admitted.contains(&p.name) {
+        let moved = self.note(&dirty, &before);
+        if moved {
+            self.admitted = self.admitted_now();
+        }
+        for name in &dirty {
+            if self.admitted.contains(name)
+                && let Some(p) = profile_mut(&mut self.world.profiles, name)
+            {
                 observe::read_profile_files(p, &mut self.profile_files);
             }
         }
@@ -473,22 +521,66 @@ impl Daemon {
         if !self.removals.is_empty() || self.world.scanner.removing_units > 0 {
             self.world.scanner.removing_units = observe::svscan::removing_units(&self.cfg.scandir);
         }
-        self.track_absent();
         let hold = self.held();
-        let plan = plan::plan_with(
-            &self.world,
-            &self.cfg,
-            &PassOptions { kind: PassKind::Continuous, only: Some(&dirty), hold: &hold },
-        );
+        let kept = plan::incremental::Maintained { slotless: &self.slotless, ports_clean: self.ports_clean };
+        let plan = plan::incremental::plan_dirty(&self.world, &self.cfg, &kept, &dirty, &hold)
+            .unwrap_or_else(|| {
+                plan::plan_with(
+                    &self.world,
+                    &self.cfg,
+                    &PassOptions { kind: PassKind::Continuous, only: Some(&dirty), hold: &hold },
+                )
+            });
         self.emit_warnings(&plan.warnings, false);
-        let touched: Vec<ProfileName> = plan.profiles.iter().map(|p| p.name.clone()).collect();
+        let mid: Vec<Standing> = dirty.iter().map(|n| self.standing(n)).collect();
         let outcome = self.applier.apply(&plan);
-        self.after_apply(&plan, outcome, &touched, Some(&dirty));
-        self.sync_watches();
+        self.after_apply(&plan, outcome, Some(&dirty));
+        let after: Vec<Standing> = dirty.iter().map(|n| self.standing(n)).collect();
+        if moved || mid != after {
+            if mid != after {
+                self.admitted = self.admitted_now();
+            }
+            self.sync_watches();
+        }
     }
 
-    /// Re-lists one profile and its slot into `world`; its files are read afterwards, only if
-    /// the capacity guard admits it (SPEC §9.3: files of profiles over it are not read).
+    /// Whether `name` exists in `world` and whether it has a slot there.
+    fn standing(&self, name: &ProfileName) -> Standing {
+        (
+            plan::incremental::find_profile(&self.world, name).is_some(),
+            self.world.scandir.slots.contains_key(name),
+        )
+    }
+
+    /// Brings the absent and slotless sets up to date for `names`, whose standing was
+    /// `before`; `true` when one of them changed (capacity admission may then differ).
+    fn note(&mut self, names: &BTreeSet<ProfileName>, before: &[Standing]) -> bool {
+        let now = Instant::now();
+        let mut moved = false;
+        for (name, was) in names.iter().zip(before) {
+            let (present, slotted) = self.standing(name);
+            moved |= *was != (present, slotted);
+            if name.is_root() {
+                continue;
+            }
+            if present && !slotted {
+                self.slotless.insert(name.clone());
+            } else {
+                self.slotless.remove(name);
+            }
+            if slotted && !present {
+                self.absent.entry(name.clone()).or_insert(now);
+            } else {
+                self.absent.remove(name);
+            }
+        }
+        moved
+    }
+
+    /// Re-lists one profile into `world` (its files are read afterwards, only if the capacity
+    /// guard admits it: SPEC §9.3, files of profiles over it are not read). Its slot is read
+    /// only when `world` knows none: the daemon keeps what it wrote, and full re-lists repair
+    /// what others changed.
     fn refresh(&mut self, name: &ProfileName) {
         let obs = if name.is_root() {
             Some(observe::unread_profile(ProfileName::root(), self.cfg.home.clone(), false))
@@ -501,23 +593,24 @@ impl Daemon {
                 }
             }
         };
+        let start = usize::from(self.world.profiles.first().is_some_and(|p| p.name.is_root()));
         let profiles = &mut self.world.profiles;
-        let pos = profiles.iter().position(|p| &p.name == name);
-        match (obs, pos) {
-            (Some(o), Some(i)) => profiles[i] = o,
-            (Some(o), None) => {
-                let at = profiles
-                    .iter()
-                    .position(|p| !p.name.is_root() && p.name > o.name)
-                    .unwrap_or(profiles.len());
-                profiles.insert(at, o);
-            }
-            (None, Some(i)) => {
+        let found = if name.is_root() {
+            if start == 1 { Ok(0) } else { Err(0) }
+        } else {
+            profiles[start..].binary_search_by(|p| p.name.cmp(name)).map(|i| i + start).map_err(|i| i + start)
+        };
+        match (obs, found) {
+            (Some(o), Ok(i)) => profiles[i] = o,
+            (Some(o), Err(at)) => profiles.insert(at, o),
+            (None, Ok(i)) => {
                 profiles.remove(i);
             }
-            (None, None) => {}
+            (None, Err(_)) => {}
         }
-        self.refresh_slot(name);
+        if !self.world.scandir.slots.contains_key(name) {
+            self.refresh_slot(name);
+        }
     }
 
     fn refresh_slot(&mut self, name: &ProfileName) {
@@ -565,13 +658,7 @@ impl Daemon {
     }
 
     /// Books the outcome of a pass. `scope` is the set a partial pass covered (`None`: all).
-    fn after_apply(
-        &mut self,
-        plan: &plan::Plan,
-        outcome: Outcome,
-        touched: &[ProfileName],
-        scope: Option<&BTreeSet<ProfileName>>,
-    ) {
+    fn after_apply(&mut self, plan: &plan::Plan, outcome: Outcome, scope: Option<&BTreeSet<ProfileName>>) {
         self.emit_warnings(&outcome.warnings, false);
         match scope {
             None => self.deferred.clear(),
@@ -608,17 +695,52 @@ impl Daemon {
         let succeeded = |n: &ProfileName| !failed.contains(n) && scope.is_none_or(|s| s.contains(n));
         self.retries.retain(|n, _| !succeeded(n));
         self.report.errors.retain(|n, _| ProfileName::parse_any(n).map_or(true, |n| !succeeded(&n)));
-        // Stopping: nothing reads `world` again.
-        for name in touched.iter().filter(|_| !outcome.abandoned) {
-            self.refresh_slot(name);
+        // The slots as written, without reading them back; a profile that failed is read
+        // back (what it left is unknown). Stopping: nothing reads `world` again.
+        // Only profiles that carried out steps (or failed some) can have a slot more or less:
+        // a full pass's thousands of capacity skips cost nothing here.
+        let acted: BTreeSet<ProfileName> = outcome
+            .done
+            .iter()
+            .filter(|(_, steps)| !steps.is_empty())
+            .map(|(n, _)| n.clone())
+            .chain(outcome.errors.iter().map(|e| e.profile.clone()))
+            .collect();
+        let before: Vec<Standing> = acted.iter().map(|n| self.standing(n)).collect();
+        if !outcome.abandoned && scope.is_none() {
+            // A full pass (the boot pass creates every slot) reads back what it wrote, through
+            // the slot-file cache: the next re-list then finds it cached instead of reading
+            // every slot again.
+            for name in &acted {
+                self.refresh_slot(name);
+            }
+        } else if !outcome.abandoned {
+            for (name, steps) in &outcome.done {
+                let slot = self.world.scandir.slots.remove(name);
+                let confirm = steps
+                    .iter()
+                    .any(|s| matches!(s, plan::Step::Create { .. } | plan::Step::EnsureSupervised { .. }));
+                if let Some(mut slot) = plan::incremental::settle_slot(slot, steps) {
+                    if confirm {
+                        // Whether a supervisor took it: one lock query, not a re-read.
+                        slot.supervised = s6::supervisor(&slot_dir(&self.cfg.scandir, name)).maybe_alive();
+                    }
+                    self.world.scandir.slots.insert(name.clone(), slot);
+                }
+            }
+            for e in &outcome.errors {
+                self.refresh_slot(&e.profile);
+            }
         }
+        let slots_changed = self.note(&acted, &before) || scope.is_none();
         // Leftovers are only ever cleared by full passes, which list them afresh.
         self.world.scandir.hidden.clear();
-        if plan.ports_changed
-            && !outcome.warnings.iter().any(|w| matches!(w.finding, Finding::PortsNotSaved { .. }))
-        {
+        let ports_saved =
+            !outcome.warnings.iter().any(|w| matches!(w.finding, Finding::PortsNotSaved { .. }));
+        if plan.ports_changed && ports_saved {
             self.world.previous_ports = plan.ports.clone();
         }
+        self.ports_clean = !plan.ports_changed || ports_saved;
         if plan.migrate_legacy {
             self.world.root_state_file_exists = true;
         }
@@ -638,7 +760,7 @@ impl Daemon {
         if let Err(e) = self.applier.log_decisions(&outcome.applied) {
             tracing::error!("container-boot.log not written: {e}");
         }
-        self.release_holds(&outcome.applied);
+        self.release_holds(&outcome.applied, slots_changed);
         for r in outcome.removals {
             // A full pass lists the hidden directories of removals already in flight too.
             if !self.removals.iter().any(|p| p.hidden == r.hidden) {

@@ -9,6 +9,7 @@ pub mod profile_files;
 pub mod runtime_record;
 pub mod safe_read;
 pub mod slots;
+pub mod stat_base;
 pub mod status_record;
 pub mod svscan;
 pub mod volume;
@@ -154,7 +155,11 @@ pub fn observe_all_cached(
     cache: &mut slots::SlotFileCache,
     profile_cache: &mut ProfileFileCache,
 ) -> Observed {
+    // Held for this listing only: a later pass opens `profiles/` afresh. (The root's files,
+    // outside it, are stat'ed by their absolute paths.)
+    profile_cache.set_base(stat_base::StatBase::open(&config.home.join(crate::layout::home::PROFILES_DIR)));
     let observed = observe_all_with(config, proc_root, cache, &mut |p| read_profile_files(p, profile_cache));
+    profile_cache.set_base(None);
     profile_cache.end_pass();
     observed
 }
@@ -168,7 +173,9 @@ fn observe_all_with(
 ) -> Observed {
     let home = &config.home;
     let mut warnings = Vec::new();
+    cache.set_base(stat_base::StatBase::open(&config.scandir));
     let scandir = slots::observe_scandir(&config.scandir, cache);
+    cache.set_base(None);
     let scanner = svscan::observe_scanner(&config.scandir);
     let discovery = volume::discover(home);
     let cap = crate::capacity::capacity(config, &scanner);

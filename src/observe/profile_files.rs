@@ -15,12 +15,13 @@
 use crate::model::PriorExit;
 use crate::observe::safe_read::{MAX_STATE_FILE, ReadError, read_bounded};
 use crate::observe::slots::FileKey;
+use crate::observe::stat_base::StatBase;
 use crate::observe::volume::{
     self, ENV_FILE, INTENT_FILE, IntentOutcome, IntentReading, LIFECYCLE_FILE, MAX_ENV_FILE,
 };
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 /// A file changed this recently (seconds) is re-read by the next pass.
@@ -29,7 +30,8 @@ pub const RACY_SECS: i64 = 2;
 /// Parsed results of one kind of file, by path and, within a pass, by inode.
 #[derive(Debug)]
 pub struct IdentityCache<T> {
-    by_path: HashMap<PathBuf, (FileKey, T, u64)>,
+    /// By the path's bytes: hashing and comparing a `Path` goes component by component.
+    by_path: HashMap<std::ffi::OsString, (FileKey, T, u64)>,
     /// This pass's results by (device, inode): hard links share them. Cleared after each pass.
     by_inode: HashMap<(u64, u64), (FileKey, T)>,
     generation: u64,
@@ -72,15 +74,33 @@ impl<T: Clone> IdentityCache<T> {
     /// identity is unchanged. Anything that is not a regular file (missing, symlink, FIFO...)
     /// is never opened and costs one `lstat` and a refusal, so it is not cached.
     pub fn get(&mut self, path: &Path, limit: u64, parse: impl Fn(Result<Vec<u8>, ReadError>) -> T) -> T {
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_file() => m,
+        self.get_at(None, path, limit, parse)
+    }
+
+    /// [`IdentityCache::get`], its identity checked by a path relative to `base` when `path`
+    /// is under it (see [`StatBase`] for why that is as safe); the file itself is still read,
+    /// and its identity checked after the read, by its absolute path.
+    pub fn get_at(
+        &mut self,
+        base: Option<&StatBase>,
+        path: &Path,
+        limit: u64,
+        parse: impl Fn(Result<Vec<u8>, ReadError>) -> T,
+    ) -> T {
+        let key = match StatBase::lstat(base, path) {
+            Ok(st) if st.regular => st.key,
+            // Missing (the common case for optional files): what the bounded read would say,
+            // without a second `lstat`.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.by_path.remove(path.as_os_str());
+                return parse(Err(ReadError::Missing));
+            }
             _ => {
-                self.by_path.remove(path);
+                self.by_path.remove(path.as_os_str());
                 return parse(read_bounded(path, limit));
             }
         };
-        let key = key_of(&meta);
-        if let Some((k, value, used)) = self.by_path.get_mut(path)
+        if let Some((k, value, used)) = self.by_path.get_mut(path.as_os_str())
             && *k == key
         {
             *used = self.generation;
@@ -101,7 +121,7 @@ impl<T: Clone> IdentityCache<T> {
             self.by_inode.insert((key.dev, key.ino), (key, value.clone()));
             self.remember(path, key, &value);
         } else {
-            self.by_path.remove(path);
+            self.by_path.remove(path.as_os_str());
         }
         value
     }
@@ -109,9 +129,9 @@ impl<T: Clone> IdentityCache<T> {
     fn remember(&mut self, path: &Path, key: FileKey, value: &T) {
         let racy = key.mtime.0.max(key.ctime.0) >= now_secs().saturating_sub(self.racy_secs);
         if racy {
-            self.by_path.remove(path);
+            self.by_path.remove(path.as_os_str());
         } else {
-            self.by_path.insert(path.to_path_buf(), (key, value.clone(), self.generation));
+            self.by_path.insert(path.as_os_str().to_owned(), (key, value.clone(), self.generation));
         }
     }
 
@@ -136,25 +156,35 @@ pub struct ProfileFileCache {
     pub prior: IdentityCache<PriorExit>,
     pub env: IdentityCache<bool>,
     pub yaml: IdentityCache<crate::observe::gateway_yaml::YamlOutcome>,
+    /// `profiles/`, held open during a full re-list: the files under it are stat'ed by their
+    /// short relative paths.
+    base: Option<StatBase>,
 }
 
 impl ProfileFileCache {
+    /// Stats files under `base` relative to it until the next call (`None`: absolute paths).
+    pub fn set_base(&mut self, base: Option<StatBase>) {
+        self.base = base;
+    }
+
     /// `<dir>/gateway_state.json` (SPEC §5.2).
     pub fn intent(&mut self, dir: &Path) -> IntentReading {
         let path = dir.join(INTENT_FILE);
-        self.intent.get(&path, MAX_STATE_FILE, volume::intent_outcome).at(&path)
+        self.intent.get_at(self.base.as_ref(), &path, MAX_STATE_FILE, volume::intent_outcome).at(&path)
     }
 
     /// `<dir>/state/gateway.lifecycle.json` (SPEC §5.3).
     pub fn prior_exit(&mut self, dir: &Path) -> PriorExit {
-        self.prior.get(&dir.join(LIFECYCLE_FILE), MAX_STATE_FILE, |r| {
+        self.prior.get_at(self.base.as_ref(), &dir.join(LIFECYCLE_FILE), MAX_STATE_FILE, |r| {
             r.map_or(PriorExit::Unknown, |b| volume::parse_prior_exit(&b))
         })
     }
 
     /// Does `<dir>/.env` set `API_SERVER_PORT` (SPEC §7.4)?
     pub fn env_sets_port(&mut self, dir: &Path) -> bool {
-        self.env.get(&dir.join(ENV_FILE), MAX_ENV_FILE, |r| r.is_ok_and(|b| volume::parse_env_sets_port(&b)))
+        self.env.get_at(self.base.as_ref(), &dir.join(ENV_FILE), MAX_ENV_FILE, |r| {
+            r.is_ok_and(|b| volume::parse_env_sets_port(&b))
+        })
     }
 
     /// `<dir>/config.yaml` (SPEC §6.7): the topology settings, and a warning naming the file
@@ -165,7 +195,7 @@ impl ProfileFileCache {
     ) -> (crate::observe::gateway_yaml::GatewayYaml, Option<crate::warning::Warning>) {
         use crate::observe::gateway_yaml::{CONFIG_FILE, MAX_CONFIG_FILE, outcome};
         let path = dir.join(CONFIG_FILE);
-        let o = self.yaml.get(&path, MAX_CONFIG_FILE, outcome);
+        let o = self.yaml.get_at(self.base.as_ref(), &path, MAX_CONFIG_FILE, outcome);
         let warning = o.problem.map(|why| {
             let shown = crate::escape::Escaped::new(&path).to_string();
             crate::warning::Warning::about(&shown, "config", format!("{shown} {why}"))
@@ -197,6 +227,7 @@ impl ProfileFileCache {
 mod tests {
     use super::*;
     use std::fs;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     fn counting(c: &std::cell::Cell<u32>) -> impl Fn(Result<Vec<u8>, ReadError>) -> String + '_ {

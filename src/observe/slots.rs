@@ -4,9 +4,12 @@
 use crate::layout::slot::{DOWN_FILE, RECORD_FILE, RENDERED};
 use crate::model::{KICK_ENTRY, ProfileName, SlotRecord, is_own_hidden_entry};
 use crate::observe::safe_read::read_bounded;
+use crate::observe::stat_base::StatBase;
 pub use crate::world::{ScandirObs, SlotObs};
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Largest slot file read back for comparison; ours are far smaller.
 const MAX_SLOT_FILE: u64 = 64 * 1024;
@@ -36,35 +39,53 @@ impl FileKey {
     }
 }
 
+/// A slot file's identity when read, its content (`None`: unreadable) and the generation of
+/// the last pass that used it.
+type CachedSlotFile = (FileKey, Option<Arc<[u8]>>, u64);
+
 /// The slot files read by earlier passes, so a re-list costs one `lstat` per unchanged file
 /// instead of an open and a read (the daemon re-lists every slot every resync period).
 /// Entries not used by a full pass are dropped at its end ([`SlotFileCache::end_pass`]).
 #[derive(Debug, Default)]
 pub struct SlotFileCache {
-    entries: HashMap<PathBuf, (FileKey, Option<Vec<u8>>, u64)>,
+    /// By the path's bytes: hashing and comparing a `Path` goes component by component.
+    entries: HashMap<OsString, CachedSlotFile>,
     generation: u64,
+    /// The scandir, held open during a full re-list: slot files are stat'ed by their short
+    /// paths relative to it ([`StatBase`]).
+    base: Option<StatBase>,
 }
 
 impl SlotFileCache {
     /// Content of a slot file (bounded, no symlink followed), from the cache when unchanged.
-    pub fn read(&mut self, path: &Path) -> Option<Vec<u8>> {
+    pub fn read(&mut self, path: &Path) -> Option<Arc<[u8]>> {
         let generation = self.generation;
-        let Some(key) = FileKey::of(path) else {
-            self.entries.remove(path);
+        let Some(key) = StatBase::lstat(self.base.as_ref(), path).ok().map(|s| s.key) else {
+            self.entries.remove(path.as_os_str());
             return None;
         };
-        if let Some((k, content, used)) = self.entries.get_mut(path)
+        if let Some((k, content, used)) = self.entries.get_mut(path.as_os_str())
             && *k == key
         {
             *used = generation;
             return content.clone();
         }
-        let content = read_bounded(path, MAX_SLOT_FILE).ok();
+        let content: Option<Arc<[u8]>> = read_bounded(path, MAX_SLOT_FILE).ok().map(Arc::from);
         // Only cache what was read from the file whose identity we checked.
         if FileKey::of(path) == Some(key) {
-            self.entries.insert(path.to_path_buf(), (key, content.clone(), generation));
+            self.entries.insert(path.as_os_str().to_owned(), (key, content.clone(), generation));
         }
         content
+    }
+
+    /// Stats files under `base` relative to it until the next call (`None`: absolute paths).
+    pub fn set_base(&mut self, base: Option<StatBase>) {
+        self.base = base;
+    }
+
+    /// Whether anything is at `path` (`lstat`), through the base.
+    fn exists(&self, path: &Path) -> bool {
+        StatBase::lstat(self.base.as_ref(), path).is_ok()
     }
 
     /// Forgets entries no read used since the last call (slots that are gone).
@@ -84,7 +105,7 @@ pub fn observe_slot(dir: &Path, cache: &mut SlotFileCache) -> SlotObs {
     let record =
         cache.read(&dir.join(RECORD_FILE)).and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
     let files = RENDERED.iter().map(|rel| (*rel, cache.read(&dir.join(rel)))).collect();
-    let has_down = std::fs::symlink_metadata(dir.join(DOWN_FILE)).is_ok();
+    let has_down = cache.exists(&dir.join(DOWN_FILE));
     // A lock that cannot be read counts as supervised: plan then leaves the slot alone rather
     // than re-publishing it under a supervisor that may be alive.
     let supervised = crate::s6::supervisor(dir).maybe_alive();

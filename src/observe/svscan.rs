@@ -96,9 +96,14 @@ pub fn observe_scanner(scandir: &Path) -> ScannerObs {
         }
         let path = e.path();
         let is_link = e.file_type().map(|t| t.is_symlink()).unwrap_or(false);
-        match std::fs::metadata(&path) {
+        // Not a symlink: the entry's own type (from the listing, no `stat` per slot).
+        let meta = match e.file_type() {
+            Ok(t) if !is_link => Ok(t.is_dir()),
+            _ => std::fs::metadata(&path).map(|m| m.is_dir()),
+        };
+        match meta {
             Err(_) if is_link => obs.dangling.push(name),
-            Ok(m) if m.is_dir() => {
+            Ok(true) => {
                 let ours = ProfileName::from_slot_name(&name).is_some() && !is_link;
                 if !ours && name != KICK_ENTRY {
                     obs.foreign_units += units(&path);

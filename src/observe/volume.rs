@@ -351,6 +351,9 @@ pub fn discover(home: &Path) -> Discovery {
     let profiles_is_symlink =
         std::fs::symlink_metadata(&profiles).map(|m| m.file_type().is_symlink()).unwrap_or(false);
     let tombstones = Tombstones::list(profiles.join(TOMBSTONE_DIR));
+    // Entries are stat'ed by their short paths under `profiles/` (issue 15: a re-list costs a
+    // few path components per stat, not the whole absolute path).
+    let base = super::stat_base::StatBase::open(&profiles);
 
     for entry in entries {
         let entry = match entry {
@@ -383,7 +386,7 @@ pub fn discover(home: &Path) -> Discovery {
         } else {
             continue; // a file, a FIFO...: never a profile
         };
-        match classify_entry(&dir, kind, &tombstones, &file_name) {
+        match classify_entry(base.as_ref(), &dir, kind, &tombstones, &file_name) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(warning) => {
@@ -418,7 +421,7 @@ pub fn probe(home: &Path, name: &ProfileName) -> Result<Option<NamedDir>, String
     let profiles = home.join(PROFILES_DIR);
     let dir = profiles.join(name.as_str());
     let tombstones = Tombstones::PerEntry(profiles.join(TOMBSTONE_DIR));
-    if !classify_entry(&dir, EntryKind::Follow, &tombstones, OsStr::new(name.as_str()))? {
+    if !classify_entry(None, &dir, EntryKind::Follow, &tombstones, OsStr::new(name.as_str()))? {
         return Ok(None);
     }
     let is_link =
@@ -462,22 +465,25 @@ impl Tombstones {
 
 /// Is this (non-hidden) entry a profile candidate: a directory holding `SOUL.md`, not
 /// tombstoned? `Err` is a warning about an unexpected failure (the entry is then left out).
+/// Stats go relative to `base` (`profiles/` held open) when given.
 fn classify_entry(
+    base: Option<&super::stat_base::StatBase>,
     dir: &Path,
     kind: EntryKind,
     tombstones: &Tombstones,
     file_name: &OsStr,
 ) -> Result<bool, String> {
+    use super::stat_base::StatBase;
     if let EntryKind::Follow = kind {
-        match std::fs::metadata(dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Ok(false),
+        match StatBase::stat(base, dir).map(|m| m.dir) {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
             Err(e) if is_absent(&e) => return Ok(false),
             Err(e) => return Err(format!("{} cannot be examined: {e}", dir.display())),
         }
     }
     let marker = dir.join(MARKER_FILE);
-    match std::fs::metadata(&marker) {
+    match StatBase::stat(base, &marker) {
         Ok(_) => {}
         Err(e) if is_absent(&e) => return Ok(false),
         Err(e) => return Err(format!("{} cannot be examined: {e}", marker.display())),
@@ -487,7 +493,7 @@ fn classify_entry(
         Tombstones::PerEntry(dir) => dir,
     };
     let tombstone = tombstones.join(file_name);
-    match std::fs::symlink_metadata(&tombstone) {
+    match StatBase::lstat(base, &tombstone) {
         Ok(_) => Ok(false),
         Err(e) if is_absent(&e) => Ok(true),
         Err(e) => {

@@ -22,11 +22,11 @@
 use crate::config::WatchMode;
 use crate::layout::home::CONFIG_FILE;
 use crate::model::ProfileName;
+use crate::observe::stat_base::StatBase;
 use crate::observe::volume::{ENV_FILE, INTENT_FILE as ROOT_INTENT_FILE, MARKER_FILE};
 use notify::event::{AccessKind, AccessMode, DataChange, ModifyKind, RenameMode};
 use notify::{Event, EventKind, EventKindMask, RecursiveMode, Watcher as _};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,11 +109,17 @@ const KERNEL_EVENTS: EventKindMask = EventKindMask::CREATE
 /// changes (and the daemon's own reads cause them); a data change is always followed by the
 /// close-after-write, which is kept, so inotify's per-`write()` modify events are dropped too.
 /// The poll backend's data change (a content hash, off here) and times changes are kept.
+///
+/// A rename's `Both` event is dropped too: notify's inotify backend sends the `From` and `To`
+/// ends as events of their own first (the poll backend sends no renames), so it says nothing
+/// new, and arriving just after them it would wake the loop for a second pass over a profile
+/// the first has just read (issue 15: the intent path does no second read).
 pub fn wanted(kind: &EventKind) -> bool {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
         EventKind::Modify(ModifyKind::Data(DataChange::Any)) => false,
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => false,
         _ => true,
     }
 }
@@ -287,7 +293,12 @@ pub struct Watcher {
 
 /// Identity of the directory at `path` (symlinks followed), if it is one.
 fn dir_identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
+    dir_identity_at(None, path)
+}
+
+/// [`dir_identity`], stat'ed relative to `base` when under it (a listing of `profiles/`).
+fn dir_identity_at(base: Option<&StatBase>, path: &Path) -> Option<(u64, u64)> {
+    StatBase::stat(base, path).ok().filter(|s| s.dir).map(|s| (s.key.dev, s.key.ino))
 }
 
 impl Watcher {
@@ -387,6 +398,7 @@ impl Watcher {
         }
         self.base = base;
         let mut listed: Vec<String> = Vec::new();
+        let stat_base = StatBase::open(&profiles);
         if let Ok(entries) = std::fs::read_dir(&profiles) {
             for e in entries.flatten() {
                 let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
@@ -405,7 +417,8 @@ impl Watcher {
             .profiles
             .iter()
             .filter(|(n, id)| {
-                !present.contains(n.as_str()) || dir_identity(&profiles.join(n.as_str())) != Some(**id)
+                !present.contains(n.as_str())
+                    || dir_identity_at(stat_base.as_ref(), &profiles.join(n.as_str())) != Some(**id)
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -650,6 +663,8 @@ mod tests {
         assert_eq!(c, Changes::default());
         assert!(!wanted(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
         assert!(wanted(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(!wanted(&EventKind::Modify(ModifyKind::Name(RenameMode::Both))));
+        assert!(wanted(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub use crate::capacity;
 pub mod crashloop;
+pub mod incremental;
 pub mod ports;
 pub mod reason;
 pub mod render;

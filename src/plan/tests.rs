@@ -64,7 +64,7 @@ fn slot_as_created(obs: &Observed, cfg: &Config, name: &str) -> SlotObs {
     };
     SlotObs {
         record: Some(record.clone()),
-        files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().to_vec()))).collect(),
+        files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().into()))).collect(),
         has_down: !up,
         supervised: true,
         event_open: false,
@@ -244,7 +244,7 @@ fn edited_file_is_rewritten_without_command() {
     let cfg = config(false, 400);
     let mut obs = observed(vec![profile("default", intent(Some("running"), None))]);
     let mut slot = slot_as_created(&obs, &cfg, "default");
-    slot.files.insert("run", Some(b"#!/bin/sh\nexec evil\n".to_vec()));
+    slot.files.insert("run", Some(b"#!/bin/sh\nexec evil\n"[..].into()));
     slot.files.insert("finish", None);
     obs.scandir.slots.insert(ProfileName::root(), slot);
     let p = plan(&obs, &cfg, PassKind::Continuous);
@@ -595,7 +595,7 @@ fn settle(obs: &mut Observed, cfg: &Config, kind: PassKind) {
                 Step::Create { files, up, record, .. } => {
                     slot = Some(SlotObs {
                         record: Some(record.clone()),
-                        files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().to_vec()))).collect(),
+                        files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().into()))).collect(),
                         has_down: !up,
                         supervised: true,
                         event_open: false,

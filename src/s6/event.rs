@@ -38,7 +38,9 @@ pub fn is_closed(event_dir: &Path, uid: u32, gid: u32) -> bool {
 /// Whether any `event/` of the slot (service or logger) is not closed for the calling process's
 /// effective user and group.
 pub fn slot_events_open(slot: &Path) -> bool {
-    let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+    // The process never changes its effective ids: asked once, not twice per slot per re-list.
+    static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    let (uid, gid) = *IDS.get_or_init(|| (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()));
     event_dirs(slot).iter().any(|d| !is_closed(d, uid, gid))
 }
 

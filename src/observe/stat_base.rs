@@ -1,0 +1,137 @@
+//! Identity checks by short paths (issue 15): a full re-list stats every profile and slot file
+//! to see whether its cached parse still holds, and most of a `stat`'s cost is the kernel
+//! walking the absolute path one component at a time. A [`StatBase`] holds a directory open
+//! (`O_PATH`: nothing readable, and no inotify event for the watches on it) for one pass, so
+//! each file under it is looked up by its path relative to it: one to three components
+//! instead of six or more.
+//!
+//! Only identities come through here, never contents: a file is *read* only by its absolute
+//! path through [`super::safe_read`] (bounded, `O_NOFOLLOW`, regular files only), and a parse
+//! is kept only when the identity seen before the read matches the identity of the file read.
+//!
+//! Why a stat through the base is as safe as the absolute `lstat` it replaces: it follows
+//! the same intermediate components (the base directory included, opened as the absolute path
+//! would resolve it) and not the last one. If the volume's user swaps an intermediate
+//! component for a symlink (or the base directory for another), the stat reaches another
+//! file, whose identity (device, inode, size, mtime, ctime) differs from the cached one: the
+//! cache then misses and the file goes through the secure read path above. At worst it reaches
+//! a file that is unchanged since it was read safely, and returns that file's parse: never
+//! content read through a symlink.
+
+use super::slots::FileKey;
+use nix::fcntl::{OFlag, open};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+/// A directory held open for stats relative to it.
+#[derive(Debug)]
+pub struct StatBase {
+    prefix: PathBuf,
+    fd: OwnedFd,
+}
+
+/// What a stat says: the file's identity and whether it is a regular file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stat {
+    pub(crate) key: FileKey,
+    pub(crate) regular: bool,
+    pub(crate) dir: bool,
+}
+
+fn of(st: &FileStat) -> Stat {
+    Stat {
+        key: FileKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        },
+        regular: SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG,
+        dir: SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
+    }
+}
+
+impl StatBase {
+    /// Opens `dir` (`None`: it cannot be opened; callers then stat absolute paths).
+    pub fn open(dir: &Path) -> Option<StatBase> {
+        let fd = open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+        Some(StatBase { prefix: dir.to_path_buf(), fd })
+    }
+
+    /// `lstat` of the absolute `path`: relative to `base` when `path` is under it.
+    pub(crate) fn lstat(base: Option<&StatBase>, path: &Path) -> std::io::Result<Stat> {
+        Self::stat_at(base, path, false)
+    }
+
+    /// `stat` (the last component followed too) of the absolute `path`, relative to `base`
+    /// when under it.
+    pub(crate) fn stat(base: Option<&StatBase>, path: &Path) -> std::io::Result<Stat> {
+        Self::stat_at(base, path, true)
+    }
+
+    fn stat_at(base: Option<&StatBase>, path: &Path, follow: bool) -> std::io::Result<Stat> {
+        use nix::fcntl::AtFlags;
+        let rel = base.and_then(|b| Some((b, path.strip_prefix(&b.prefix).ok()?)));
+        let flags = if follow { AtFlags::empty() } else { AtFlags::AT_SYMLINK_NOFOLLOW };
+        let st = match rel {
+            Some((b, rel)) if !rel.as_os_str().is_empty() => fstatat(&b.fd, rel, flags),
+            _ if follow => nix::sys::stat::stat(path),
+            _ => nix::sys::stat::lstat(path),
+        };
+        Ok(of(&st.map_err(std::io::Error::from)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_and_absolute_stats_agree_and_the_last_component_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("d");
+        std::fs::create_dir_all(d.join("p")).unwrap();
+        std::fs::write(d.join("p/f"), "x").unwrap();
+        std::os::unix::fs::symlink(d.join("p/f"), d.join("p/l")).unwrap();
+        let base = StatBase::open(&d).unwrap();
+        for f in ["p/f", "p/l", "p"] {
+            assert_eq!(
+                StatBase::lstat(Some(&base), &d.join(f)).unwrap(),
+                StatBase::lstat(None, &d.join(f)).unwrap(),
+                "{f}"
+            );
+            assert_eq!(
+                StatBase::stat(Some(&base), &d.join(f)).unwrap(),
+                StatBase::stat(None, &d.join(f)).unwrap(),
+                "{f}"
+            );
+        }
+        assert!(StatBase::stat(Some(&base), &d.join("p/l")).unwrap().regular, "stat follows the last one");
+        assert!(StatBase::stat(Some(&base), &d.join("p")).unwrap().dir);
+        assert!(StatBase::lstat(Some(&base), &d.join("p/f")).unwrap().regular);
+        assert!(!StatBase::lstat(Some(&base), &d.join("p/l")).unwrap().regular, "a symlink is not followed");
+        let missing = StatBase::lstat(Some(&base), &d.join("p/none")).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        // Outside the base: the absolute path.
+        assert!(StatBase::lstat(Some(&base), t.path()).is_ok());
+    }
+
+    #[test]
+    fn a_component_swapped_for_a_symlink_shows_another_identity() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("d");
+        std::fs::create_dir_all(d.join("p")).unwrap();
+        std::fs::write(d.join("p/f"), "x").unwrap();
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("f"), "x").unwrap();
+        let base = StatBase::open(&d).unwrap();
+        let before = StatBase::lstat(Some(&base), &d.join("p/f")).unwrap();
+        std::fs::rename(d.join("p"), t.path().join("old")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, d.join("p")).unwrap();
+        let after = StatBase::lstat(Some(&base), &d.join("p/f")).unwrap();
+        assert_ne!(before.key, after.key);
+    }
+}
