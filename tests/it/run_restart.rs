@@ -44,8 +44,10 @@ fn sigkill_and_restart_five_times_restarts_nothing() {
 
     for i in 1..=5 {
         // A profile appears just before the kill, so some kills land in the middle of a pass.
+        // It appears whole (renamed in): made file by file, a daemon that saw `SOUL.md` before
+        // the state file would rightly register it first, then start it.
         let fresh = format!("new{i}");
-        w.profile(&fresh).desired("running");
+        rename_in_profile(&w, &fresh, Some("running"));
         d.kill9();
         d = Daemon::start(&w, &[]);
         converge(&w, &d, &[(fresh.as_str(), Want::Up), ("idle", Want::Down)]);
