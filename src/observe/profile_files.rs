@@ -14,7 +14,7 @@
 
 use crate::model::PriorExit;
 use crate::observe::safe_read::{MAX_STATE_FILE, ReadError, read_bounded};
-use crate::observe::slots::FileKey;
+use crate::observe::stat_base::FileKey;
 use crate::observe::stat_base::StatBase;
 use crate::observe::volume::{
     self, ENV_FILE, INTENT_FILE, IntentOutcome, IntentReading, LIFECYCLE_FILE, MAX_ENV_FILE,

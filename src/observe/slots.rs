@@ -4,7 +4,7 @@
 use crate::layout::slot::{DOWN_FILE, RECORD_FILE, RENDERED};
 use crate::model::{KICK_ENTRY, ProfileName, SlotRecord, is_own_hidden_entry};
 use crate::observe::safe_read::read_bounded;
-use crate::observe::stat_base::StatBase;
+use crate::observe::stat_base::{FileKey, StatBase};
 pub use crate::world::{ScandirObs, SlotObs};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -13,31 +13,6 @@ use std::sync::Arc;
 
 /// Largest slot file read back for comparison; ours are far smaller.
 const MAX_SLOT_FILE: u64 = 64 * 1024;
-
-/// What identifies a file's content without reading it: if none of these changed, neither
-/// did the content (every write updates mtime and ctime; a replacement is a new inode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct FileKey {
-    pub(crate) dev: u64,
-    pub(crate) ino: u64,
-    pub(crate) size: u64,
-    pub(crate) mtime: (i64, i64),
-    pub(crate) ctime: (i64, i64),
-}
-
-impl FileKey {
-    pub(crate) fn of(path: &Path) -> Option<FileKey> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::symlink_metadata(path).ok()?;
-        Some(FileKey {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
-    }
-}
 
 /// A slot file's identity when read, its content (`None`: unreadable) and the generation of
 /// the last pass that used it.

@@ -18,11 +18,35 @@
 //! a file that is unchanged since it was read safely, and returns that file's parse: never
 //! content read through a symlink.
 
-use super::slots::FileKey;
 use nix::fcntl::{OFlag, open};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+/// What identifies a file's content without reading it: if none of these changed, neither
+/// did the content (every write updates mtime and ctime; a replacement is a new inode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileKey {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime: (i64, i64),
+    pub(crate) ctime: (i64, i64),
+}
+
+impl FileKey {
+    pub(crate) fn of(path: &Path) -> Option<FileKey> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some(FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
 
 /// A directory held open for stats relative to it.
 #[derive(Debug)]
