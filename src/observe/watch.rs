@@ -288,7 +288,19 @@ pub struct Watcher {
     admitted: HashSet<String>,
     /// Watched entries that are not admitted profiles, oldest first (may hold stale names).
     extras: VecDeque<String>,
-    base: usize,
+    /// The base watches (home's parent, home, `profiles/`, `profiles/.deleted`) held, and the
+    /// directory each one was added on (device, inode, ctime).
+    bases: HashMap<PathBuf, BaseId>,
+}
+
+/// Device, inode and ctime of a base directory.
+type BaseId = (u64, u64, i64, i64);
+
+/// [`BaseId`] of the directory at `path` (symlinks followed), if it is one.
+fn base_identity(path: &Path) -> Option<BaseId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok().filter(|m| m.is_dir())?;
+    Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// Identity of the directory at `path` (symlinks followed), if it is one.
@@ -345,7 +357,7 @@ impl Watcher {
             profiles: HashMap::new(),
             admitted: HashSet::new(),
             extras: VecDeque::new(),
-            base: 0,
+            bases: HashMap::new(),
         };
         Ok((w, EventStream { rx, overflowed }))
     }
@@ -384,19 +396,24 @@ impl Watcher {
     pub fn establish(&mut self) -> Result<(), WatchError> {
         let home = self.home.clone();
         let profiles = home.join("profiles");
-        let mut base = 0;
         // The home's parent too, always: the home may be deleted while a logger keeps it open
         // (then no delete-self event arrives) and recreated later; only the parent sees both.
-        // Watching again a path already watched is idempotent for inotify (same descriptor)
-        // and, for polling, only resets a baseline that the listing after it covers.
-        let mut bases: Vec<PathBuf> = home.parent().map(Path::to_path_buf).into_iter().collect();
-        bases.extend([home.clone(), profiles.clone(), profiles.join(".deleted")]);
-        for path in &bases {
-            if self.add(path)? {
-                base += 1;
+        // A base watch is added again only when its directory may be new (another inode, or a
+        // new ctime: an inode number can be reused at once by a directory made again): asking
+        // notify for a watch it holds costs a round trip to its thread at every re-list.
+        let mut paths: Vec<PathBuf> = home.parent().map(Path::to_path_buf).into_iter().collect();
+        paths.extend([home.clone(), profiles.clone(), profiles.join(".deleted")]);
+        for path in paths {
+            match base_identity(&path) {
+                Some(id) if self.bases.get(&path) == Some(&id) => {}
+                Some(id) if self.add(&path)? => {
+                    self.bases.insert(path, id);
+                }
+                _ => {
+                    self.bases.remove(&path);
+                }
             }
         }
-        self.base = base;
         let mut listed: Vec<String> = Vec::new();
         let stat_base = StatBase::open(&profiles);
         if let Ok(entries) = std::fs::read_dir(&profiles) {
@@ -546,7 +563,7 @@ impl Watcher {
 
     /// Number of watches held (for benchmarks and tests).
     pub fn watch_count(&self) -> usize {
-        self.base + self.profiles.len()
+        self.bases.len() + self.profiles.len()
     }
 }
 
