@@ -11,12 +11,9 @@
 //! Pure, like the rest of [`crate::plan`]: the context it needs ([`Maintained`]) is kept by the
 //! daemon, which updates it from the dirty profiles only.
 
-use super::{
-    ActionKind, Decision, Plan, ProfilePlan, Reason, Role, Step, plan_adopt, plan_create, ports, render,
-    topology,
-};
+use super::{Plan, ProfilePlan, Role, Step, plan_adopt, plan_create, ports, removal, render, topology};
 use crate::config::{Config, Topology};
-use crate::model::{PriorExit, ProfileName};
+use crate::model::ProfileName;
 use crate::warning::{Finding, Warning};
 use crate::world::{ContainerMode, Observed, ProfileObs, SlotObs};
 use render::RenderInput;
@@ -202,33 +199,13 @@ pub fn settle_slot(mut slot: Option<SlotObs>, steps: &[Step]) -> Option<SlotObs>
     slot
 }
 
-/// The removal of a slot whose profile is gone (its grace over).
-fn removal(name: &ProfileName) -> ProfilePlan {
-    ProfilePlan {
-        name: name.clone(),
-        steps: vec![Step::Remove { name: name.clone() }],
-        decision: Some(Decision {
-            profile: name.to_string(),
-            slot: Some(name.slot_name()),
-            action: ActionKind::Unregistered,
-            prior_state: None,
-            prior_exit: PriorExit::Unknown,
-            reason: Some(Reason::ProfileGone),
-            folded_into_root: None,
-            backoff: None,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{PassKind, PassOptions, plan_with};
     use super::*;
     use crate::config::RawSettings;
     use crate::model::Intent;
-    use crate::world::ScandirObs;
     use proptest::prelude::*;
-    use std::path::PathBuf;
 
     fn cfg(topo: Option<Topology>, max: usize) -> Config {
         let mut c = Config::resolve(&RawSettings::default()).unwrap();
@@ -243,36 +220,12 @@ mod tests {
     }
 
     fn profile(n: &str, desired: Option<&str>, env_port: bool) -> ProfileObs {
-        let n = name(n);
-        ProfileObs {
-            dir: if n.is_root() {
-                PathBuf::from("/opt/data")
-            } else {
-                PathBuf::from(format!("/opt/data/profiles/{n}"))
-            },
-            name: n,
-            via_symlink: false,
-            intent: Intent { desired_state: desired.map(String::from), gateway_state: None },
-            intent_warning: None,
-            prior_exit: PriorExit::Unknown,
-            env_sets_port: env_port,
-            yaml: Default::default(),
-            yaml_warning: None,
-        }
+        let intent = Intent { desired_state: desired.map(String::from), gateway_state: None };
+        ProfileObs { env_sets_port: env_port, ..crate::plan::tests::profile(n, intent) }
     }
 
     fn world(profiles: Vec<ProfileObs>) -> Observed {
-        Observed {
-            mode: ContainerMode::Normal,
-            root_state_file_exists: true,
-            profiles,
-            skipped: vec![],
-            scandir: ScandirObs { exists: true, ..Default::default() },
-            scanner: Default::default(),
-            previous_ports: BTreeMap::new(),
-            warnings: vec![],
-            with_contenv: false,
-        }
+        crate::plan::tests::observed(profiles)
     }
 
     /// Applies a pass's steps to the world as the next pass would observe it.

@@ -238,20 +238,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             continue;
         }
         if !opts.hold.contains(name) {
-            plan.profiles.push(ProfilePlan {
-                name: name.clone(),
-                steps: vec![Step::Remove { name: name.clone() }],
-                decision: Some(Decision {
-                    profile: name.to_string(),
-                    slot: Some(name.slot_name()),
-                    action: ActionKind::Unregistered,
-                    prior_state: None,
-                    prior_exit: PriorExit::Unknown,
-                    reason: Some(Reason::ProfileGone),
-                    folded_into_root: None,
-                    backoff: None,
-                }),
-            });
+            plan.profiles.push(removal(name));
         }
     }
     // Keep log order: root first, then names.
@@ -563,6 +550,24 @@ fn plan_tail(
             folded_into_root: None,
             backoff: None,
         });
+    }
+}
+
+/// The removal of a slot whose profile is gone (its grace over).
+pub(crate) fn removal(name: &ProfileName) -> ProfilePlan {
+    ProfilePlan {
+        name: name.clone(),
+        steps: vec![Step::Remove { name: name.clone() }],
+        decision: Some(Decision {
+            profile: name.to_string(),
+            slot: Some(name.slot_name()),
+            action: ActionKind::Unregistered,
+            prior_state: None,
+            prior_exit: PriorExit::Unknown,
+            reason: Some(Reason::ProfileGone),
+            folded_into_root: None,
+            backoff: None,
+        }),
     }
 }
 

@@ -19,7 +19,8 @@ fn intent(d: Option<&str>, g: Option<&str>) -> Intent {
     Intent { desired_state: d.map(String::from), gateway_state: g.map(String::from) }
 }
 
-fn profile(name: &str, i: Intent) -> ProfileObs {
+/// A profile as observed with intent `i` (also used by the incremental planner's tests).
+pub(super) fn profile(name: &str, i: Intent) -> ProfileObs {
     let name = if name == "default" { ProfileName::root() } else { ProfileName::parse_named(name).unwrap() };
     let dir = if name.is_root() {
         PathBuf::from("/opt/data")
@@ -39,7 +40,8 @@ fn profile(name: &str, i: Intent) -> ProfileObs {
     }
 }
 
-fn observed(profiles: Vec<ProfileObs>) -> Observed {
+/// A normal container's world of `profiles`, no slot yet.
+pub(super) fn observed(profiles: Vec<ProfileObs>) -> Observed {
     Observed {
         mode: ContainerMode::Normal,
         root_state_file_exists: true,
