@@ -173,7 +173,7 @@ impl Daemon {
             report,
             last_full: Instant::now(),
             relist_pending: false,
-            slot_files: SlotFileCache::default(),
+            slot_files: SlotFileCache::watching(),
             profile_files: ProfileFileCache::default(),
             crash: crash_watch(&cfg_crash),
             admitted: BTreeSet::new(),

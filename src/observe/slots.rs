@@ -3,6 +3,7 @@
 
 use crate::layout::slot::{DOWN_FILE, RECORD_FILE, RENDERED};
 use crate::model::{KICK_ENTRY, ProfileName, SlotRecord, is_own_hidden_entry};
+use crate::observe::drift_watch::DriftWatch;
 use crate::observe::safe_read::read_bounded;
 use crate::observe::stat_base::{FileKey, StatBase};
 pub use crate::world::{ScandirObs, SlotObs};
@@ -21,6 +22,9 @@ type CachedSlotFile = (FileKey, Option<Arc<[u8]>>, u64);
 /// The slot files read by earlier passes, so a re-list costs one `lstat` per unchanged file
 /// instead of an open and a read (the daemon re-lists every slot every resync period).
 /// Entries not used by a full pass are dropped at its end ([`SlotFileCache::end_pass`]).
+///
+/// With a [`DriftWatch`] (the daemon), a slot nothing touched since its last reading is not
+/// even stat'ed: that reading stands, and only its supervisor is asked again.
 #[derive(Debug, Default)]
 pub struct SlotFileCache {
     /// By the path's bytes: hashing and comparing a `Path` goes component by component.
@@ -29,9 +33,112 @@ pub struct SlotFileCache {
     /// The scandir, held open during a full re-list: slot files are stat'ed by their short
     /// paths relative to it ([`StatBase`]).
     base: Option<StatBase>,
+    /// Which slots changed since their last reading (`None`: every slot is read every time).
+    drift: Option<DriftWatch>,
+    /// The last reading of each watched slot (its `supervised` is asked afresh each time), by
+    /// slot directory.
+    readings: HashMap<OsString, Reading>,
+    /// How many more lock files [`Reading::lock`] may hold open (see [`lock_budget`]).
+    locks_left: usize,
+}
+
+/// A slot's last reading, which stands while [`DriftWatch`] says nothing touched the slot.
+#[derive(Debug)]
+struct Reading {
+    obs: SlotObs,
+    /// Generation of the last pass that used it.
+    used: u64,
+    /// `supervise/lock`, held open while the reading stands: the file s6-supervise locks is
+    /// the same until something replaces `supervise/`, which the slot's watch sees, so each
+    /// re-list asks it with one `fcntl` ([`crate::s6::supervisor_by`]).
+    lock: Option<std::fs::File>,
+}
+
+/// Lock files held open at most: what leaves half of the soft descriptor limit, less a
+/// reserve, to everything else (1024 gives 384; slots past it are asked by path).
+fn lock_budget() -> usize {
+    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given, nothing else.
+    if unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    usize::try_from(lim.rlim_cur.saturating_sub(256) / 2).unwrap_or(usize::MAX)
 }
 
 impl SlotFileCache {
+    /// A cache that also watches the slots it reads, so that it re-reads only those something
+    /// touched ([`DriftWatch`]); without inotify, a plain cache.
+    pub fn watching() -> Self {
+        let drift = DriftWatch::new()
+            .map_err(|e| tracing::debug!("slots read at every re-list (no inotify for them: {e})"))
+            .ok();
+        SlotFileCache { drift, locks_left: lock_budget(), ..Default::default() }
+    }
+
+    /// Slot readings done so far that a watch could not spare (for tests and benchmarks).
+    pub fn readings(&self) -> Option<u64> {
+        self.drift.as_ref().map(|d| d.readings)
+    }
+
+    /// Takes in the changes queued since the last call: before any reading is trusted.
+    fn drain(&mut self) {
+        if let Some(d) = self.drift.as_mut() {
+            d.drain();
+        }
+    }
+
+    /// The last reading of the slot at `dir`, its supervisor asked afresh, if nothing touched
+    /// the slot since.
+    fn trusted(&mut self, dir: &Path) -> Option<SlotObs> {
+        if !self.drift.as_ref().is_some_and(|d| d.trusted(dir)) {
+            return None;
+        }
+        let generation = self.generation;
+        let r = self.readings.get_mut(dir.as_os_str())?;
+        r.used = generation;
+        let supervised = match &r.lock {
+            Some(lock) => crate::s6::supervisor_by(lock).maybe_alive(),
+            None => {
+                let (supervised, lock) = supervised(self.base.as_ref(), dir);
+                if let Some(lock) = lock
+                    && self.locks_left > 0
+                {
+                    self.locks_left -= 1;
+                    self.readings.get_mut(dir.as_os_str())?.lock = Some(lock);
+                }
+                supervised
+            }
+        };
+        let r = self.readings.get(dir.as_os_str())?;
+        Some(SlotObs { supervised, ..r.obs.clone() })
+    }
+
+    /// Called before a slot is read: changes from now on are queued.
+    fn watch(&mut self, dir: &Path) {
+        if let Some(d) = self.drift.as_mut() {
+            d.watch(dir);
+        }
+    }
+
+    /// Keeps `obs` (read after [`Self::watch`]) as the slot's reading, with its lock file,
+    /// while nothing touches the slot; forgets the old one in any case.
+    fn remember(&mut self, dir: &Path, obs: &SlotObs, lock: Option<std::fs::File>) {
+        if let Some(old) = self.readings.remove(dir.as_os_str())
+            && old.lock.is_some()
+        {
+            self.locks_left += 1;
+        }
+        if !self.drift.as_ref().is_some_and(|d| d.trusted(dir)) {
+            return;
+        }
+        let lock = lock.filter(|_| self.locks_left > 0);
+        if lock.is_some() {
+            self.locks_left -= 1;
+        }
+        self.readings
+            .insert(dir.as_os_str().to_owned(), Reading { obs: obs.clone(), used: self.generation, lock });
+    }
+
     /// Content of a slot file (bounded, no symlink followed), from the cache when unchanged.
     pub fn read(&mut self, path: &Path) -> Option<Arc<[u8]>> {
         let generation = self.generation;
@@ -63,10 +170,23 @@ impl SlotFileCache {
         StatBase::lstat(self.base.as_ref(), path).is_ok()
     }
 
-    /// Forgets entries no read used since the last call (slots that are gone).
+    /// Forgets entries no read used since the last call (slots that are gone), and stops
+    /// watching their slots. The files of a slot whose reading stood are forgotten too: the
+    /// next reading of it (after a change) reads them again.
     pub fn end_pass(&mut self) {
         let generation = self.generation;
         self.entries.retain(|_, (_, _, used)| *used == generation);
+        let mut freed = 0;
+        self.readings.retain(|_, r| {
+            let keep = r.used == generation;
+            freed += usize::from(!keep && r.lock.is_some());
+            keep
+        });
+        self.locks_left += freed;
+        if let Some(d) = self.drift.as_mut() {
+            let readings = &self.readings;
+            d.retain(|dir| readings.contains_key(dir));
+        }
         self.generation += 1;
     }
 }
@@ -77,15 +197,39 @@ pub fn slot_dir(scandir: &Path, name: &ProfileName) -> PathBuf {
 
 /// Reads one slot directory.
 pub fn observe_slot(dir: &Path, cache: &mut SlotFileCache) -> SlotObs {
+    cache.drain();
+    observe_drained(dir, cache)
+}
+
+/// [`observe_slot`], the drift queue already taken in.
+fn observe_drained(dir: &Path, cache: &mut SlotFileCache) -> SlotObs {
+    if let Some(obs) = cache.trusted(dir) {
+        return obs;
+    }
+    cache.watch(dir);
+    let (supervised, lock) = supervised(cache.base.as_ref(), dir);
     let record =
         cache.read(&dir.join(RECORD_FILE)).and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
     let files = RENDERED.iter().map(|rel| (*rel, cache.read(&dir.join(rel)))).collect();
     let has_down = cache.exists(&dir.join(DOWN_FILE));
+    let event_open = crate::s6::event::slot_events_open(dir);
+    let obs = SlotObs { record, files, has_down, supervised, event_open };
+    cache.remember(dir, &obs, lock);
+    obs
+}
+
+/// Whether a supervisor holds the lock of the slot at `dir` (by its short path when the
+/// scandir is held), and the lock file when it was opened that way.
+fn supervised(base: Option<&StatBase>, dir: &Path) -> (bool, Option<std::fs::File>) {
     // A lock that cannot be read counts as supervised: plan then leaves the slot alone rather
     // than re-publishing it under a supervisor that may be alive.
-    let supervised = crate::s6::supervisor(dir).maybe_alive();
-    let event_open = crate::s6::event::slot_events_open(dir);
-    SlotObs { record, files, has_down, supervised, event_open }
+    match base.and_then(|b| Some((b, dir.strip_prefix(b.path()).ok()?))) {
+        Some((b, rel)) if !rel.as_os_str().is_empty() => {
+            let (liveness, lock) = crate::s6::supervisor_in(std::os::fd::AsFd::as_fd(b), rel);
+            (liveness.maybe_alive(), lock)
+        }
+        _ => (crate::s6::supervisor(dir).maybe_alive(), None),
+    }
 }
 
 /// Lists the scandir. A scandir that cannot be listed is reported as absent.
@@ -94,6 +238,7 @@ pub fn observe_scandir(scandir: &Path, cache: &mut SlotFileCache) -> ScandirObs 
         return ScandirObs::default();
     };
     let mut obs = ScandirObs { exists: true, ..Default::default() };
+    cache.drain();
     for entry in entries.flatten() {
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
@@ -112,7 +257,7 @@ pub fn observe_scandir(scandir: &Path, cache: &mut SlotFileCache) -> ScandirObs 
         // A slot is a real directory; a symlink or file named gateway-* is not one of ours.
         match entry.file_type() {
             Ok(t) if t.is_dir() => {
-                obs.slots.insert(profile, observe_slot(&entry.path(), cache));
+                obs.slots.insert(profile, observe_drained(&entry.path(), cache));
             }
             _ => continue,
         }

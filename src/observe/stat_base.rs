@@ -77,11 +77,22 @@ fn of(st: &FileStat) -> Stat {
     }
 }
 
+impl std::os::fd::AsFd for StatBase {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl StatBase {
     /// Opens `dir` (`None`: it cannot be opened; callers then stat absolute paths).
     pub fn open(dir: &Path) -> Option<StatBase> {
         let fd = open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
         Some(StatBase { prefix: dir.to_path_buf(), fd })
+    }
+
+    /// The directory's absolute path, as opened.
+    pub fn path(&self) -> &Path {
+        &self.prefix
     }
 
     /// `lstat` of the absolute `path`: relative to `base` when `path` is under it.

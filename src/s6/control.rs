@@ -220,10 +220,53 @@ pub fn scanner_pid(scandir: &Path) -> Result<Option<i32>, ControlError> {
     lock_holder(scandir.join(".s6-svscan").join("lock"))
 }
 
+/// [`supervisor`] of the service directory `rel` under the directory `base` is open on
+/// (the scandir, held for a pass): the lock is opened by its short relative path instead of
+/// the absolute one, with the same flags. `base` is only ever a directory the caller opened
+/// itself, so the last component is still never followed.
+///
+/// The lock file, when it could be opened, comes back with the answer: a caller that knows
+/// the file is still the service's (nothing replaced `supervise/` since) may ask it again
+/// with [`supervisor_by`], one `fcntl` instead of a path walk, an open and a close.
+pub fn supervisor_in(base: std::os::fd::BorrowedFd<'_>, rel: &Path) -> (Liveness, Option<File>) {
+    let lock = rel.join(SUPERVISE_LOCK);
+    let flags = nix::fcntl::OFlag::O_RDONLY
+        | nix::fcntl::OFlag::O_NOFOLLOW
+        | nix::fcntl::OFlag::O_NONBLOCK
+        | nix::fcntl::OFlag::O_CLOEXEC;
+    match nix::fcntl::openat(base, &lock, flags, nix::sys::stat::Mode::empty()) {
+        Ok(fd) => {
+            let file = File::from(fd);
+            (liveness(query_lock(&lock, Ok(&file))), Some(file))
+        }
+        Err(e) => (liveness(query_lock(&lock, Err(std::io::Error::from(e)))), None),
+    }
+}
+
+/// [`supervisor`], asked through a lock file [`supervisor_in`] opened earlier.
+pub fn supervisor_by(lock: &File) -> Liveness {
+    liveness(query_lock(Path::new(SUPERVISE_LOCK), Ok(lock)))
+}
+
+fn liveness(r: Result<Option<i32>, ControlError>) -> Liveness {
+    match r {
+        Ok(Some(pid)) => Liveness::Alive(pid),
+        Ok(None) => Liveness::Absent,
+        Err(e) => Liveness::Unknown(e),
+    }
+}
+
 fn lock_holder(path: PathBuf) -> Result<Option<i32>, ControlError> {
-    let io_err = |source: std::io::Error| ControlError::Io { path: path.clone(), source };
-    let file = match File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path)
-    {
+    match File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path) {
+        Ok(file) => query_lock(&path, Ok(&file)),
+        Err(e) => query_lock(&path, Err(e)),
+    }
+}
+
+/// The holder of a write lock on the opened lock file `path` (see [`supervisor_pid`]).
+fn query_lock(path: &Path, opened: std::io::Result<&File>) -> Result<Option<i32>, ControlError> {
+    let io_err = |source: std::io::Error| ControlError::Io { path: path.to_path_buf(), source };
+    let file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(e)),

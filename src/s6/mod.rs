@@ -7,6 +7,7 @@ pub mod event;
 pub mod status;
 
 pub use control::{
-    ControlError, Liveness, SupervisorCommand, rescan, scanner_pid, send_command, supervisor, supervisor_pid,
+    ControlError, Liveness, SupervisorCommand, rescan, scanner_pid, send_command, supervisor, supervisor_by,
+    supervisor_in, supervisor_pid,
 };
 pub use status::{ServiceStatus, StatusError, decode_status, read_status};

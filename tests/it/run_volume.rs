@@ -48,15 +48,16 @@ fn hermes_set_desired(dir: &Path, value: &str) {
     );
 }
 
-/// Inotify watches held by process `pid` (every inotify descriptor's `inotify wd:` lines).
-/// The daemon's inotify watches on the volume: all of them but those on the slots'
-/// `supervise/` directories (one per slot, for crash-loop backoff; not volume directories).
+/// The daemon's inotify watches on the volume: every `inotify wd:` line of process `pid`'s
+/// descriptors but those on the scandir's directories (a slot, its `data/`, `log/` and
+/// `supervise/`: the drift and crash-loop watches, bounded by the slots, not the volume's).
 fn inotify_watches(w: &World, pid: i32) -> usize {
     use std::os::unix::fs::MetadataExt;
     let supervise: std::collections::BTreeSet<String> = fs::read_dir(&w.scandir)
         .expect("scandir")
         .flatten()
-        .filter_map(|e| fs::metadata(e.path().join("supervise")).ok())
+        .flat_map(|e| ["", "data", "log", "supervise"].map(|sub| e.path().join(sub)))
+        .filter_map(|p| fs::metadata(p).ok())
         .map(|m| format!("ino:{:x} ", m.ino()))
         .collect();
     let mut n = 0;
