@@ -26,6 +26,8 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
+use crate::layout::slot::SUPERVISE_DIR;
+
 /// The directories watched in a slot, relative to it: the slot itself (its rendered files,
 /// `down`, `event/`), `data/` (the daemon's record) and `log/` (the logger's run script and
 /// `event/`).
@@ -93,6 +95,19 @@ impl DriftWatch {
                             for s in self.slots.values_mut() {
                                 s.stale = true;
                             }
+                            continue;
+                        }
+                        // s6-supervise making its own `supervise/` (in the slot or in `log/`)
+                        // changes nothing a reading holds: the lock file is opened then
+                        // ([`crate::observe::slots`]). Removing or replacing it is not ignored.
+                        if ev.name.as_deref().is_some_and(|n| n == OsStr::new(SUPERVISE_DIR))
+                            && ev.mask.contains(AddWatchFlags::IN_ISDIR)
+                            && !ev.mask.intersects(
+                                AddWatchFlags::IN_DELETE
+                                    | AddWatchFlags::IN_MOVED_FROM
+                                    | AddWatchFlags::IN_MOVED_TO,
+                            )
+                        {
                             continue;
                         }
                         let Some(dir) = self.by_wd.get(&ev.wd) else { continue };
@@ -244,6 +259,25 @@ mod tests {
             w.watch(&a);
             assert!(settled(&mut w, &a), "read again after change {i}: trusted");
         }
+    }
+
+    #[test]
+    fn s6_making_its_supervise_dir_marks_nothing_but_removing_it_does() {
+        let t = tempfile::tempdir().unwrap();
+        let a = slot(t.path(), "gateway-a");
+        let mut w = DriftWatch::new().unwrap();
+        w.watch(&a);
+        fs::create_dir(a.join("supervise")).unwrap();
+        fs::create_dir(a.join("log/supervise")).unwrap();
+        fs::write(a.join("supervise/lock"), "").unwrap();
+        assert!(settled(&mut w, &a));
+        fs::remove_dir_all(a.join("supervise")).unwrap();
+        assert!(!settled(&mut w, &a));
+        w.watch(&a);
+        // Not a directory: a file planted under that name is a change like any other.
+        fs::write(a.join("log/supervise.tmp"), "").unwrap();
+        fs::rename(a.join("log/supervise.tmp"), a.join("log/supervise2")).unwrap();
+        assert!(!settled(&mut w, &a));
     }
 
     #[test]

@@ -228,7 +228,12 @@ fn supervised(base: Option<&StatBase>, dir: &Path) -> (bool, Option<std::fs::Fil
             let (liveness, lock) = crate::s6::supervisor_in(std::os::fd::AsFd::as_fd(b), rel);
             (liveness.maybe_alive(), lock)
         }
-        _ => (crate::s6::supervisor(dir).maybe_alive(), None),
+        // No scandir held (a reading outside a full re-list): the absolute path, still
+        // keeping the lock file for the re-lists that trust this reading.
+        _ => {
+            let (liveness, lock) = crate::s6::supervisor_in(nix::fcntl::AT_FDCWD, dir);
+            (liveness.maybe_alive(), lock)
+        }
     }
 }
 

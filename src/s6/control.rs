@@ -223,7 +223,8 @@ pub fn scanner_pid(scandir: &Path) -> Result<Option<i32>, ControlError> {
 /// [`supervisor`] of the service directory `rel` under the directory `base` is open on
 /// (the scandir, held for a pass): the lock is opened by its short relative path instead of
 /// the absolute one, with the same flags. `base` is only ever a directory the caller opened
-/// itself, so the last component is still never followed.
+/// itself, so the last component is still never followed. (An absolute `rel` ignores `base`,
+/// as `openat` does: pass `AT_FDCWD`.)
 ///
 /// The lock file, when it could be opened, comes back with the answer: a caller that knows
 /// the file is still the service's (nothing replaced `supervise/` since) may ask it again
