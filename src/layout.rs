@@ -11,6 +11,8 @@ pub mod home {
     /// A profile's intent (the gateway's own state file, SPEC §5.2); also the legacy
     /// migration's record at the home's root (SPEC §5.4).
     pub const INTENT_FILE: &str = "gateway_state.json";
+    /// The gateway's state directory in a profile, where its lifecycle record lives.
+    pub const STATE_DIR: &str = "state";
     /// The gateway's lifecycle record: how its last run ended (SPEC §5.3).
     pub const LIFECYCLE_FILE: &str = "state/gateway.lifecycle.json";
     /// A profile's environment file (a port set there overrides ours, SPEC §7.4).

@@ -457,11 +457,13 @@ impl Daemon {
             }
         }
         self.last_full = Instant::now();
+        let watcher = self.watcher.as_ref();
         self.world = observe::observe_all_cached(
             &self.cfg,
             (kind == PassKind::Boot).then_some(Path::new("/proc")),
             &mut self.slot_files,
             &mut self.profile_files,
+            &|name| watcher.and_then(|w| w.dir_key(name.as_str())),
         );
         self.slot_files.end_pass();
         self.profile_files.end_full_pass();

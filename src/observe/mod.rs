@@ -150,16 +150,26 @@ pub fn observe_names(config: &Config, proc_root: Option<&Path>) -> Observed {
 /// The scandir and s6-svscan's limit are observed first, so that the files of profiles over
 /// the capacity cap are never read (SPEC §9.3): they are listed (for `status` and the log)
 /// as unread profiles.
+///
+/// `dir_key` gives the identity a named profile's directory had before this pass looked at
+/// it (the watcher's stat at the start of the pass), if known: while it is unchanged, the
+/// optional files that were missing are not looked for again ([`ProfileFileCache::enter_dir`]).
 pub fn observe_all_cached(
     config: &Config,
     proc_root: Option<&Path>,
     cache: &mut slots::SlotFileCache,
     profile_cache: &mut ProfileFileCache,
+    dir_key: &dyn Fn(&ProfileName) -> Option<stat_base::FileKey>,
 ) -> Observed {
     // Held for this listing only: a later pass opens `profiles/` afresh. (The root's files,
     // outside it, are stat'ed by their absolute paths.)
     profile_cache.set_base(stat_base::StatBase::open(&config.home.join(crate::layout::home::PROFILES_DIR)));
-    let observed = observe_all_with(config, proc_root, cache, &mut |p| read_profile_files(p, profile_cache));
+    let observed = observe_all_with(config, proc_root, cache, &mut |p| {
+        let key = if p.name.is_root() { None } else { dir_key(&p.name) };
+        profile_cache.enter_dir(&p.dir, key);
+        read_profile_files(p, profile_cache);
+        profile_cache.leave_dir(&p.dir);
+    });
     profile_cache.set_base(None);
     profile_cache.end_pass();
     observed

@@ -12,6 +12,7 @@
 //! - entries no full pass used are dropped at its end ([`ProfileFileCache::end_full_pass`]), so
 //!   the cache holds at most one entry per admitted profile file.
 
+use crate::layout::home::STATE_DIR;
 use crate::model::PriorExit;
 use crate::observe::safe_read::{MAX_STATE_FILE, ReadError, read_bounded};
 use crate::observe::stat_base::FileKey;
@@ -61,6 +62,12 @@ fn key_of(m: &std::fs::Metadata) -> FileKey {
         mtime: (m.mtime(), m.mtime_nsec()),
         ctime: (m.ctime(), m.ctime_nsec()),
     }
+}
+
+/// Is `key`'s last change within `racy_secs` of now (too recent for its times to tell a
+/// change made in the same clock tick apart)?
+fn is_racy(key: &FileKey, racy_secs: i64) -> bool {
+    key.mtime.0.max(key.ctime.0) >= now_secs().saturating_sub(racy_secs)
 }
 
 fn now_secs() -> i64 {
@@ -127,8 +134,7 @@ impl<T: Clone> IdentityCache<T> {
     }
 
     fn remember(&mut self, path: &Path, key: FileKey, value: &T) {
-        let racy = key.mtime.0.max(key.ctime.0) >= now_secs().saturating_sub(self.racy_secs);
-        if racy {
+        if is_racy(&key, self.racy_secs) {
             self.by_path.remove(path.as_os_str());
         } else {
             self.by_path.insert(path.as_os_str().to_owned(), (key, value.clone(), self.generation));
@@ -159,9 +165,85 @@ pub struct ProfileFileCache {
     /// `profiles/`, held open during a full re-list: the files under it are stat'ed by their
     /// short relative paths.
     base: Option<StatBase>,
+    /// The optional files found missing in each profile directory, while it is unchanged.
+    absent: HashMap<std::ffi::OsString, Absent>,
+    /// The identity of the directory whose files are being read, taken before they are looked
+    /// at ([`ProfileFileCache::enter_dir`]); `None`: unknown, every file is looked at.
+    dir_now: Option<FileKey>,
+    /// What this reading of the directory found missing so far.
+    missing: Missing,
+    generation: u64,
+    /// Tests make every directory look old enough to remember ([`RACY_SECS`] otherwise).
+    racy_secs: Option<i64>,
+}
+
+/// Optional files a profile directory lacked when it had identity `key` (times included).
+/// A file made in a directory, or renamed into it, changes the directory's mtime and ctime:
+/// while `key` holds, they are still missing, and a re-list need not look for them again
+/// (issue 15: three failing lookups per profile at every re-list, for files most profiles
+/// never have). The lifecycle file is under `state/`: only a missing `state/` counts.
+#[derive(Clone, Copy, Debug)]
+struct Absent {
+    key: FileKey,
+    missing: Missing,
+    used: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Missing {
+    env: bool,
+    yaml: bool,
+    /// No `state/` in the directory (then no lifecycle file either).
+    state_dir: bool,
+    /// The lifecycle file was missing (`state/` maybe there).
+    lifecycle: bool,
 }
 
 impl ProfileFileCache {
+    /// Before a full re-list reads the files of the profile at `dir`: the directory's identity
+    /// as stat'ed *before* its files are looked at (the watcher's, at the start of the pass),
+    /// or `None` (every file is looked at).
+    pub fn enter_dir(&mut self, dir: &Path, key: Option<FileKey>) {
+        self.missing = Missing::default();
+        let racy = self.racy_secs.unwrap_or(RACY_SECS);
+        self.dir_now = key
+            .filter(|k| self.absent.get(dir.as_os_str()).is_some_and(|a| a.key == *k) || !is_racy(k, racy));
+    }
+
+    /// After the files of the profile at `dir` were read: what was missing stands while the
+    /// directory keeps the identity given to [`Self::enter_dir`] (unless that is too recent
+    /// to tell a later change apart).
+    pub fn leave_dir(&mut self, dir: &Path) {
+        let Some(key) = self.dir_now.take() else {
+            self.absent.remove(dir.as_os_str());
+            return;
+        };
+        let mut missing = self.missing;
+        if let Some(a) = self.absent.get_mut(dir.as_os_str())
+            && a.key == key
+        {
+            a.used = self.generation;
+            return;
+        }
+        // Is it `state/` that is missing, or only the file in it?
+        missing.state_dir = missing.lifecycle
+            && StatBase::lstat(self.base.as_ref(), &dir.join(STATE_DIR))
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        if is_racy(&key, self.racy_secs.unwrap_or(RACY_SECS)) {
+            self.absent.remove(dir.as_os_str());
+        } else {
+            self.absent.insert(dir.as_os_str().to_owned(), Absent { key, missing, used: self.generation });
+        }
+    }
+
+    /// What the directory being read lacked when it last had its present identity.
+    fn known_missing(&self, dir: &Path) -> Missing {
+        match (self.dir_now, self.absent.get(dir.as_os_str())) {
+            (Some(now), Some(a)) if a.key == now => a.missing,
+            _ => Missing::default(),
+        }
+    }
+
     /// Stats files under `base` relative to it until the next call (`None`: absolute paths).
     pub fn set_base(&mut self, base: Option<StatBase>) {
         self.base = base;
@@ -175,16 +257,32 @@ impl ProfileFileCache {
 
     /// `<dir>/state/gateway.lifecycle.json` (SPEC §5.3).
     pub fn prior_exit(&mut self, dir: &Path) -> PriorExit {
-        self.prior.get_at(self.base.as_ref(), &dir.join(LIFECYCLE_FILE), MAX_STATE_FILE, |r| {
+        if self.known_missing(dir).state_dir {
+            self.missing.lifecycle = true;
+            return PriorExit::Unknown;
+        }
+        let gone = std::cell::Cell::new(false);
+        let exit = self.prior.get_at(self.base.as_ref(), &dir.join(LIFECYCLE_FILE), MAX_STATE_FILE, |r| {
+            gone.set(matches!(r, Err(ReadError::Missing)));
             r.map_or(PriorExit::Unknown, |b| volume::parse_prior_exit(&b))
-        })
+        });
+        self.missing.lifecycle = gone.get();
+        exit
     }
 
     /// Does `<dir>/.env` set `API_SERVER_PORT` (SPEC §7.4)?
     pub fn env_sets_port(&mut self, dir: &Path) -> bool {
-        self.env.get_at(self.base.as_ref(), &dir.join(ENV_FILE), MAX_ENV_FILE, |r| {
+        if self.known_missing(dir).env {
+            self.missing.env = true;
+            return false;
+        }
+        let gone = std::cell::Cell::new(false);
+        let sets = self.env.get_at(self.base.as_ref(), &dir.join(ENV_FILE), MAX_ENV_FILE, |r| {
+            gone.set(matches!(r, Err(ReadError::Missing)));
             r.is_ok_and(|b| volume::parse_env_sets_port(&b))
-        })
+        });
+        self.missing.env = gone.get();
+        sets
     }
 
     /// `<dir>/config.yaml` (SPEC §6.7): the topology settings, and a warning naming the file
@@ -195,7 +293,16 @@ impl ProfileFileCache {
     ) -> (crate::observe::gateway_yaml::GatewayYaml, Option<crate::warning::Warning>) {
         use crate::observe::gateway_yaml::{CONFIG_FILE, MAX_CONFIG_FILE, outcome};
         let path = dir.join(CONFIG_FILE);
-        let o = self.yaml.get_at(self.base.as_ref(), &path, MAX_CONFIG_FILE, outcome);
+        if self.known_missing(dir).yaml {
+            self.missing.yaml = true;
+            return (outcome(Err(ReadError::Missing)).settings, None);
+        }
+        let gone = std::cell::Cell::new(false);
+        let o = self.yaml.get_at(self.base.as_ref(), &path, MAX_CONFIG_FILE, |r| {
+            gone.set(matches!(r, Err(ReadError::Missing)));
+            outcome(r)
+        });
+        self.missing.yaml = gone.get();
         let warning = o.problem.map(|why| {
             let shown = crate::escape::Escaped::new(&path).to_string();
             crate::warning::Warning::about(&shown, "config", format!("{shown} {why}"))
@@ -211,6 +318,9 @@ impl ProfileFileCache {
     }
 
     pub fn end_full_pass(&mut self) {
+        let generation = self.generation;
+        self.absent.retain(|_, a| a.used == generation);
+        self.generation += 1;
         self.yaml.end_full_pass();
         self.intent.end_full_pass();
         self.prior.end_full_pass();
@@ -329,6 +439,68 @@ mod tests {
         let n = std::cell::Cell::new(0);
         assert_eq!(c.get(&p, 100, counting(&n)), "is a FIFO, not a regular file");
         assert!(c.by_path.is_empty() && c.by_inode.is_empty());
+    }
+
+    /// Reads the optional files of `dir` as a full re-list does, its directory's identity
+    /// given as `key`.
+    fn optional(c: &mut ProfileFileCache, dir: &Path, key: Option<FileKey>) -> (bool, PriorExit, bool) {
+        c.enter_dir(dir, key);
+        let env = c.env_sets_port(dir);
+        let prior = c.prior_exit(dir);
+        let yaml = c.gateway_yaml(dir).1.is_some();
+        c.leave_dir(dir);
+        (env, prior, yaml)
+    }
+
+    #[test]
+    fn missing_optional_files_are_not_looked_for_while_their_directory_is_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("p");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join(INTENT_FILE), "{}").unwrap();
+        let mut c = ProfileFileCache { racy_secs: Some(-1_000_000), ..Default::default() };
+        let old = FileKey::of(&dir).unwrap();
+        assert_eq!(optional(&mut c, &dir, Some(old)), (false, PriorExit::Unknown, false));
+        // Files made since: the directory's identity moved on. Given the identity it had
+        // before (what a pass that stat'ed it just before they were made holds), they are
+        // not looked for: the proof that nothing was looked up.
+        fs::write(dir.join(ENV_FILE), "API_SERVER_PORT=1\n").unwrap();
+        fs::write(dir.join("config.yaml"), "gateway: [\n").unwrap();
+        fs::create_dir(dir.join(STATE_DIR)).unwrap();
+        fs::write(dir.join(LIFECYCLE_FILE), r#"{"phase":"exited"}"#).unwrap();
+        assert_eq!(optional(&mut c, &dir, Some(old)), (false, PriorExit::Unknown, false));
+        // With its identity now, every file is seen.
+        let now = FileKey::of(&dir).unwrap();
+        assert_ne!(now, old);
+        let (env, prior, yaml) = optional(&mut c, &dir, Some(now));
+        assert!(env && yaml && prior != PriorExit::Unknown, "{env} {prior:?} {yaml}");
+        // Without an identity (a partial pass), every file is looked at, and nothing is kept.
+        assert!(optional(&mut c, &dir, None).0);
+        assert!(c.absent.is_empty());
+    }
+
+    #[test]
+    fn a_lifecycle_file_made_in_an_existing_state_dir_is_seen() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("p");
+        fs::create_dir_all(dir.join(STATE_DIR)).unwrap();
+        let mut c = ProfileFileCache { racy_secs: Some(-1_000_000), ..Default::default() };
+        let key = FileKey::of(&dir).unwrap();
+        assert_eq!(optional(&mut c, &dir, Some(key)).1, PriorExit::Unknown);
+        // Made inside `state/`: the profile directory's identity does not move.
+        fs::write(dir.join(LIFECYCLE_FILE), r#"{"phase":"exited"}"#).unwrap();
+        assert_eq!(FileKey::of(&dir).unwrap(), key);
+        assert_ne!(optional(&mut c, &dir, Some(key)).1, PriorExit::Unknown);
+    }
+
+    #[test]
+    fn a_directory_changed_just_now_is_not_remembered() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("p");
+        fs::create_dir(&dir).unwrap();
+        let mut c = ProfileFileCache::default();
+        optional(&mut c, &dir, FileKey::of(&dir));
+        assert!(c.absent.is_empty(), "its times cannot yet tell a change in the same tick apart");
     }
 
     #[test]

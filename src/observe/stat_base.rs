@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 /// What identifies a file's content without reading it: if none of these changed, neither
 /// did the content (every write updates mtime and ctime; a replacement is a new inode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct FileKey {
+pub struct FileKey {
     pub(crate) dev: u64,
     pub(crate) ino: u64,
     pub(crate) size: u64,

@@ -22,7 +22,7 @@
 use crate::config::WatchMode;
 use crate::layout::home::CONFIG_FILE;
 use crate::model::ProfileName;
-use crate::observe::stat_base::StatBase;
+use crate::observe::stat_base::{FileKey, StatBase};
 use crate::observe::volume::{ENV_FILE, INTENT_FILE as ROOT_INTENT_FILE, MARKER_FILE};
 use notify::event::{AccessKind, AccessMode, DataChange, ModifyKind, RenameMode};
 use notify::{Event, EventKind, EventKindMask, RecursiveMode, Watcher as _};
@@ -284,6 +284,9 @@ pub struct Watcher {
     home: PathBuf,
     /// Watched entries of `profiles/` and the identity (device, inode) of what was watched.
     profiles: HashMap<String, (u64, u64)>,
+    /// What the last [`Watcher::establish`] saw of each watched entry (its directory's full
+    /// identity, times included): see [`Watcher::dir_key`].
+    seen: HashMap<String, FileKey>,
     /// Names of the profiles the capacity guard admitted (as of the last pass).
     admitted: HashSet<String>,
     /// Watched entries that are not admitted profiles, oldest first (may hold stale names).
@@ -310,7 +313,12 @@ fn dir_identity(path: &Path) -> Option<(u64, u64)> {
 
 /// [`dir_identity`], stat'ed relative to `base` when under it (a listing of `profiles/`).
 fn dir_identity_at(base: Option<&StatBase>, path: &Path) -> Option<(u64, u64)> {
-    StatBase::stat(base, path).ok().filter(|s| s.dir).map(|s| (s.key.dev, s.key.ino))
+    dir_key_at(base, path).map(|k| (k.dev, k.ino))
+}
+
+/// The full identity (times included) of the directory at `path` (symlinks followed).
+fn dir_key_at(base: Option<&StatBase>, path: &Path) -> Option<FileKey> {
+    StatBase::stat(base, path).ok().filter(|s| s.dir).map(|s| s.key)
 }
 
 impl Watcher {
@@ -355,6 +363,7 @@ impl Watcher {
             backend,
             home: home.to_path_buf(),
             profiles: HashMap::new(),
+            seen: HashMap::new(),
             admitted: HashSet::new(),
             extras: VecDeque::new(),
             bases: HashMap::new(),
@@ -430,15 +439,17 @@ impl Watcher {
         // are looked at (a stat each): with 10,000 folders and a cap of 400, the others cost
         // the listing alone.
         let present: HashSet<&str> = listed.iter().map(String::as_str).collect();
-        let stale: Vec<String> = self
-            .profiles
-            .iter()
-            .filter(|(n, id)| {
-                !present.contains(n.as_str())
-                    || dir_identity_at(stat_base.as_ref(), &profiles.join(n.as_str())) != Some(**id)
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
+        self.seen.clear();
+        let mut stale: Vec<String> = Vec::new();
+        for (n, id) in &self.profiles {
+            let key = present.contains(n.as_str()).then(|| dir_key_at(stat_base.as_ref(), &profiles.join(n)));
+            match key.flatten() {
+                Some(k) if (k.dev, k.ino) == *id => {
+                    self.seen.insert(n.clone(), k);
+                }
+                _ => stale.push(n.clone()),
+            }
+        }
         for name in stale {
             self.unwatch(&name);
         }
@@ -459,9 +470,17 @@ impl Watcher {
         Ok(())
     }
 
+    /// The identity (times included) the watched directory `profiles/<name>` had when the
+    /// last [`Watcher::establish`] stat'ed it, or when it was watched since: taken *before*
+    /// the listing that follows, so a file made in it after that changes its times.
+    pub fn dir_key(&self, name: &str) -> Option<FileKey> {
+        self.seen.get(name).copied()
+    }
+
     /// Drops the watch of `profiles/<name>`. notify's inotify backend may already have dropped
     /// it (the entry was deleted or renamed away): that is not an error.
     fn unwatch(&mut self, name: &str) {
+        self.seen.remove(name);
         if self.profiles.remove(name).is_some() {
             let _ = self.inner.unwatch(&self.home.join("profiles").join(name));
         }
@@ -532,9 +551,10 @@ impl Watcher {
             return Ok(());
         }
         let path = self.home.join("profiles").join(name);
-        let Some(id) = dir_identity(&path) else { return Ok(()) };
+        let Some(key) = dir_key_at(None, &path) else { return Ok(()) };
         if self.add(&path)? {
-            self.profiles.insert(name.to_string(), id);
+            self.profiles.insert(name.to_string(), (key.dev, key.ino));
+            self.seen.insert(name.to_string(), key);
             if !self.admitted.contains(name) {
                 self.extras.push_back(name.to_string());
                 if self.extras.len() > 4 * EXTRA_WATCHES {
