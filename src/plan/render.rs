@@ -56,7 +56,14 @@ pub fn digest(files: &[SlotFile]) -> String {
         h.update((f.content.len() as u64).to_be_bytes());
         h.update(f.content.as_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    // Hex by hand: a `format!` per byte was 32 allocations per slot at every re-list.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in h.finalize() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// The lines that re-execute the script as `user` when it was started as root.
@@ -158,6 +165,23 @@ mod tests {
         let mut i = input(&n, None, None);
         i.with_contenv = true;
         assert!(render(&i)[1].content.starts_with("#!/command/with-contenv sh\n"));
+    }
+
+    #[test]
+    fn digest_is_the_lowercase_hex_sha256_of_names_modes_and_contents() {
+        let n = ProfileName::parse_named("work").unwrap();
+        let files = render(&input(&n, Some(8643), Some("hermes")));
+        let mut h = Sha256::new();
+        for f in &files {
+            h.update(f.rel.as_bytes());
+            h.update([0]);
+            h.update(f.mode.to_be_bytes());
+            h.update((f.content.len() as u64).to_be_bytes());
+            h.update(f.content.as_bytes());
+        }
+        let want: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(digest(&files), want);
+        assert_eq!(want.len(), 64);
     }
 
     #[test]
