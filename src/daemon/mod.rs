@@ -463,7 +463,7 @@ impl Daemon {
             (kind == PassKind::Boot).then_some(Path::new("/proc")),
             &mut self.slot_files,
             &mut self.profile_files,
-            &|name| watcher.and_then(|w| w.dir_key(name.as_str())),
+            &|name| watcher.and_then(|w| w.dir_key(name)),
         );
         self.slot_files.end_pass();
         self.profile_files.end_full_pass();

@@ -126,23 +126,20 @@ pub fn observe_root(home: &Path) -> ProfileObs {
 /// judgment is recorded in the runtime directory (SPEC §9.4); `None` skips that (the mode only
 /// matters to a boot pass) and reports a normal container.
 pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
-    observe_all_with(
-        config,
-        proc_root,
-        &mut slots::SlotFileCache::default(),
-        &mut read_profile_files_uncached,
-    )
+    observe_all_with(config, proc_root, &mut slots::SlotFileCache::default(), &|_| false, &mut |p, _| {
+        read_profile_files_uncached(p)
+    })
 }
 
 /// [`observe_all`] with only the root's files read: the start of a boot pass that reads the
 /// named profiles' files batch by batch ([`crate::plan::BootStream`], [`read_profile_files_uncached`]).
 pub fn observe_names(config: &Config, proc_root: Option<&Path>) -> Observed {
-    let read_root = &mut |p: &mut ProfileObs| {
+    let read_root = &mut |p: &mut ProfileObs, _| {
         if p.name.is_root() {
             read_profile_files_uncached(p);
         }
     };
-    observe_all_with(config, proc_root, &mut slots::SlotFileCache::default(), read_root)
+    observe_all_with(config, proc_root, &mut slots::SlotFileCache::default(), &|_| false, read_root)
 }
 
 /// [`observe_all`] reading slot and profile files through caches kept across passes.
@@ -159,17 +156,26 @@ pub fn observe_all_cached(
     proc_root: Option<&Path>,
     cache: &mut slots::SlotFileCache,
     profile_cache: &mut ProfileFileCache,
-    dir_key: &dyn Fn(&ProfileName) -> Option<stat_base::FileKey>,
+    dir_key: &dyn Fn(&str) -> Option<stat_base::FileKey>,
 ) -> Observed {
     // Held for this listing only: a later pass opens `profiles/` afresh. (The root's files,
     // outside it, are stat'ed by their absolute paths.)
-    profile_cache.set_base(stat_base::StatBase::open(&config.home.join(crate::layout::home::PROFILES_DIR)));
-    let observed = observe_all_with(config, proc_root, cache, &mut |p| {
-        let key = if p.name.is_root() { None } else { dir_key(&p.name) };
+    let profiles = config.home.join(crate::layout::home::PROFILES_DIR);
+    profile_cache.set_base(stat_base::StatBase::open(&profiles));
+    // Discovery asks it (`SOUL.md` known there), then the reads update it: one after the other.
+    let shared = std::cell::RefCell::new(profile_cache);
+    let known = |entry: &std::ffi::OsStr| {
+        let key = entry.to_str().and_then(dir_key);
+        key.is_some() && shared.borrow().marker_known(&profiles.join(entry), key)
+    };
+    let observed = observe_all_with(config, proc_root, cache, &known, &mut |p, marker_plain| {
+        let mut profile_cache = shared.borrow_mut();
+        let key = if p.name.is_root() { None } else { dir_key(p.name.as_str()) };
         profile_cache.enter_dir(&p.dir, key);
-        read_profile_files(p, profile_cache);
-        profile_cache.leave_dir(&p.dir);
+        read_profile_files(p, &mut profile_cache);
+        profile_cache.leave_dir(&p.dir, marker_plain);
     });
+    let profile_cache = shared.into_inner();
     profile_cache.set_base(None);
     profile_cache.end_pass();
     observed
@@ -180,7 +186,8 @@ fn observe_all_with(
     config: &Config,
     proc_root: Option<&Path>,
     cache: &mut slots::SlotFileCache,
-    read: &mut dyn FnMut(&mut ProfileObs),
+    marker_known: &dyn Fn(&std::ffi::OsStr) -> bool,
+    read: &mut dyn FnMut(&mut ProfileObs, bool),
 ) -> Observed {
     let home = &config.home;
     let mut warnings = Vec::new();
@@ -188,7 +195,7 @@ fn observe_all_with(
     let scandir = slots::observe_scandir(&config.scandir, cache);
     cache.set_base(None);
     let scanner = svscan::observe_scanner(&config.scandir);
-    let discovery = volume::discover(home);
+    let discovery = volume::discover_with(home, marker_known);
     let cap = crate::capacity::capacity(config, &scanner);
     let admitted = crate::capacity::admitted(
         discovery.named.iter().map(|d| &d.name),
@@ -196,12 +203,12 @@ fn observe_all_with(
         cap.named,
     );
     let mut root = unread_profile(ProfileName::root(), home.to_path_buf(), false);
-    read(&mut root);
+    read(&mut root, false);
     let mut profiles = vec![root];
     for d in discovery.named {
         let mut p = unread_profile(d.name, d.dir, d.via_symlink);
         if admitted.contains(&p.name) {
-            read(&mut p);
+            read(&mut p, d.marker_plain);
         }
         profiles.push(p);
     }

@@ -186,6 +186,8 @@ pub struct ProfileFileCache {
 struct Absent {
     key: FileKey,
     missing: Missing,
+    /// `SOUL.md` was there, and not a symlink: it still is.
+    marker: bool,
     used: u64,
 }
 
@@ -213,7 +215,7 @@ impl ProfileFileCache {
     /// After the files of the profile at `dir` were read: what was missing stands while the
     /// directory keeps the identity given to [`Self::enter_dir`] (unless that is too recent
     /// to tell a later change apart).
-    pub fn leave_dir(&mut self, dir: &Path) {
+    pub fn leave_dir(&mut self, dir: &Path, marker_plain: bool) {
         let Some(key) = self.dir_now.take() else {
             self.absent.remove(dir.as_os_str());
             return;
@@ -232,8 +234,15 @@ impl ProfileFileCache {
         if is_racy(&key, self.racy_secs.unwrap_or(RACY_SECS)) {
             self.absent.remove(dir.as_os_str());
         } else {
-            self.absent.insert(dir.as_os_str().to_owned(), Absent { key, missing, used: self.generation });
+            let entry = Absent { key, missing, marker: marker_plain, used: self.generation };
+            self.absent.insert(dir.as_os_str().to_owned(), entry);
         }
+    }
+
+    /// Is the profile directory `dir`, whose identity is `key` now (taken before it is
+    /// looked at), known to hold its `SOUL.md`? Then discovery need not look it up.
+    pub fn marker_known(&self, dir: &Path, key: Option<FileKey>) -> bool {
+        key.is_some_and(|k| self.absent.get(dir.as_os_str()).is_some_and(|a| a.key == k && a.marker))
     }
 
     /// What the directory being read lacked when it last had its present identity.
@@ -448,7 +457,7 @@ mod tests {
         let env = c.env_sets_port(dir);
         let prior = c.prior_exit(dir);
         let yaml = c.gateway_yaml(dir).1.is_some();
-        c.leave_dir(dir);
+        c.leave_dir(dir, true);
         (env, prior, yaml)
     }
 
@@ -477,6 +486,26 @@ mod tests {
         // Without an identity (a partial pass), every file is looked at, and nothing is kept.
         assert!(optional(&mut c, &dir, None).0);
         assert!(c.absent.is_empty());
+    }
+
+    #[test]
+    fn a_plain_marker_is_known_while_its_directory_is_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("p");
+        fs::create_dir(&dir).unwrap();
+        let mut c = ProfileFileCache { racy_secs: Some(-1_000_000), ..Default::default() };
+        let key = FileKey::of(&dir);
+        assert!(!c.marker_known(&dir, key), "never read");
+        c.enter_dir(&dir, key);
+        c.leave_dir(&dir, true);
+        assert!(c.marker_known(&dir, key));
+        assert!(!c.marker_known(&dir, None), "identity unknown");
+        fs::write(dir.join("x"), "").unwrap();
+        assert!(!c.marker_known(&dir, FileKey::of(&dir)), "the directory changed");
+        let key = FileKey::of(&dir);
+        c.enter_dir(&dir, key);
+        c.leave_dir(&dir, false);
+        assert!(!c.marker_known(&dir, key), "a symlinked marker is looked at every time");
     }
 
     #[test]

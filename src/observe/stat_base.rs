@@ -61,6 +61,7 @@ pub(crate) struct Stat {
     pub(crate) key: FileKey,
     pub(crate) regular: bool,
     pub(crate) dir: bool,
+    pub(crate) symlink: bool,
 }
 
 fn of(st: &FileStat) -> Stat {
@@ -74,6 +75,7 @@ fn of(st: &FileStat) -> Stat {
         },
         regular: SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG,
         dir: SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
+        symlink: SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK,
     }
 }
 

@@ -293,6 +293,9 @@ pub struct NamedDir {
     /// directory, or `$HERMES_HOME/profiles` itself is a symlink. Read through it, never write
     /// into it (SPEC §9: no write may land outside `$HERMES_HOME`).
     pub via_symlink: bool,
+    /// Its `SOUL.md` is not a symlink (an entry that stays while the directory is unchanged;
+    /// a symlink's target may go without the directory changing).
+    pub marker_plain: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -337,6 +340,13 @@ fn is_absent(e: &io::Error) -> bool {
 /// list them): a missing `profiles/` is an empty result, any other failure to list it is an
 /// empty result with a warning.
 pub fn discover(home: &Path) -> Discovery {
+    discover_with(home, &|_| false)
+}
+
+/// [`discover`], sparing the `SOUL.md` lookup of the real directories `known` names (entries
+/// of `profiles/` whose marker is known to be there: see
+/// [`crate::observe::profile_files::ProfileFileCache::marker_known`]).
+pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr) -> bool) -> Discovery {
     let profiles = home.join(PROFILES_DIR);
     let mut out = Discovery::default();
     let entries = match std::fs::read_dir(&profiles) {
@@ -386,14 +396,16 @@ pub fn discover(home: &Path) -> Discovery {
         } else {
             continue; // a file, a FIFO...: never a profile
         };
-        match classify_entry(base.as_ref(), &dir, kind, &tombstones, &file_name) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(warning) => {
-                out.warnings.push(warning);
-                continue;
-            }
-        }
+        let marker_known = matches!(kind, EntryKind::Directory) && known(&file_name);
+        let marker_plain =
+            match classify_entry(base.as_ref(), &dir, kind, &tombstones, &file_name, marker_known) {
+                Ok(Some(plain)) => plain,
+                Ok(None) => continue,
+                Err(warning) => {
+                    out.warnings.push(warning);
+                    continue;
+                }
+            };
         let Some(raw) = file_name.to_str() else {
             out.skipped.push(SkippedDir {
                 raw: file_name.to_string_lossy().into_owned(),
@@ -408,7 +420,12 @@ pub fn discover(home: &Path) -> Discovery {
                 continue;
             }
         };
-        out.named.push(NamedDir { name, dir, via_symlink: entry_type.is_symlink() || profiles_is_symlink });
+        out.named.push(NamedDir {
+            name,
+            dir,
+            via_symlink: entry_type.is_symlink() || profiles_is_symlink,
+            marker_plain,
+        });
     }
     out.named.sort_by(|a, b| a.name.cmp(&b.name));
     out.skipped.sort_by(|a, b| a.raw.cmp(&b.raw));
@@ -421,13 +438,15 @@ pub fn probe(home: &Path, name: &ProfileName) -> Result<Option<NamedDir>, String
     let profiles = home.join(PROFILES_DIR);
     let dir = profiles.join(name.as_str());
     let tombstones = Tombstones::PerEntry(profiles.join(TOMBSTONE_DIR));
-    if !classify_entry(None, &dir, EntryKind::Follow, &tombstones, OsStr::new(name.as_str()))? {
+    let Some(marker_plain) =
+        classify_entry(None, &dir, EntryKind::Follow, &tombstones, OsStr::new(name.as_str()), false)?
+    else {
         return Ok(None);
-    }
+    };
     let is_link =
         |p: &Path| std::fs::symlink_metadata(p).map(|m| m.file_type().is_symlink()).unwrap_or(false);
     let via_symlink = is_link(&dir) || is_link(&profiles);
-    Ok(Some(NamedDir { name: name.clone(), dir, via_symlink }))
+    Ok(Some(NamedDir { name: name.clone(), dir, via_symlink, marker_plain }))
 }
 
 /// What is known of an entry's type before [`classify_entry`].
@@ -464,38 +483,53 @@ impl Tombstones {
 }
 
 /// Is this (non-hidden) entry a profile candidate: a directory holding `SOUL.md`, not
-/// tombstoned? `Err` is a warning about an unexpected failure (the entry is then left out).
-/// Stats go relative to `base` (`profiles/` held open) when given.
+/// tombstoned? `Some(plain)`: it is, and its `SOUL.md` is not a symlink (or is `known` to be
+/// there, not looked up again). `Err` is a warning about an unexpected failure (the entry is
+/// then left out). Stats go relative to `base` (`profiles/` held open) when given.
 fn classify_entry(
     base: Option<&super::stat_base::StatBase>,
     dir: &Path,
     kind: EntryKind,
     tombstones: &Tombstones,
     file_name: &OsStr,
-) -> Result<bool, String> {
+    known: bool,
+) -> Result<Option<bool>, String> {
     use super::stat_base::StatBase;
     if let EntryKind::Follow = kind {
         match StatBase::stat(base, dir).map(|m| m.dir) {
             Ok(true) => {}
-            Ok(false) => return Ok(false),
-            Err(e) if is_absent(&e) => return Ok(false),
+            Ok(false) => return Ok(None),
+            Err(e) if is_absent(&e) => return Ok(None),
             Err(e) => return Err(format!("{} cannot be examined: {e}", dir.display())),
         }
     }
-    let marker = dir.join(MARKER_FILE);
-    match StatBase::stat(base, &marker) {
-        Ok(_) => {}
-        Err(e) if is_absent(&e) => return Ok(false),
-        Err(e) => return Err(format!("{} cannot be examined: {e}", marker.display())),
-    }
+    let plain = if known {
+        true
+    } else {
+        // Not followed first: a marker that is no symlink is one entry of the directory,
+        // there while the directory is unchanged. A symlink is followed (a dangling one is
+        // no marker).
+        let marker = dir.join(MARKER_FILE);
+        let examined = |e: std::io::Error| format!("{} cannot be examined: {e}", marker.display());
+        match StatBase::lstat(base, &marker) {
+            Ok(st) if !st.symlink => true,
+            Ok(_) => match StatBase::stat(base, &marker) {
+                Ok(_) => false,
+                Err(e) if is_absent(&e) => return Ok(None),
+                Err(e) => return Err(examined(e)),
+            },
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(examined(e)),
+        }
+    };
     let tombstones = match tombstones {
-        Tombstones::Listed(names) => return Ok(!names.contains(file_name)),
+        Tombstones::Listed(names) => return Ok((!names.contains(file_name)).then_some(plain)),
         Tombstones::PerEntry(dir) => dir,
     };
     let tombstone = tombstones.join(file_name);
     match StatBase::lstat(base, &tombstone) {
-        Ok(_) => Ok(false),
-        Err(e) if is_absent(&e) => Ok(true),
+        Ok(_) => Ok(None),
+        Err(e) if is_absent(&e) => Ok(Some(plain)),
         Err(e) => {
             Err(format!("{} cannot be examined: {e}; ignoring the profile until it can", tombstone.display()))
         }
@@ -1062,6 +1096,26 @@ mod tests {
         let alpha = &got.named[2];
         assert_eq!(alpha.dir, h.profiles().join("alpha"));
         assert!(!alpha.via_symlink);
+    }
+
+    #[test]
+    fn a_marker_known_to_be_there_is_not_looked_up_and_a_symlinked_one_is_not_plain() {
+        let h = Home::new();
+        h.profile("plain");
+        let linked = h.bare("linked");
+        std::os::unix::fs::symlink(h.profiles().join("plain").join(MARKER_FILE), linked.join(MARKER_FILE))
+            .unwrap();
+        h.bare("trusted");
+        let got = h.discover();
+        assert_eq!(names(&got), ["linked", "plain"]);
+        assert!(got.named.iter().all(|d| d.marker_plain == (d.name.as_str() == "plain")));
+        // `trusted` has no marker: said to be known, it is not looked up (the proof), and
+        // symlinked entries are always looked at.
+        let got = discover_with(h.path(), &|n| n == "trusted");
+        assert_eq!(names(&got), ["linked", "plain", "trusted"]);
+        // A dangling symlink is no marker.
+        std::fs::remove_file(h.profiles().join("plain").join(MARKER_FILE)).unwrap();
+        assert!(h.discover().named.is_empty());
     }
 
     #[test]

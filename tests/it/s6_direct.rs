@@ -27,8 +27,8 @@ use crate::kit::{Svscan, root_only};
 use hermes_reconciler::s6::control::{control_path, lock_path};
 use hermes_reconciler::s6::status::{normally_up, tai64n_to_system_time};
 use hermes_reconciler::s6::{
-    ControlError, Liveness, ServiceStatus, SupervisorCommand, decode_status, read_status, rescan,
-    send_command, supervisor_by, supervisor_in, supervisor_pid,
+    ControlError, ServiceStatus, SupervisorCommand, decode_status, read_status, rescan, send_command,
+    supervisor_pid,
 };
 
 /// Upper bound of every wait for s6 to act. Things normally happen within milliseconds.
@@ -386,38 +386,6 @@ fn supervisor_pid_follows_the_lock_until_a_hidden_service_is_pruned() {
     let other = scan.service("bystander");
     assert!(supervisor_pid(&other).unwrap().is_some());
     assert!(read_status(&other).unwrap().unwrap().is_up());
-}
-
-/// A lock file opened once answers for the supervisors that come after: s6-supervise opens
-/// `supervise/lock` without replacing it, so the daemon may keep the lock file of a slot
-/// nothing touched and ask it with one `fcntl` at each re-list (issue 15).
-#[test]
-fn a_lock_file_held_open_answers_for_the_next_supervisor_too() {
-    root_only!();
-    let scan = Scan::start(&[("svc", ServiceSpec { run: SLEEP, ..Default::default() })]);
-    let dir = scan.service("svc");
-    wait_status(&dir, "svc up", |s| s.is_up());
-    let base = fs::File::open(&scan.scandir).unwrap();
-    let (live, held) = supervisor_in(std::os::fd::AsFd::as_fd(&base), Path::new("svc"));
-    let held = held.expect("the lock file is opened");
-    let first = match live {
-        Liveness::Alive(pid) if pid > 0 => pid,
-        other => panic!("want a live supervisor, got {other:?}"),
-    };
-    assert_eq!(supervisor_pid(&dir).unwrap(), Some(first));
-    // Its supervisor killed, s6-svscan starts another on the same directory.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let next = wait_for("a new supervisor, seen through the held lock file", || match supervisor_by(&held) {
-        Liveness::Alive(pid) if pid != first => Some(pid),
-        _ => None,
-    });
-    assert_eq!(supervisor_pid(&dir).unwrap(), Some(next), "the path and the held file agree");
-    // Hidden and pruned: the held file sees it go.
-    fs::rename(&dir, scan.scandir.join(".svc")).unwrap();
-    rescan(&scan.scandir, true).unwrap();
-    wait_for("the pruned supervisor, seen gone through the held lock file", || {
-        matches!(supervisor_by(&held), Liveness::Absent).then_some(())
-    });
 }
 
 #[test]

@@ -267,6 +267,35 @@ fn status_decoder_reads_this_generation_of_s6() {
     }
 }
 
+/// The daemon keeps the lock file of a slot nothing touched and asks it with one `fcntl` at
+/// each re-list (issue 15): that holds only because s6-supervise opens `supervise/lock`
+/// without replacing it. Shown on this generation: a killed supervisor's successor is seen
+/// through the file opened before.
+#[test]
+fn a_lock_file_held_open_sees_the_next_supervisor_of_this_generation() {
+    use hermes_reconciler::s6::{Liveness, supervisor_by, supervisor_in, supervisor_pid};
+    root_only!();
+    let w = World::new();
+    w.profile("up").desired("running");
+    w.once();
+    let dir = w.slot("up");
+    let first = poll(WAIT, || match supervisor_pid(&dir) {
+        Ok(Some(pid)) if pid > 0 => Ok(pid),
+        other => Err(format!("no supervisor yet: {other:?}")),
+    })
+    .unwrap();
+    let (live, held) = supervisor_in(nix::fcntl::AT_FDCWD, &dir);
+    assert!(matches!(live, Liveness::Alive(p) if p == first), "{live:?}");
+    let held = held.expect("the lock file is opened");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let next = poll(WAIT, || match supervisor_by(&held) {
+        Liveness::Alive(pid) if pid != first => Ok(pid),
+        other => Err(format!("through the held lock file: {other:?}")),
+    })
+    .unwrap();
+    assert_eq!(supervisor_pid(&dir).unwrap(), Some(next), "the path and the held file agree");
+}
+
 #[test]
 fn sigterm_during_a_300_profile_storm_exits_at_once_and_a_restart_finishes_the_work() {
     root_only!();
