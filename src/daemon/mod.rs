@@ -100,6 +100,8 @@ pub struct Daemon {
     relist_pending: bool,
     /// Slot files as last read (re-read only when their inode, size or times change).
     slot_files: SlotFileCache,
+    /// Slot files as last rendered, by profile: a re-list does not render unchanged ones again.
+    render_memo: plan::render::RenderMemo,
     /// Profile files as last parsed (SPEC §9.3: parsed again only when their identity changes).
     profile_files: ProfileFileCache,
     /// Crash-loop backoff (SPEC §6.8): each slot's `supervise/status` rewrites, and each
@@ -174,6 +176,7 @@ impl Daemon {
             last_full: Instant::now(),
             relist_pending: false,
             slot_files: SlotFileCache::watching(),
+            render_memo: plan::render::RenderMemo::default(),
             profile_files: ProfileFileCache::default(),
             crash: crash_watch(&cfg_crash),
             admitted: BTreeSet::new(),
@@ -480,7 +483,13 @@ impl Daemon {
             .collect();
         self.admitted = self.admitted_now();
         let hold = self.held();
-        let plan = plan::plan_with(&self.world, &self.cfg, &PassOptions { kind, only: None, hold: &hold });
+        let plan = plan::plan_with(
+            &self.world,
+            &self.cfg,
+            &PassOptions { kind, only: None, hold: &hold, memo: Some(&self.render_memo) },
+        );
+        // Only profiles planned again may use it: bounded by the admitted ones.
+        self.render_memo.retain(|n| self.admitted.contains(n));
         let skipped = status_record::skips(plan.decisions());
         self.emit_warnings(&plan.warnings, true);
         self.report.scandir = status_record::scandir_findings(&plan.warnings);
@@ -530,7 +539,12 @@ impl Daemon {
                 plan::plan_with(
                     &self.world,
                     &self.cfg,
-                    &PassOptions { kind: PassKind::Continuous, only: Some(&dirty), hold: &hold },
+                    &PassOptions {
+                        kind: PassKind::Continuous,
+                        only: Some(&dirty),
+                        hold: &hold,
+                        memo: Some(&self.render_memo),
+                    },
                 )
             });
         self.emit_warnings(&plan.warnings, false);

@@ -145,17 +145,20 @@ fn plan_present(
     let runs = intent.runs();
     let prior_state = if runs { Some("running".to_string()) } else { intent.effective().map(str::to_owned) };
     let role = Role { topo, folded_into_root: None, runs, prior_state };
-    let files = render::render(&RenderInput {
-        name: &p.name,
-        home: &cfg.home,
-        gateway_command: &cfg.gateway_command,
-        run_as: cfg.run_as.as_deref(),
-        port: ports.get(p.name.as_str()).copied(),
-        with_contenv: obs.with_contenv,
-    });
+    let rendered = render::rendered(
+        &RenderInput {
+            name: &p.name,
+            home: &cfg.home,
+            gateway_command: &cfg.gateway_command,
+            run_as: cfg.run_as.as_deref(),
+            port: ports.get(p.name.as_str()).copied(),
+            with_contenv: obs.with_contenv,
+        },
+        None,
+    );
     let pp = match obs.scandir.slots.get(&p.name) {
-        None => plan_create(p, &intent, files, &role, super::PassKind::Continuous),
-        Some(slot) => plan_adopt(p, &intent, files, slot, &role, obs.scanner.pid.is_some()),
+        None => plan_create(p, &intent, &rendered, &role, super::PassKind::Continuous),
+        Some(slot) => plan_adopt(p, &intent, &rendered, slot, &role, obs.scanner.pid.is_some()),
     };
     (!pp.steps.is_empty() || pp.decision.is_some()).then_some(pp)
 }
@@ -230,7 +233,7 @@ mod tests {
 
     /// Applies a pass's steps to the world as the next pass would observe it.
     fn settle(obs: &mut Observed, cfg: &Config, kind: PassKind) {
-        let p = plan_with(obs, cfg, &PassOptions { kind, only: None, hold: &BTreeSet::new() });
+        let p = plan_with(obs, cfg, &PassOptions { kind, only: None, hold: &BTreeSet::new(), memo: None });
         for pp in &p.profiles {
             match settle_slot(obs.scandir.slots.get(&pp.name).cloned(), &pp.steps) {
                 Some(s) => obs.scandir.slots.insert(pp.name.clone(), s),
@@ -299,8 +302,14 @@ mod tests {
             let mut obs = world(profiles);
             settle(&mut obs, &cfg, PassKind::Boot);
             // The settled world is what the daemon keeps: a whole pass over it does nothing.
-            let again = plan_with(&obs, &cfg, &PassOptions { kind: PassKind::Continuous, only: None, hold: &BTreeSet::new() });
+            let again = plan_with(&obs, &cfg, &PassOptions { kind: PassKind::Continuous, only: None, hold: &BTreeSet::new(), memo: None });
             prop_assert!(again.profiles.iter().all(|pp| pp.steps.is_empty()), "{:?}", again.profiles);
+            // The daemon's render memo changes nothing, here and after the changes below.
+            let memo = super::render::RenderMemo::default();
+            let memoized = |obs: &Observed| {
+                plan_with(obs, &cfg, &PassOptions { kind: PassKind::Continuous, only: None, hold: &BTreeSet::new(), memo: Some(&memo) })
+            };
+            prop_assert_eq!(&memoized(&obs), &again);
             let only_intents = changes.values().all(|c| matches!(c, Change::Desired(_)))
                 && changes.keys().all(|n| obs.scandir.slots.contains_key(&name(n)) || n == "default")
                 && topology(&obs, &cfg) != Topology::Single;
@@ -329,10 +338,12 @@ mod tests {
                 dirty.insert(ProfileName::root());
                 obs.profiles[0].intent.desired_state = Some("stopped".into());
             }
+            let plain = plan_with(&obs, &cfg, &PassOptions { kind: PassKind::Continuous, only: None, hold: &BTreeSet::new(), memo: None });
+            prop_assert_eq!(memoized(&obs), plain);
             let hold: BTreeSet<ProfileName> = if held { dirty.clone() } else { BTreeSet::new() };
             let sl = slotless(&obs);
             let m = Maintained { slotless: &sl, ports_clean: true };
-            let whole = plan_with(&obs, &cfg, &PassOptions { kind: PassKind::Continuous, only: Some(&dirty), hold: &hold });
+            let whole = plan_with(&obs, &cfg, &PassOptions { kind: PassKind::Continuous, only: Some(&dirty), hold: &hold, memo: None });
             match plan_dirty(&obs, &cfg, &m, &dirty, &hold) {
                 Some(p) => {
                     prop_assert_eq!(p, whole);

@@ -174,11 +174,13 @@ pub struct PassOptions<'a> {
     pub only: Option<&'a BTreeSet<ProfileName>>,
     /// Slots whose profile is gone but still within the removal grace: keep them.
     pub hold: &'a BTreeSet<ProfileName>,
+    /// Rendered files kept from earlier passes (the daemon's); the plan is the same without.
+    pub memo: Option<&'a render::RenderMemo>,
 }
 
 /// Decides one full pass. Pure.
 pub fn plan(obs: &Observed, cfg: &Config, kind: PassKind) -> Plan {
-    plan_with(obs, cfg, &PassOptions { kind, only: None, hold: &BTreeSet::new() })
+    plan_with(obs, cfg, &PassOptions { kind, only: None, hold: &BTreeSet::new(), memo: None })
 }
 
 /// Decides one pass. Pure.
@@ -227,7 +229,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
             continue;
         }
         let port = plan.ports.get(p.name.as_str()).copied();
-        if let Some(pp) = plan_profile(&ctx, obs, cfg, p, port, &mut plan.warnings) {
+        if let Some(pp) = plan_profile(&ctx, obs, cfg, p, port, opts.memo, &mut plan.warnings) {
             plan.profiles.push(pp);
         }
     }
@@ -295,7 +297,7 @@ impl<'a> BootStream<'a> {
     pub fn profile(&mut self, p: &ProfileObs, warnings: &mut Vec<Warning>) -> Option<ProfilePlan> {
         let port =
             (self.admitted(&p.name) && !p.env_sets_port).then(|| self.ports.take(p.name.as_str())).flatten();
-        plan_profile(&self.ctx, self.obs, self.cfg, p, port, warnings)
+        plan_profile(&self.ctx, self.obs, self.cfg, p, port, None, warnings)
     }
 
     /// Ends the pass: the port record and the tail (skipped entries, their warnings) go into
@@ -442,6 +444,7 @@ fn plan_profile(
     cfg: &Config,
     p: &ProfileObs,
     port: Option<u16>,
+    memo: Option<&render::RenderMemo>,
     warnings: &mut Vec<Warning>,
 ) -> Option<ProfilePlan> {
     if ctx.over_cap.contains(&p.name) {
@@ -495,17 +498,20 @@ fn plan_profile(
         .as_ref()
         .map(|f| if p.name.is_root() { !f.folded.is_empty() } else { f.folded.contains(&p.name) });
     let role = Role { topo, folded_into_root, runs, prior_state };
-    let files = render::render(&RenderInput {
-        name: &p.name,
-        home: &cfg.home,
-        gateway_command: &cfg.gateway_command,
-        run_as: cfg.run_as.as_deref(),
-        port,
-        with_contenv: obs.with_contenv,
-    });
+    let rendered = render::rendered(
+        &RenderInput {
+            name: &p.name,
+            home: &cfg.home,
+            gateway_command: &cfg.gateway_command,
+            run_as: cfg.run_as.as_deref(),
+            port,
+            with_contenv: obs.with_contenv,
+        },
+        memo,
+    );
     let pp = match obs.scandir.slots.get(&p.name) {
-        None => plan_create(p, &intent, files, &role, ctx.kind),
-        Some(slot) => plan_adopt(p, &intent, files, slot, &role, obs.scanner.pid.is_some()),
+        None => plan_create(p, &intent, &rendered, &role, ctx.kind),
+        Some(slot) => plan_adopt(p, &intent, &rendered, slot, &role, obs.scanner.pid.is_some()),
     };
     (!pp.steps.is_empty() || pp.decision.is_some()).then_some(pp)
 }
@@ -638,7 +644,7 @@ impl Role {
 fn plan_create(
     p: &ProfileObs,
     intent: &Intent,
-    files: Vec<SlotFile>,
+    rendered: &render::Rendered,
     role: &Role,
     kind: PassKind,
 ) -> ProfilePlan {
@@ -647,8 +653,8 @@ fn plan_create(
     if kind == PassKind::Boot && !p.via_symlink {
         steps.push(Step::SweepPidFiles { dir: p.dir.clone() });
     }
-    let record = SlotRecord::new(intent.desired_state.clone(), up, render::digest(&files));
-    steps.push(Step::Create { name: p.name.clone(), files, up, record });
+    let record = SlotRecord::new(intent.desired_state.clone(), up, rendered.digest.clone());
+    steps.push(Step::Create { name: p.name.clone(), files: rendered.files.clone(), up, record });
     let reason = (role.runs && !up).then(|| role.held_reason());
     ProfilePlan {
         name: p.name.clone(),
@@ -665,15 +671,17 @@ fn plan_create(
 fn plan_adopt(
     p: &ProfileObs,
     intent: &Intent,
-    files: Vec<SlotFile>,
+    rendered: &render::Rendered,
     slot: &SlotObs,
     role: &Role,
     scanner_runs: bool,
 ) -> ProfilePlan {
-    let digest = render::digest(&files);
-    let changed: Vec<SlotFile> = files
-        .into_iter()
+    let digest = rendered.digest.clone();
+    let changed: Vec<SlotFile> = rendered
+        .files
+        .iter()
         .filter(|f| slot.files.get(f.rel).and_then(|c| c.as_deref()) != Some(f.content.as_bytes()))
+        .cloned()
         .collect();
     let mut steps = Vec::new();
     let mut action = None;

@@ -31,6 +31,86 @@ pub struct RenderInput<'a> {
     pub with_contenv: bool,
 }
 
+/// A slot's rendered files and their [`digest`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rendered {
+    pub files: Vec<SlotFile>,
+    pub digest: String,
+}
+
+/// The last [`Rendered`] of each profile, kept by the daemon between passes: a full re-list
+/// plans every slot again, and rendering and hashing the same files for each was a fifth of
+/// its work (issue 15). Transparent: [`rendered`] gives what [`render`] and [`digest`] give,
+/// with or without it (tested). Bounded by the profiles planned ([`RenderMemo::retain`]).
+#[derive(Debug, Default)]
+pub struct RenderMemo {
+    by_name:
+        std::cell::RefCell<std::collections::HashMap<ProfileName, (OwnedInput, std::sync::Arc<Rendered>)>>,
+}
+
+/// A [`RenderInput`]'s values, owned.
+#[derive(Debug)]
+struct OwnedInput {
+    home: std::path::PathBuf,
+    gateway_command: String,
+    run_as: Option<String>,
+    port: Option<u16>,
+    with_contenv: bool,
+}
+
+impl OwnedInput {
+    fn of(i: &RenderInput<'_>) -> Self {
+        OwnedInput {
+            home: i.home.to_path_buf(),
+            gateway_command: i.gateway_command.to_string(),
+            run_as: i.run_as.map(str::to_string),
+            port: i.port,
+            with_contenv: i.with_contenv,
+        }
+    }
+
+    fn is(&self, i: &RenderInput<'_>) -> bool {
+        self.port == i.port
+            && self.with_contenv == i.with_contenv
+            && self.home == i.home
+            && self.gateway_command == i.gateway_command
+            && self.run_as.as_deref() == i.run_as
+    }
+}
+
+impl RenderMemo {
+    /// Forgets the profiles `keep` rejects (gone, or no longer planned).
+    pub fn retain(&self, keep: impl Fn(&ProfileName) -> bool) {
+        self.by_name.borrow_mut().retain(|n, _| keep(n));
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// [`render`] and [`digest`] of `input`, through `memo` when given.
+pub fn rendered(input: &RenderInput<'_>, memo: Option<&RenderMemo>) -> std::sync::Arc<Rendered> {
+    let fresh = || {
+        let files = render(input);
+        let digest = digest(&files);
+        std::sync::Arc::new(Rendered { files, digest })
+    };
+    let Some(memo) = memo else { return fresh() };
+    if let Some((key, r)) = memo.by_name.borrow().get(input.name)
+        && key.is(input)
+    {
+        return r.clone();
+    }
+    let r = fresh();
+    memo.by_name.borrow_mut().insert(input.name.clone(), (OwnedInput::of(input), r.clone()));
+    r
+}
+
 /// Quotes `s` as one POSIX shell word.
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -182,6 +262,36 @@ mod tests {
         let want: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(digest(&files), want);
         assert_eq!(want.len(), 64);
+    }
+
+    #[test]
+    fn the_memo_gives_what_rendering_gives_and_renders_again_when_an_input_changes() {
+        let (a, b) = (ProfileName::parse_named("a").unwrap(), ProfileName::root());
+        let memo = RenderMemo::default();
+        let inputs = [
+            input(&a, Some(9300), None),
+            input(&b, Some(9300), None),
+            input(&a, Some(9301), None),
+            input(&a, Some(9301), Some("hermes")),
+            RenderInput { with_contenv: true, ..input(&a, Some(9301), Some("hermes")) },
+            RenderInput { home: Path::new("/elsewhere"), ..input(&a, Some(9301), Some("hermes")) },
+            RenderInput { gateway_command: "other", ..input(&a, Some(9301), Some("hermes")) },
+            input(&a, None, None),
+        ];
+        for i in inputs.iter().chain(inputs.iter()) {
+            let files = render(i);
+            let want = Rendered { digest: digest(&files), files };
+            assert_eq!(*rendered(i, Some(&memo)), want, "{i:?}");
+            assert_eq!(*rendered(i, None), want);
+        }
+        assert_eq!(memo.len(), 2);
+        let again = rendered(&inputs[7], Some(&memo));
+        assert!(
+            std::sync::Arc::ptr_eq(&again, &rendered(&inputs[7], Some(&memo))),
+            "kept, not rendered again"
+        );
+        memo.retain(|n| n.is_root());
+        assert_eq!(memo.len(), 1);
     }
 
     #[test]

@@ -457,7 +457,7 @@ fn dangling_scandir_symlinks_are_warned_on_full_passes() {
     let p = plan_with(
         &obs,
         &cfg,
-        &PassOptions { kind: PassKind::Continuous, only: Some(&only), hold: &BTreeSet::new() },
+        &PassOptions { kind: PassKind::Continuous, only: Some(&only), hold: &BTreeSet::new(), memo: None },
     );
     assert!(p.warnings.is_empty());
 }
@@ -635,7 +635,7 @@ fn single_topology_edges_follow_the_folded_desired_state() {
     let p = plan_with(
         &obs,
         &cfg,
-        &PassOptions { kind: PassKind::Continuous, only: Some(&only), hold: &BTreeSet::new() },
+        &PassOptions { kind: PassKind::Continuous, only: Some(&only), hold: &BTreeSet::new(), memo: None },
     );
     assert_eq!(command_of(&p, "default"), Some(true));
     assert_eq!(command_of(&p, "a"), None, "named slots are never brought up");
