@@ -33,12 +33,13 @@ pub fn admitted<'a>(
     has_slot: impl Fn(&ProfileName) -> bool,
     limit: usize,
 ) -> BTreeSet<ProfileName> {
-    let names: Vec<&ProfileName> = names.into_iter().collect();
-    let existing = names.iter().filter(|n| !n.is_root() && has_slot(n)).count();
+    // `has_slot` once per name: with 10,000 folders it was a fifth of a re-list's work.
+    let names: Vec<(&ProfileName, bool)> = names.into_iter().map(|n| (n, !n.is_root() && has_slot(n))).collect();
+    let existing = names.iter().filter(|(_, slot)| *slot).count();
     let mut budget = limit.saturating_sub(existing);
     let mut out = BTreeSet::new();
-    for n in names {
-        if n.is_root() || has_slot(n) {
+    for (n, slot) in names {
+        if n.is_root() || slot {
             out.insert(n.clone());
         } else if budget > 0 {
             budget -= 1;
