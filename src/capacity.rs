@@ -34,7 +34,8 @@ pub fn admitted<'a>(
     limit: usize,
 ) -> BTreeSet<ProfileName> {
     // `has_slot` once per name: with 10,000 folders it was a fifth of a re-list's work.
-    let names: Vec<(&ProfileName, bool)> = names.into_iter().map(|n| (n, !n.is_root() && has_slot(n))).collect();
+    let names: Vec<(&ProfileName, bool)> =
+        names.into_iter().map(|n| (n, !n.is_root() && has_slot(n))).collect();
     let existing = names.iter().filter(|(_, slot)| *slot).count();
     let mut budget = limit.saturating_sub(existing);
     let mut out = BTreeSet::new();

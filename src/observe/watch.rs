@@ -282,11 +282,10 @@ pub struct Watcher {
     inner: Box<dyn notify::Watcher + Send>,
     backend: Backend,
     home: PathBuf,
-    /// Watched entries of `profiles/` and the identity (device, inode) of what was watched.
-    profiles: HashMap<String, (u64, u64)>,
-    /// What the last [`Watcher::establish`] saw of each watched entry (its directory's full
-    /// identity, times included): see [`Watcher::dir_key`].
-    seen: HashMap<String, FileKey>,
+    /// Watched entries of `profiles/`: the device and inode are those of what was watched;
+    /// the times are what the last [`Watcher::establish`] (or the watch, if later) saw of it
+    /// (see [`Watcher::dir_key`]).
+    profiles: HashMap<String, FileKey>,
     /// Names of the profiles the capacity guard admitted (as of the last pass).
     admitted: HashSet<String>,
     /// Watched entries that are not admitted profiles, oldest first (may hold stale names).
@@ -363,7 +362,6 @@ impl Watcher {
             backend,
             home: home.to_path_buf(),
             profiles: HashMap::new(),
-            seen: HashMap::new(),
             admitted: HashSet::new(),
             extras: VecDeque::new(),
             bases: HashMap::new(),
@@ -438,15 +436,11 @@ impl Watcher {
         // `a` → `b` must not lose `b`'s new watch when `a`'s is dropped. Only watched entries
         // are looked at (a stat each): with 10,000 folders and a cap of 400, the others cost
         // the listing alone.
-        let present: HashSet<&str> = listed.iter().map(String::as_str).collect();
-        self.seen.clear();
+        // (An entry gone from the listing fails its stat: no set of the listed names is needed.)
         let mut stale: Vec<String> = Vec::new();
-        for (n, id) in &self.profiles {
-            let key = present.contains(n.as_str()).then(|| dir_key_at(stat_base.as_ref(), &profiles.join(n)));
-            match key.flatten() {
-                Some(k) if (k.dev, k.ino) == *id => {
-                    self.seen.insert(n.clone(), k);
-                }
+        for (n, key) in self.profiles.iter_mut() {
+            match dir_key_at(stat_base.as_ref(), &profiles.join(n.as_str())) {
+                Some(k) if (k.dev, k.ino) == (key.dev, key.ino) => *key = k,
                 _ => stale.push(n.clone()),
             }
         }
@@ -474,13 +468,12 @@ impl Watcher {
     /// last [`Watcher::establish`] stat'ed it, or when it was watched since: taken *before*
     /// the listing that follows, so a file made in it after that changes its times.
     pub fn dir_key(&self, name: &str) -> Option<FileKey> {
-        self.seen.get(name).copied()
+        self.profiles.get(name).copied()
     }
 
     /// Drops the watch of `profiles/<name>`. notify's inotify backend may already have dropped
     /// it (the entry was deleted or renamed away): that is not an error.
     fn unwatch(&mut self, name: &str) {
-        self.seen.remove(name);
         if self.profiles.remove(name).is_some() {
             let _ = self.inner.unwatch(&self.home.join("profiles").join(name));
         }
@@ -553,8 +546,7 @@ impl Watcher {
         let path = self.home.join("profiles").join(name);
         let Some(key) = dir_key_at(None, &path) else { return Ok(()) };
         if self.add(&path)? {
-            self.profiles.insert(name.to_string(), (key.dev, key.ino));
-            self.seen.insert(name.to_string(), key);
+            self.profiles.insert(name.to_string(), key);
             if !self.admitted.contains(name) {
                 self.extras.push_back(name.to_string());
                 if self.extras.len() > 4 * EXTRA_WATCHES {
