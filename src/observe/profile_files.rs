@@ -488,6 +488,25 @@ mod tests {
         assert!(c.absent.is_empty());
     }
 
+    /// `hermes` owns the profile directory: making `.env` and then setting the directory's
+    /// mtime back does not hide it (its ctime moves on, and nobody can set that).
+    #[test]
+    fn a_file_made_behind_a_directory_mtime_set_back_is_still_seen() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("p");
+        fs::create_dir(&dir).unwrap();
+        let mut c = ProfileFileCache { racy_secs: Some(-1_000_000), ..Default::default() };
+        let before = FileKey::of(&dir).unwrap();
+        assert!(!optional(&mut c, &dir, Some(before)).0);
+        let mtime = fs::metadata(&dir).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(dir.join(ENV_FILE), "API_SERVER_PORT=1\n").unwrap();
+        fs::File::open(&dir).unwrap().set_modified(mtime).unwrap();
+        let after = FileKey::of(&dir).unwrap();
+        assert_eq!(after.mtime, before.mtime, "the mtime was set back");
+        assert!(optional(&mut c, &dir, Some(after)).0, "the ctime tells the change");
+    }
+
     #[test]
     fn a_plain_marker_is_known_while_its_directory_is_unchanged() {
         let t = tempfile::tempdir().unwrap();
