@@ -64,8 +64,6 @@ pub struct DriftWatch {
     inotify: Inotify,
     slots: HashMap<OsString, Slot>,
     by_wd: HashMap<WatchDescriptor, OsString>,
-    /// Readings done of slots that were not trusted (for tests and benchmarks).
-    pub readings: u64,
 }
 
 impl std::fmt::Debug for DriftWatch {
@@ -80,7 +78,6 @@ impl DriftWatch {
             inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?,
             slots: HashMap::new(),
             by_wd: HashMap::new(),
-            readings: 0,
         })
     }
 
@@ -144,7 +141,6 @@ impl DriftWatch {
     /// read; the reading that follows stands until an event names the slot. A slot that cannot
     /// be watched whole (a directory missing, the watch limit) is not trusted: read every time.
     pub fn watch(&mut self, dir: &Path) {
-        self.readings += 1;
         if let Some(s) = self.slots.get_mut(dir.as_os_str())
             && !s.rewatch
         {

@@ -75,11 +75,6 @@ impl SlotFileCache {
         SlotFileCache { drift, locks_left: lock_budget(), ..Default::default() }
     }
 
-    /// Slot readings done so far that a watch could not spare (for tests and benchmarks).
-    pub fn readings(&self) -> Option<u64> {
-        self.drift.as_ref().map(|d| d.readings)
-    }
-
     /// Takes in the changes queued since the last call: before any reading is trusted.
     fn drain(&mut self) {
         if let Some(d) = self.drift.as_mut() {
