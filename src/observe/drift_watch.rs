@@ -270,9 +270,17 @@ mod tests {
         fs::remove_dir_all(a.join("supervise")).unwrap();
         assert!(!settled(&mut w, &a));
         w.watch(&a);
-        // Not a directory: a file planted under that name is a change like any other.
-        fs::write(a.join("log/supervise.tmp"), "").unwrap();
-        fs::rename(a.join("log/supervise.tmp"), a.join("log/supervise2")).unwrap();
+        // Not a directory: a file made under that name is a change like any other.
+        fs::write(a.join("supervise"), "").unwrap();
+        assert!(!settled(&mut w, &a));
+        w.watch(&a);
+        // Nor is a directory renamed in under that name.
+        fs::create_dir(a.join("elsewhere")).unwrap();
+        fs::remove_file(a.join("supervise")).unwrap();
+        w.drain();
+        w.watch(&a);
+        assert!(settled(&mut w, &a));
+        fs::rename(a.join("elsewhere"), a.join("supervise")).unwrap();
         assert!(!settled(&mut w, &a));
     }
 
