@@ -11,12 +11,13 @@
 //! Pure, like the rest of [`crate::plan`]: the context it needs ([`Maintained`]) is kept by the
 //! daemon, which updates it from the dirty profiles only.
 
-use super::{Plan, ProfilePlan, Role, Step, plan_adopt, plan_create, ports, removal, render, topology};
+use super::{
+    Plan, ProfilePlan, Role, Step, plan_adopt, plan_create, ports, removal, render, render_input, topology,
+};
 use crate::config::{Config, Topology};
 use crate::model::ProfileName;
 use crate::warning::{Finding, Warning};
 use crate::world::{ContainerMode, Observed, ProfileObs, SlotObs};
-use render::RenderInput;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the daemon maintains between passes, so that a partial pass need not recompute it
@@ -145,17 +146,7 @@ fn plan_present(
     let runs = intent.runs();
     let prior_state = if runs { Some("running".to_string()) } else { intent.effective().map(str::to_owned) };
     let role = Role { topo, folded_into_root: None, runs, prior_state };
-    let rendered = render::rendered(
-        &RenderInput {
-            name: &p.name,
-            home: &cfg.home,
-            gateway_command: &cfg.gateway_command,
-            run_as: cfg.run_as.as_deref(),
-            port: ports.get(p.name.as_str()).copied(),
-            with_contenv: obs.with_contenv,
-        },
-        None,
-    );
+    let rendered = render::rendered(&render_input(obs, cfg, p, ports.get(p.name.as_str()).copied()), None);
     let pp = match obs.scandir.slots.get(&p.name) {
         None => plan_create(p, &intent, &rendered, &role, super::PassKind::Continuous),
         Some(slot) => plan_adopt(p, &intent, &rendered, slot, &role, obs.scanner.pid.is_some()),

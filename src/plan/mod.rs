@@ -498,22 +498,29 @@ fn plan_profile(
         .as_ref()
         .map(|f| if p.name.is_root() { !f.folded.is_empty() } else { f.folded.contains(&p.name) });
     let role = Role { topo, folded_into_root, runs, prior_state };
-    let rendered = render::rendered(
-        &RenderInput {
-            name: &p.name,
-            home: &cfg.home,
-            gateway_command: &cfg.gateway_command,
-            run_as: cfg.run_as.as_deref(),
-            port,
-            with_contenv: obs.with_contenv,
-        },
-        memo,
-    );
+    let rendered = render::rendered(&render_input(obs, cfg, p, port), memo);
     let pp = match obs.scandir.slots.get(&p.name) {
         None => plan_create(p, &intent, &rendered, &role, ctx.kind),
         Some(slot) => plan_adopt(p, &intent, &rendered, slot, &role, obs.scanner.pid.is_some()),
     };
     (!pp.steps.is_empty() || pp.decision.is_some()).then_some(pp)
+}
+
+/// What the slot files of `p` are rendered from, given its port.
+fn render_input<'a>(
+    obs: &Observed,
+    cfg: &'a Config,
+    p: &'a ProfileObs,
+    port: Option<u16>,
+) -> RenderInput<'a> {
+    RenderInput {
+        name: &p.name,
+        home: &cfg.home,
+        gateway_command: &cfg.gateway_command,
+        run_as: cfg.run_as.as_deref(),
+        port,
+        with_contenv: obs.with_contenv,
+    }
 }
 
 /// The tail of a pass: warnings about slots without a profile (boot) and the skipped entries
