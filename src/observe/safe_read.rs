@@ -125,9 +125,24 @@ fn read_opened(file: File, meta: &Metadata, limit: u64) -> Result<Vec<u8>, ReadE
         // `st_size` of a regular file is reliable when it is large; no need to read it.
         return Err(too_large);
     }
-    // `size` may be 0 for files that still have content (procfs): the reserve is a hint only.
-    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 16));
-    file.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    // One `read` asks for one byte more than `st_size`. A regular file returns fewer bytes than
+    // asked only at its end (or when a signal cuts the read short, which then returns fewer
+    // than `st_size`), so getting exactly `st_size` bytes is the end: no second `read` to hear
+    // it. Anything else (the file grew or shrank since the `fstat`, an interrupted read, procfs
+    // whose `st_size` is 0) reads on until the end, bounded all the same.
+    let mut reader = file.take(limit.saturating_add(1));
+    let first = usize::try_from(size.saturating_add(1)).unwrap_or(usize::MAX).min(1 << 16);
+    let mut buf = vec![0u8; first];
+    let n = loop {
+        match reader.read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r?,
+        }
+    };
+    buf.truncate(n);
+    if u64::try_from(n).ok() != Some(size) || n == first {
+        reader.read_to_end(&mut buf)?;
+    }
     if u64::try_from(buf.len()).unwrap_or(u64::MAX) > limit {
         return Err(too_large);
     }
@@ -187,6 +202,17 @@ mod tests {
         std::fs::write(&p, b"").unwrap();
         assert_eq!(read_bounded(&p, 0).unwrap(), b"");
         assert_eq!(read_bounded(&p, 10).unwrap(), b"");
+    }
+
+    #[test]
+    fn files_around_the_first_read_size_are_read_whole() {
+        let d = tmp();
+        let p = d.path().join("f");
+        for len in [1usize, 31, 32, 33, 4095, 4096, 4097, (1 << 16) - 1, 1 << 16, (1 << 16) + 1, 200_000] {
+            let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&p, &content).unwrap();
+            assert_eq!(read_bounded(&p, MAX_STATE_FILE).unwrap(), content, "{len} bytes");
+        }
     }
 
     #[test]
