@@ -11,6 +11,40 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
+/// The file-mode creation mask the commands set at start ([`set_process_umask`]). Every file and
+/// directory the daemon makes is created with an explicit mode, none of which has the write bit
+/// for others; this mask clears only that bit, so each of those modes is what the kernel gives,
+/// with no `chmod` after (`supervise/control` 0660 included, which the common 022 would make
+/// 0640). It is also the safety net of anything created without a mode (never world-writable).
+pub const PROCESS_UMASK: u32 = 0o002;
+
+static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Sets the process's umask to [`PROCESS_UMASK`]. Called once, first thing, by the executable
+/// (before any thread exists), so no file is ever created under another mask.
+pub fn set_process_umask() {
+    nix::sys::stat::umask(Mode::from_bits_truncate(PROCESS_UMASK));
+    let _ = UMASK.set(PROCESS_UMASK);
+}
+
+/// The process's file-mode creation mask: [`PROCESS_UMASK`] once [`set_process_umask`] ran,
+/// else (a library user, the unit tests) read once from the kernel.
+pub fn umask() -> u32 {
+    *UMASK.get_or_init(|| {
+        // Linux says it in /proc/self/status; elsewhere reading the mask means setting it: the
+        // strictest one stands for the instant between the two calls, so a file another thread
+        // creates meanwhile is never more open.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let listed = status.lines().find_map(|l| l.strip_prefix("Umask:"));
+        if let Some(mask) = listed.and_then(|m| u32::from_str_radix(m.trim(), 8).ok()) {
+            return mask;
+        }
+        let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o777));
+        nix::sys::stat::umask(old);
+        old.bits()
+    })
+}
+
 /// How many new random temporary names are tried after the first one is taken.
 const TEMP_ATTEMPTS: usize = 8;
 

@@ -42,6 +42,8 @@ fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
 }
 
 fn main() {
+    // Before anything is created and before any thread starts: modes asked are modes given.
+    hermes_reconciler::fsops::set_process_umask();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -8,8 +8,8 @@
  *
  * Usage: floor HOME SCANDIR RUNTIME_DIR
  * Per profile: read gateway_state.json; unlink gateway.pid and processes.json; build the slot
- * under a dot name (dirs, files with their modes, down if stopped, supervise/ + control FIFO +
- * event/ with setgid, for the slot and its log/); rename it into the scan. Per pass: one listing
+ * under a dot name (dirs, files with their modes, down if stopped, supervise/ + control FIFO,
+ * for the slot and its log/; event/ is s6-supervise's); rename it into the scan. Per pass: one listing
  * of profiles/, the rescan byte, the port record (fdatasync, renamed), status.json, the boot log. */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -67,9 +67,6 @@ static void slot(int scan, const char *home, const char *name, const char *entry
 	for (int i = 0; i < 2; i++) {
 		snprintf(p, sizeof p, "%s%s/supervise", st, svc[i]); if (mkdirat(scan, p, 0710)) die("supervise");
 		snprintf(p, sizeof p, "%s%s/supervise/control", st, svc[i]); if (mkfifoat(scan, p, 0660)) die("control");
-		snprintf(p, sizeof p, "%s%s/event", st, svc[i]); if (mkdirat(scan, p, 03730)) die("event");
-		/* mkdir ignores the setgid bit */
-		if (fchmodat(scan, p, 03730, 0)) die("chmod event");
 	}
 	if (syscall(SYS_renameat2, scan, st, scan, entry, 1 /* RENAME_NOREPLACE */)) die("rename");
 }

@@ -482,8 +482,6 @@ impl Template {
         fs::set_permissions(&sup, fs::Permissions::from_mode(0o710))?;
         nix::unistd::mkfifo(&sup.join("control"), Mode::from_bits_truncate(0o660))?;
         fs::set_permissions(sup.join("control"), fs::Permissions::from_mode(0o660))?;
-        fs::create_dir(staging.join("event"))?;
-        fs::set_permissions(staging.join("event"), fs::Permissions::from_mode(0o3730))?;
         fs::rename(&staging, scandir.join(entry))?;
         Ok(())
     }

@@ -83,7 +83,7 @@ pub struct ProfileError {
 pub const LEGACY_RECORD: &str = "{\"gateway_state\":\"running\",\"desired_state\":\"running\",\"migrated_from\":\"legacy-container-cmd\"}\n";
 
 impl Applier {
-    fn run_step(&self, step: &Step, out: &mut Outcome, held: &mut home::HeldDir) -> Result<(), StepError> {
+    fn run_step(&self, step: &Step, out: &mut Outcome, pass: &mut PassFacts) -> Result<(), StepError> {
         match step {
             Step::SweepPidFiles { dir } => {
                 // A leftover that cannot be removed safely (a directory of that name, the
@@ -92,7 +92,7 @@ impl Applier {
                 // and one odd file must not keep the profile from getting its slot.
                 let rel = self.home.relative(dir)?;
                 let leftovers = crate::layout::home::PID_LEFTOVERS;
-                let results = match self.home.unlink_each_held(held, rel, &leftovers) {
+                let results = match self.home.unlink_each_held(&mut pass.held, rel, &leftovers) {
                     Ok(results) => results,
                     Err(e) => {
                         // The directory cannot be opened: one warning per leftover left.
@@ -117,7 +117,8 @@ impl Applier {
                 Ok(())
             }
             Step::Create { name, files, up, record } => {
-                self.slots.create(name, files, *up, record).map_err(StepError::from)?;
+                let setgid = *pass.setgid_scandir.get_or_insert_with(|| self.slots.scandir_is_setgid());
+                self.slots.create(name, files, *up, record, setgid).map_err(StepError::from)?;
                 out.created += 1;
                 out.to_confirm.push(name.clone());
                 Ok(())
@@ -212,7 +213,7 @@ impl Applier {
             let mut failed = None;
             for step in &pp.steps {
                 let step = stamp(step, pp.decision.as_ref(), &mut run.at);
-                if let Err(e) = self.run_step(&step, &mut run.out, &mut run.held) {
+                if let Err(e) = self.run_step(&step, &mut run.out, &mut run.facts) {
                     failed = Some(e);
                     break;
                 }
@@ -365,10 +366,18 @@ pub struct PassRun {
     pub out: Outcome,
     /// The legacy migration record could not be written: the root's steps are not run.
     root_failed: bool,
-    /// `profiles/`, opened once for the pass's pid-file sweeps.
-    held: home::HeldDir,
+    facts: PassFacts,
     /// The pass's time, as records show it (taken at the first record written).
     at: Option<String>,
+}
+
+/// What a pass learns once and its steps share.
+#[derive(Debug, Default)]
+struct PassFacts {
+    /// `profiles/`, opened once for the pass's pid-file sweeps.
+    held: home::HeldDir,
+    /// Whether the scandir has the set-group-ID bit, asked at the pass's first slot creation.
+    setgid_scandir: Option<bool>,
 }
 
 /// Fills the records' informational fields with the decision about to be carried out, and the

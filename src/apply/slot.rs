@@ -6,14 +6,12 @@
 //!   (ignored by s6-svscan) and published with one `rename` that refuses to replace anything;
 //! - a live slot directory is never replaced (s6 identifies services by inode): existing slots
 //!   are changed file by file, each file replaced atomically;
-//! - `supervise/`, `supervise/control` and `event/` of the slot and of its logger exist with the
-//!   rights of SPEC §9.1 before s6-supervise first starts, because it keeps whatever it finds:
-//!   the group `$HERMES_RUN_AS` gets `supervise/` and the control FIFO, never `event/`.
+//! - `supervise/` and `supervise/control` of the slot and of its logger exist with the rights of
+//!   SPEC §9.1 before s6-supervise first starts, because it keeps whatever it finds: the group
+//!   `$HERMES_RUN_AS` gets them; `event/` is s6-supervise's own, never the group's.
 
 use crate::fsops::{self, Durability};
-use crate::layout::slot::{
-    DATA_DIR, DOWN_FILE, EVENT_DIR, LOG_DIR, RECORD_FILE, SUPERVISE_CONTROL, SUPERVISE_DIR,
-};
+use crate::layout::slot::{DATA_DIR, DOWN_FILE, LOG_DIR, RECORD_FILE, SUPERVISE_CONTROL, SUPERVISE_DIR};
 use crate::model::{ProfileName, SlotRecord};
 use crate::plan::render::SlotFile;
 use crate::s6::event::EVENT_MODE;
@@ -27,7 +25,6 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
@@ -51,30 +48,12 @@ pub struct SlotWriter {
     pub group: Option<Gid>,
 }
 
-/// The process's file-mode creation mask, read once: nothing in the daemon changes it.
-fn umask() -> u32 {
-    static MASK: OnceLock<u32> = OnceLock::new();
-    *MASK.get_or_init(|| {
-        // Linux says it in /proc/self/status; elsewhere reading the mask means setting it: the
-        // strictest one stands for the instant between the two calls, so a file another thread
-        // creates meanwhile is never more open.
-        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let listed = status.lines().find_map(|l| l.strip_prefix("Umask:"));
-        if let Some(mask) = listed.and_then(|m| u32::from_str_radix(m.trim(), 8).ok()) {
-            return mask;
-        }
-        let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o777));
-        nix::sys::stat::umask(old);
-        old.bits()
-    })
-}
-
 /// Whether an object just created with `mode` may lack some of its bits, so that a `chmod` must
 /// set them: the umask clears permission bits, `mkdir` ignores set-group-ID, and set-user-ID or
 /// set-group-ID on a file may be dropped. Skipping the `chmod` otherwise saves one system call
 /// per object of a slot.
 fn needs_chmod(mode: u32, dir: bool) -> bool {
-    needs_chmod_under(mode, dir, umask())
+    needs_chmod_under(mode, dir, fsops::umask())
 }
 
 /// [`needs_chmod`] under the umask `mask`.
@@ -210,24 +189,34 @@ impl SlotWriter {
         Ok(())
     }
 
+    /// Whether the scandir passes its set-group-ID bit on to the directories made in it (one
+    /// `stat`; a pass asks once, see [`SlotWriter::create`]). An unreadable scandir is taken to.
+    pub fn scandir_is_setgid(&self) -> bool {
+        fs::metadata(&self.scandir).map_or(true, |m| std::os::unix::fs::MetadataExt::mode(&m) & 0o2000 != 0)
+    }
+
     /// Builds the slot under its staging name and publishes it. Does not ask s6 to rescan:
-    /// the caller batches that.
+    /// the caller batches that. `setgid_scandir`: what [`SlotWriter::scandir_is_setgid`] said
+    /// in this pass.
     pub fn create(
         &self,
         name: &ProfileName,
         files: &[SlotFile],
         up: bool,
         record: &SlotRecord,
+        setgid_scandir: bool,
     ) -> Result<(), SlotError> {
         let staging = self.scandir.join(name.staging_name());
         let target = self.slot_dir(name);
-        // The staging directory's mode is set exactly whatever the umask, and the scandir's
-        // set-group-ID bit, if any, not passed on: its subdirectories then need no `chmod`.
-        let made = match self.mkdir_in(&staging, 0o755, false, false) {
+        // The staging directory's mode must be exact and carry no set-group-ID bit from the
+        // scandir (its subdirectories then need no `chmod`): a `chmod` only when the umask or
+        // the scandir's bit would spoil it.
+        let exact = !setgid_scandir;
+        let made = match self.mkdir_in(&staging, 0o755, false, exact) {
             // A leftover staging directory was never scanned (dot name): nothing runs in it.
             Err(SlotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
                 fs::remove_dir_all(&staging).map_err(io(&staging))?;
-                self.mkdir_in(&staging, 0o755, false, false)
+                self.mkdir_in(&staging, 0o755, false, exact)
             }
             other => other,
         };
@@ -266,11 +255,15 @@ impl SlotWriter {
     /// SPEC §9.1, in a service directory (the slot, or its `log/`):
     /// - `supervise/` 0710 and the FIFO `supervise/control` 0660, group `$HERMES_RUN_AS`: the
     ///   group may send commands and read `supervise/status` (s6-supervise makes that 0644);
-    /// - `event/` 03730 owned by us and our group, exactly as s6-supervise makes it: *not* the
-    ///   group's. s6-supervise writes one byte into every `event/ftrig1*` entry at each state
-    ///   change, opening it as root and following symlinks, so whoever may add entries there
-    ///   may make root write into any file. Tools running as `hermes` therefore cannot
-    ///   subscribe (`s6-svwait`); they poll `supervise/status` instead.
+    ///
+    /// `event/` is left to s6-supervise, which makes it 03730 with its own user and group
+    /// (root:root in a container; measured on 2.11, 2.13.1 and 2.15.1) when it first starts:
+    /// exactly SPEC §9.1's rights, and *not* the group's. s6-supervise writes one byte into
+    /// every `event/ftrig1*` entry at each state change, opening it as root and following
+    /// symlinks, so whoever may add entries there may make root write into any file. Until
+    /// s6-supervise starts nobody else can make it: the slot directory is ours and 0755. Tools
+    /// running as `hermes` therefore cannot subscribe (`s6-svwait`); they poll
+    /// `supervise/status` instead.
     fn supervise_skeleton(&self, service: &Path) -> Result<(), SlotError> {
         let supervise = service.join(SUPERVISE_DIR);
         self.mkdir(&supervise, 0o710, true)?;
@@ -279,8 +272,7 @@ impl SlotWriter {
         if needs_chmod(0o660, false) {
             fs::set_permissions(&control, fs::Permissions::from_mode(0o660)).map_err(io(&control))?;
         }
-        self.give_group(&control)?;
-        self.mkdir(&service.join(EVENT_DIR), EVENT_MODE, false)
+        self.give_group(&control)
     }
 
     /// Closes the `event/` of the slot and of its logger (slots made by older builds had it
