@@ -63,6 +63,9 @@ pub struct ProfileObs {
     pub yaml: GatewayYaml,
     /// Why its `config.yaml` was ignored, naming the file.
     pub yaml_warning: Option<Warning>,
+    /// Whether its directory held `gateway.pid` or `processes.json` when listed; `None`: not
+    /// listed (a boot pass then removes them if present, as it does when they were seen).
+    pub pid_leftovers: Option<bool>,
 }
 
 /// What a `config.yaml` says about the topology (SPEC §6.7).

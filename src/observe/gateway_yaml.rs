@@ -58,6 +58,12 @@ pub fn read(dir: &std::path::Path) -> (GatewayYaml, Option<crate::warning::Warni
     (o.settings, o.problem.map(|why| warning(&path, &why)))
 }
 
+/// What [`read`] gives for a `config.yaml` known to be missing.
+pub fn missing(dir: &std::path::Path) -> (GatewayYaml, Option<crate::warning::Warning>) {
+    let o = outcome(Err(crate::observe::safe_read::ReadError::Missing));
+    (o.settings, o.problem.map(|why| warning(&dir.join(CONFIG_FILE), &why)))
+}
+
 /// The warning about an ignored `config.yaml` at `path`.
 pub fn warning(path: &std::path::Path, why: &str) -> crate::warning::Warning {
     let shown = crate::escape::Escaped::new(path).to_string();

@@ -6,6 +6,7 @@ pub mod container;
 pub mod deaths;
 pub mod drift_watch;
 pub mod gateway_yaml;
+pub mod listing;
 pub mod profile_files;
 pub mod runtime_record;
 pub mod safe_read;
@@ -36,19 +37,45 @@ pub fn observe_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> Pr
 /// [`read_profile_files`] gives with an empty cache, without the cache's `lstat` of each file
 /// before and after its read (a one-shot pass reads every file once).
 pub fn read_profile_files_uncached(p: &mut ProfileObs) {
-    read_profile_files_but_yaml(p);
-    (p.yaml, p.yaml_warning) = gateway_yaml::read(&p.dir);
+    read_listed(p, true);
 }
 
 /// [`read_profile_files_uncached`] without `config.yaml` (left unread: default settings, no
 /// warning), for a pass whose plan does not look at it (see
 /// [`crate::plan::BootStream::reads_yaml`]): one lookup and a YAML parse less per profile.
 pub fn read_profile_files_but_yaml(p: &mut ProfileObs) {
-    let reading = volume::read_intent(&p.dir);
+    read_listed(p, false);
+}
+
+/// What a named profile's directory is listed for (see [`listing`]): its optional files and the
+/// leftovers a boot pass removes.
+const LISTED: [&str; 6] = [
+    crate::layout::home::INTENT_FILE,
+    crate::layout::home::STATE_DIR,
+    crate::layout::home::ENV_FILE,
+    crate::layout::home::CONFIG_FILE,
+    crate::layout::home::PID_LEFTOVERS[0],
+    crate::layout::home::PID_LEFTOVERS[1],
+];
+
+/// Reads the files of `p` that are there. A named profile's directory is listed once first
+/// ([`listing::which`]): a file it does not hold reads as missing without a lookup, and the
+/// pid-file leftovers are known. The root's directory (the whole home) is not listed.
+fn read_listed(p: &mut ProfileObs, yaml: bool) {
+    use crate::layout::home::{CONFIG_FILE, ENV_FILE, INTENT_FILE, PID_LEFTOVERS, STATE_DIR};
+    let listed = if p.name.is_root() { None } else { listing::which(&p.dir, &LISTED) };
+    let holds = |name: &str| listed.is_none_or(|l| l.holds(name));
+    let reading =
+        if holds(INTENT_FILE) { volume::read_intent(&p.dir) } else { volume::intent_missing(&p.dir) };
     p.intent = reading.intent;
     p.intent_warning = reading.warning;
-    p.prior_exit = volume::read_prior_exit(&p.dir);
-    p.env_sets_port = volume::env_sets_port(&p.dir);
+    p.prior_exit = if holds(STATE_DIR) { volume::read_prior_exit(&p.dir) } else { PriorExit::Unknown };
+    p.env_sets_port = holds(ENV_FILE) && volume::env_sets_port(&p.dir);
+    if yaml {
+        (p.yaml, p.yaml_warning) =
+            if holds(CONFIG_FILE) { gateway_yaml::read(&p.dir) } else { gateway_yaml::missing(&p.dir) };
+    }
+    p.pid_leftovers = listed.map(|l| PID_LEFTOVERS.iter().any(|f| l.holds(f)));
 }
 
 /// A profile as discovered, its files not read (yet): no intent, prior exit unknown, no port
@@ -64,6 +91,7 @@ pub fn unread_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> Pro
         env_sets_port: false,
         yaml: crate::world::GatewayYaml::default(),
         yaml_warning: None,
+        pid_leftovers: None,
     }
 }
 

@@ -191,6 +191,11 @@ pub fn read_intent(profile_dir: &Path) -> IntentReading {
     intent_outcome(read_bounded(&path, MAX_STATE_FILE)).at(&path)
 }
 
+/// What [`read_intent`] gives for a `gateway_state.json` known to be missing.
+pub fn intent_missing(profile_dir: &Path) -> IntentReading {
+    intent_outcome(Err(ReadError::Missing)).at(&profile_dir.join(INTENT_FILE))
+}
+
 /// Parses `state/gateway.lifecycle.json`: `phase` `exited` → clean, `running` → unclean.
 ///
 /// Anything else (not UTF-8, not JSON, not an object, no `phase`, a `phase` that is not one of

@@ -657,7 +657,7 @@ fn plan_create(
 ) -> ProfilePlan {
     let up = role.runs && role.may_start(p);
     let mut steps = Vec::new();
-    if kind == PassKind::Boot && !p.via_symlink {
+    if kind == PassKind::Boot && !p.via_symlink && p.pid_leftovers != Some(false) {
         steps.push(Step::SweepPidFiles { dir: p.dir.clone() });
     }
     let record = SlotRecord::new(intent.desired_state.clone(), up, rendered.digest.clone());

@@ -37,6 +37,7 @@ pub(super) fn profile(name: &str, i: Intent) -> ProfileObs {
         env_sets_port: false,
         yaml: Default::default(),
         yaml_warning: None,
+        pid_leftovers: None,
     }
 }
 
@@ -140,6 +141,29 @@ fn boot_pass_sweeps_only_for_created_unsymlinked_profiles() {
     assert!(
         p.profiles.iter().all(|pp| { pp.steps.iter().all(|s| !matches!(s, Step::SweepPidFiles { .. })) })
     );
+}
+
+#[test]
+fn boot_pass_sweeps_unless_the_listing_saw_no_leftover() {
+    let cfg = config(false, 400);
+    let with = |name: &str, seen: Option<bool>| ProfileObs {
+        pid_leftovers: seen,
+        ..profile(name, intent(None, None))
+    };
+    let obs = observed(vec![
+        profile("default", intent(None, None)),
+        with("clean", Some(false)),
+        with("stale", Some(true)),
+        with("unlisted", None),
+    ]);
+    let p = plan(&obs, &cfg, PassKind::Boot);
+    let sweeps: Vec<&str> = p
+        .profiles
+        .iter()
+        .filter(|pp| pp.steps.iter().any(|s| matches!(s, Step::SweepPidFiles { .. })))
+        .map(|pp| pp.name.as_str())
+        .collect();
+    assert_eq!(sweeps, vec!["default", "stale", "unlisted"]);
 }
 
 #[test]
