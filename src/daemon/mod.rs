@@ -115,6 +115,26 @@ pub struct Daemon {
     /// `world.previous_ports` is what the last pass assigned (saved, or unchanged): a partial
     /// pass may then plan its profiles alone ([`plan::incremental`]).
     ports_clean: bool,
+    /// The last full pass found nothing to do and left nothing pending, and nothing has run
+    /// since: its warnings. A re-list that then observes the very same world skips planning
+    /// and applying, which would decide the same and do nothing (issue 15: a quiet volume's
+    /// periodic re-list costs its observation only).
+    settled: Option<Vec<Warning>>,
+}
+
+/// The pass planned and did nothing: no step, no leftover to clear, no port record or legacy
+/// record to write, nothing deferred, and applying raised no error, warning or removal.
+fn did_nothing(plan: &plan::Plan, outcome: &Outcome) -> bool {
+    plan.profiles.iter().all(|pp| pp.steps.is_empty())
+        && plan.clear_hidden.is_empty()
+        && !plan.clear_kick
+        && !plan.ports_changed
+        && !plan.migrate_legacy
+        && plan.deferred.is_empty()
+        && outcome.errors.is_empty()
+        && outcome.warnings.is_empty()
+        && outcome.removals.is_empty()
+        && !outcome.abandoned
 }
 
 /// Whether a profile exists and whether it has a slot: what capacity admission, the absent
@@ -182,6 +202,7 @@ impl Daemon {
             admitted: BTreeSet::new(),
             slotless: BTreeSet::new(),
             ports_clean: false,
+            settled: None,
         };
         (daemon, events)
     }
@@ -223,6 +244,7 @@ impl Daemon {
 
     /// Slots' statuses were rewritten: feed each tracker, hold down or release.
     pub fn on_status_events(&mut self, now: Instant) {
+        self.settled = None;
         let Some(crash) = self.crash.as_mut() else { return };
         let names = crash.watch.read();
         let mut lines = Vec::new();
@@ -344,6 +366,9 @@ impl Daemon {
         let removals: Vec<Instant> = self.removals.iter().map(|r| r.since).collect();
         let holds = self.hold_ends();
         let due = self.timers(&removals, &holds).due(now);
+        if due.removals || !due.holds.is_empty() || !due.profiles.is_empty() {
+            self.settled = None;
+        }
         if !due.holds.is_empty() {
             self.retry_holds(&due.holds, now);
         }
@@ -366,6 +391,7 @@ impl Daemon {
     /// batch asks for one (coalesced): a storm of re-list events never delays a profile's own
     /// change (SPEC §9.3).
     pub fn on_events(&mut self, batch: Batch, now: Instant) {
+        self.settled = None;
         let mut changes = watch::interpret(&self.cfg.home, &batch.events);
         changes.relist |= batch.overflowed;
         if let Some(w) = self.watcher.as_mut()
@@ -422,7 +448,9 @@ impl Daemon {
     /// Establishes watches (before listing, so nothing created in between is missed), then
     /// observes everything and converges it.
     pub fn full_pass(&mut self, kind: PassKind) {
-        self.full_pass_inner(kind);
+        if !self.full_pass_inner(kind) {
+            return;
+        }
         // Slots this pass created or removed may move the capacity guard's line.
         self.admitted = self.admitted_now();
         // Profiles admitted for the first time were listed before their watch existed: read
@@ -433,7 +461,9 @@ impl Daemon {
         }
     }
 
-    fn full_pass_inner(&mut self, kind: PassKind) {
+    /// `false` when the re-list found the world as the last settled pass left it (nothing
+    /// planned, nothing to follow up).
+    fn full_pass_inner(&mut self, kind: PassKind) -> bool {
         self.relist_pending = false;
         if let Some(w) = self.watcher.as_mut() {
             match w.establish() {
@@ -461,7 +491,7 @@ impl Daemon {
         }
         self.last_full = Instant::now();
         let watcher = self.watcher.as_ref();
-        self.world = observe::observe_all_cached(
+        let world = observe::observe_all_cached(
             &self.cfg,
             (kind == PassKind::Boot).then_some(Path::new("/proc")),
             &mut self.slot_files,
@@ -470,8 +500,21 @@ impl Daemon {
         );
         self.slot_files.end_pass();
         self.profile_files.end_full_pass();
+        if kind == PassKind::Continuous
+            && world == self.world
+            && let Some(warnings) = self.settled.take()
+        {
+            // The plan is a function of the world, the configuration and the daemon's pending
+            // work (none: see `nothing_pending`): it would be the settled pass's, with no step.
+            tracing::debug!("re-list found the world unchanged since a pass with nothing to do");
+            self.emit_warnings(&warnings, true);
+            self.settled = Some(warnings);
+            return false;
+        }
+        self.settled = None;
+        self.world = world;
         if self.applier.shutdown.requested() {
-            return;
+            return false;
         }
         self.track_absent();
         self.slotless = self
@@ -500,7 +543,21 @@ impl Daemon {
             d.action != plan::ActionKind::Skipped
                 || previous.get(&d.profile).map(String::as_str) != Some(d.reason.as_deref().unwrap_or(""))
         });
+        let quiet = kind == PassKind::Continuous && did_nothing(&plan, &outcome);
         self.after_apply(&plan, outcome, None);
+        if quiet && self.nothing_pending() {
+            self.settled = Some(plan.warnings);
+        }
+        true
+    }
+
+    /// No work waits on a timer or on a removal: a pass over an unchanged world would find
+    /// nothing more to do than the last one.
+    fn nothing_pending(&self) -> bool {
+        self.absent.is_empty()
+            && self.retries.is_empty()
+            && self.deferred.is_empty()
+            && self.removals.is_empty()
     }
 
     /// Re-observes the given profiles and converges them alone, in work proportional to them
@@ -508,6 +565,7 @@ impl Daemon {
     /// re-list reads them afresh), admission, the absent and slotless sets are updated from
     /// them, and they are planned alone unless the change can reach other profiles.
     pub fn partial_pass(&mut self, dirty: BTreeSet<ProfileName>) {
+        self.settled = None;
         let before: Vec<Standing> = dirty.iter().map(|n| self.standing(n)).collect();
         for name in &dirty {
             if self.applier.shutdown.requested() {

@@ -209,3 +209,40 @@ fn watch_limit_exhaustion_falls_back_to_relisting() {
     let fallback = text.lines().filter(|l| l.contains("WARN") && l.contains("watch limit exhausted")).count();
     assert_eq!(fallback, 1, "the fallback is logged once:\n{text}");
 }
+
+/// A re-list that finds the world as its last settled pass left it plans nothing (issue 15),
+/// but one that finds a change still converges it. The poller here is an hour away, so only
+/// the periodic re-list (every second) can see the changes: a settled daemon must keep
+/// noticing, again and again, both ways.
+#[test]
+fn settled_relists_still_converge_what_only_a_relist_sees() {
+    root_only!();
+    let w = World::new();
+    w.profile("work").desired("running");
+    w.profile("idle");
+    let d = Daemon::start(
+        &w,
+        &[
+            ("HERMES_RECONCILER_WATCH", "poll"),
+            ("HERMES_RECONCILER_POLL_MS", "3600000"),
+            ("HERMES_RECONCILER_RESYNC_SECS", "1"),
+            ("HERMES_RECONCILER_LOG", "info,hermes_reconciler=debug"),
+        ],
+    );
+    converge(&w, &d, &[("work", Want::Up), ("idle", Want::Down)]);
+    for (round, (work, idle)) in
+        [("stopped", "running"), ("running", "stopped"), ("stopped", "stopped")].into_iter().enumerate()
+    {
+        // Long enough for re-lists that find nothing new (the daemon settles in between).
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        set_desired(&w.profile_dir("work"), work);
+        set_desired(&w.profile_dir("idle"), idle);
+        let want = |v: &str| if v == "running" { Want::Up } else { Want::Down };
+        converge(&w, &d, &[("work", want(work)), ("idle", want(idle))]);
+        assert!(
+            !d.log_lines_with(&["re-list found the world unchanged"]).is_empty(),
+            "round {round}: no quiet re-list logged:\n{}",
+            d.stderr()
+        );
+    }
+}
