@@ -38,16 +38,17 @@ pub fn admitted<'a>(
         names.into_iter().map(|n| (n, !n.is_root() && has_slot(n))).collect();
     let existing = names.iter().filter(|(_, slot)| *slot).count();
     let mut budget = limit.saturating_sub(existing);
-    let mut out = BTreeSet::new();
+    let mut out = Vec::with_capacity(names.len().min(limit.saturating_add(1)));
     for (n, slot) in names {
         if n.is_root() || slot {
-            out.insert(n.clone());
+            out.push(n.clone());
         } else if budget > 0 {
             budget -= 1;
-            out.insert(n.clone());
+            out.push(n.clone());
         }
     }
-    out
+    // Built from the (almost) sorted names at once, not by one search per insert.
+    out.into_iter().collect()
 }
 
 #[cfg(test)]
