@@ -105,11 +105,19 @@ pub fn read_profile_files(p: &mut ProfileObs, cache: &mut ProfileFileCache) {
     (p.yaml, p.yaml_warning) = cache.gateway_yaml(&p.dir);
 }
 
+/// The port record as read: profile name → port, and why it was ignored if it was.
+pub type PortsReading = (BTreeMap<String, u16>, Option<Warning>);
+
 /// Reads `.gateway-ports.json`: a JSON object of profile name → port. Anything else is a
 /// warning and an empty map (ports are then re-derived, which is stable by construction).
-pub fn read_ports(home: &Path) -> (BTreeMap<String, u16>, Option<Warning>) {
+pub fn read_ports(home: &Path) -> PortsReading {
     let path = home.join(crate::layout::home::PORTS_FILE);
-    match safe_read::read_bounded(&path, safe_read::MAX_STATE_FILE) {
+    ports_outcome(&path, safe_read::read_bounded(&path, safe_read::MAX_STATE_FILE))
+}
+
+/// What a bounded read of the port record at `path` means (see [`read_ports`]).
+pub fn ports_outcome(path: &Path, read: Result<Vec<u8>, safe_read::ReadError>) -> PortsReading {
+    match read {
         Ok(bytes) => match serde_json::from_slice::<BTreeMap<String, u16>>(&bytes) {
             Ok(map) => (map, None),
             Err(e) => (
@@ -154,9 +162,14 @@ pub fn observe_root(home: &Path) -> ProfileObs {
 /// judgment is recorded in the runtime directory (SPEC §9.4); `None` skips that (the mode only
 /// matters to a boot pass) and reports a normal container.
 pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
-    observe_all_with(config, proc_root, &mut slots::SlotFileCache::default(), &|_| false, &mut |p, _| {
-        read_profile_files_uncached(p)
-    })
+    observe_all_with(
+        config,
+        proc_root,
+        &mut slots::SlotFileCache::default(),
+        &|_| false,
+        &mut |p, _| read_profile_files_uncached(p),
+        &mut read_ports,
+    )
 }
 
 /// [`observe_all`] with only the root's files read: the start of a boot pass that reads the
@@ -167,7 +180,14 @@ pub fn observe_names(config: &Config, proc_root: Option<&Path>) -> Observed {
             read_profile_files_uncached(p);
         }
     };
-    observe_all_with(config, proc_root, &mut slots::SlotFileCache::default(), &|_| false, read_root)
+    observe_all_with(
+        config,
+        proc_root,
+        &mut slots::SlotFileCache::default(),
+        &|_| false,
+        read_root,
+        &mut read_ports,
+    )
 }
 
 /// [`observe_all`] reading slot and profile files through caches kept across passes.
@@ -196,13 +216,20 @@ pub fn observe_all_cached(
         let key = entry.to_str().and_then(dir_key);
         key.is_some() && shared.borrow().marker_known(&profiles.join(entry), key)
     };
-    let observed = observe_all_with(config, proc_root, cache, &known, &mut |p, marker_plain| {
-        let mut profile_cache = shared.borrow_mut();
-        let key = if p.name.is_root() { None } else { dir_key(p.name.as_str()) };
-        profile_cache.enter_dir(&p.dir, key);
-        read_profile_files(p, &mut profile_cache);
-        profile_cache.leave_dir(&p.dir, marker_plain);
-    });
+    let observed = observe_all_with(
+        config,
+        proc_root,
+        cache,
+        &known,
+        &mut |p, marker_plain| {
+            let mut profile_cache = shared.borrow_mut();
+            let key = if p.name.is_root() { None } else { dir_key(p.name.as_str()) };
+            profile_cache.enter_dir(&p.dir, key);
+            read_profile_files(p, &mut profile_cache);
+            profile_cache.leave_dir(&p.dir, marker_plain);
+        },
+        &mut |home| shared.borrow_mut().ports(home),
+    );
     let profile_cache = shared.into_inner();
     profile_cache.set_base(None);
     profile_cache.end_pass();
@@ -216,6 +243,7 @@ fn observe_all_with(
     cache: &mut slots::SlotFileCache,
     marker_known: &dyn Fn(&std::ffi::OsStr) -> bool,
     read: &mut dyn FnMut(&mut ProfileObs, bool),
+    ports: &mut dyn FnMut(&Path) -> PortsReading,
 ) -> Observed {
     let home = &config.home;
     let mut warnings = Vec::new();
@@ -241,7 +269,7 @@ fn observe_all_with(
         profiles.push(p);
     }
     warnings.extend(discovery.warnings.into_iter().map(|text| Warning::new(Finding::Discovery { text })));
-    let (previous_ports, ports_warning) = read_ports(home);
+    let (previous_ports, ports_warning) = ports(home);
     warnings.extend(ports_warning);
     Observed {
         mode: proc_root.map_or(ContainerMode::Normal, |p| runtime_record::judged(&config.runtime_dir, p)),

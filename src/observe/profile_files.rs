@@ -12,6 +12,7 @@
 //! - entries no full pass used are dropped at its end ([`ProfileFileCache::end_full_pass`]), so
 //!   the cache holds at most one entry per admitted profile file.
 
+use crate::hashing::FastMap;
 use crate::layout::home::STATE_DIR;
 use crate::model::PriorExit;
 use crate::observe::safe_read::{MAX_STATE_FILE, ReadError, read_bounded};
@@ -20,7 +21,6 @@ use crate::observe::stat_base::StatBase;
 use crate::observe::volume::{
     self, ENV_FILE, INTENT_FILE, IntentOutcome, IntentReading, LIFECYCLE_FILE, MAX_ENV_FILE,
 };
-use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::SystemTime;
@@ -32,9 +32,9 @@ pub const RACY_SECS: i64 = 2;
 #[derive(Debug)]
 pub struct IdentityCache<T> {
     /// By the path's bytes: hashing and comparing a `Path` goes component by component.
-    by_path: HashMap<std::ffi::OsString, (FileKey, T, u64)>,
+    by_path: FastMap<std::ffi::OsString, (FileKey, T, u64)>,
     /// This pass's results by (device, inode): hard links share them. Cleared after each pass.
-    by_inode: HashMap<(u64, u64), (FileKey, T)>,
+    by_inode: FastMap<(u64, u64), (FileKey, T)>,
     generation: u64,
     /// Parses done (for tests and benchmarks).
     pub parses: u64,
@@ -45,8 +45,8 @@ pub struct IdentityCache<T> {
 impl<T> Default for IdentityCache<T> {
     fn default() -> Self {
         IdentityCache {
-            by_path: HashMap::new(),
-            by_inode: HashMap::new(),
+            by_path: FastMap::default(),
+            by_inode: FastMap::default(),
             generation: 0,
             parses: 0,
             racy_secs: RACY_SECS,
@@ -162,11 +162,13 @@ pub struct ProfileFileCache {
     pub prior: IdentityCache<PriorExit>,
     pub env: IdentityCache<bool>,
     pub yaml: IdentityCache<crate::observe::gateway_yaml::YamlOutcome>,
+    /// The port record, as last parsed.
+    pub ports: IdentityCache<crate::observe::PortsReading>,
     /// `profiles/`, held open during a full re-list: the files under it are stat'ed by their
     /// short relative paths.
     base: Option<StatBase>,
     /// The optional files found missing in each profile directory, while it is unchanged.
-    absent: HashMap<std::ffi::OsString, Absent>,
+    absent: FastMap<std::ffi::OsString, Absent>,
     /// The identity of the directory whose files are being read, taken before they are looked
     /// at ([`ProfileFileCache::enter_dir`]); `None`: unknown, every file is looked at.
     dir_now: Option<FileKey>,
@@ -319,7 +321,15 @@ impl ProfileFileCache {
         (o.settings, warning)
     }
 
+    /// `$HERMES_HOME/.gateway-ports.json`, parsed again only when its identity changed (it
+    /// is the volume's user's file like the others: SPEC §9.3).
+    pub fn ports(&mut self, home: &Path) -> crate::observe::PortsReading {
+        let path = home.join(crate::layout::home::PORTS_FILE);
+        self.ports.get(&path, MAX_STATE_FILE, |r| crate::observe::ports_outcome(&path, r))
+    }
+
     pub fn end_pass(&mut self) {
+        self.ports.end_pass();
         self.yaml.end_pass();
         self.intent.end_pass();
         self.prior.end_pass();
@@ -330,6 +340,7 @@ impl ProfileFileCache {
         let generation = self.generation;
         self.absent.retain(|_, a| a.used == generation);
         self.generation += 1;
+        self.ports.end_full_pass();
         self.yaml.end_full_pass();
         self.intent.end_full_pass();
         self.prior.end_full_pass();

@@ -87,26 +87,27 @@ pub fn observe_scanner(scandir: &Path) -> ScannerObs {
     }
     let Ok(entries) = std::fs::read_dir(scandir) else { return obs };
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+        // Borrowed when UTF-8 (every slot name is): no allocation per slot at each re-list.
+        let os_name = e.file_name();
+        let name = os_name.to_string_lossy();
         if name.starts_with('.') {
             if crate::model::is_own_hidden_entry(&name) && e.file_type().is_ok_and(|t| t.is_dir()) {
                 obs.removing_units += supervised_units(&e.path());
             }
             continue;
         }
-        let path = e.path();
         let is_link = e.file_type().map(|t| t.is_symlink()).unwrap_or(false);
         // Not a symlink: the entry's own type (from the listing, no `stat` per slot).
         let meta = match e.file_type() {
             Ok(t) if !is_link => Ok(t.is_dir()),
-            _ => std::fs::metadata(&path).map(|m| m.is_dir()),
+            _ => std::fs::metadata(e.path()).map(|m| m.is_dir()),
         };
         match meta {
-            Err(_) if is_link => obs.dangling.push(name),
+            Err(_) if is_link => obs.dangling.push(name.into_owned()),
             Ok(true) => {
                 let ours = ProfileName::from_slot_name(&name).is_some() && !is_link;
                 if !ours && name != KICK_ENTRY {
-                    obs.foreign_units += units(&path);
+                    obs.foreign_units += units(&e.path());
                 }
             }
             _ => {}
