@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod escape;
 pub mod fsops;
+pub mod hashing;
 pub mod layout;
 pub mod model;
 pub mod observe;

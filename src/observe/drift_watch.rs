@@ -20,9 +20,9 @@
 //!   wait in the kernel's queue (bounded by `max_queued_events`; an overflow distrusts every
 //!   slot) until the next reading.
 
+use crate::hashing::FastMap;
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
@@ -62,8 +62,8 @@ struct Slot {
 /// Watches on the slots' directories, by slot directory path.
 pub struct DriftWatch {
     inotify: Inotify,
-    slots: HashMap<OsString, Slot>,
-    by_wd: HashMap<WatchDescriptor, OsString>,
+    slots: FastMap<OsString, Slot>,
+    by_wd: FastMap<WatchDescriptor, OsString>,
 }
 
 impl std::fmt::Debug for DriftWatch {
@@ -76,8 +76,8 @@ impl DriftWatch {
     pub fn new() -> Result<Self, Errno> {
         Ok(DriftWatch {
             inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?,
-            slots: HashMap::new(),
-            by_wd: HashMap::new(),
+            slots: FastMap::default(),
+            by_wd: FastMap::default(),
         })
     }
 

@@ -1,13 +1,13 @@
 //! What the scandir holds: the daemon's `gateway-*` slots, their files and bookkeeping, and
 //! its own hidden staging or removal leftovers. Entries it does not own are not even read.
 
+use crate::hashing::FastMap;
 use crate::layout::slot::{DOWN_FILE, RECORD_FILE, RENDERED};
 use crate::model::{KICK_ENTRY, ProfileName, SlotRecord, is_own_hidden_entry};
 use crate::observe::drift_watch::DriftWatch;
 use crate::observe::safe_read::read_bounded;
 use crate::observe::stat_base::{FileKey, StatBase};
 pub use crate::world::{ScandirObs, SlotObs};
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +28,7 @@ type CachedSlotFile = (FileKey, Option<Arc<[u8]>>, u64);
 #[derive(Debug, Default)]
 pub struct SlotFileCache {
     /// By the path's bytes: hashing and comparing a `Path` goes component by component.
-    entries: HashMap<OsString, CachedSlotFile>,
+    entries: FastMap<OsString, CachedSlotFile>,
     generation: u64,
     /// The scandir, held open during a full re-list: slot files are stat'ed by their short
     /// paths relative to it ([`StatBase`]).
@@ -37,7 +37,7 @@ pub struct SlotFileCache {
     drift: Option<DriftWatch>,
     /// The last reading of each watched slot (its `supervised` is asked afresh each time), by
     /// slot directory.
-    readings: HashMap<OsString, Reading>,
+    readings: FastMap<OsString, Reading>,
     /// How many more lock files [`Reading::lock`] may hold open (see [`lock_budget`]).
     locks_left: usize,
 }

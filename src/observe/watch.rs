@@ -26,7 +26,7 @@ use crate::observe::stat_base::{FileKey, StatBase};
 use crate::observe::volume::{ENV_FILE, INTENT_FILE as ROOT_INTENT_FILE, MARKER_FILE};
 use notify::event::{AccessKind, AccessMode, DataChange, ModifyKind, RenameMode};
 use notify::{Event, EventKind, EventKindMask, RecursiveMode, Watcher as _};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -285,14 +285,14 @@ pub struct Watcher {
     /// Watched entries of `profiles/`: the device and inode are those of what was watched;
     /// the times are what the last [`Watcher::establish`] (or the watch, if later) saw of it
     /// (see [`Watcher::dir_key`]).
-    profiles: HashMap<String, FileKey>,
+    profiles: crate::hashing::FastMap<String, FileKey>,
     /// Names of the profiles the capacity guard admitted (as of the last pass).
-    admitted: HashSet<String>,
+    admitted: crate::hashing::FastSet<String>,
     /// Watched entries that are not admitted profiles, oldest first (may hold stale names).
     extras: VecDeque<String>,
     /// The base watches (home's parent, home, `profiles/`, `profiles/.deleted`) held, and the
     /// directory each one was added on (device, inode, ctime).
-    bases: HashMap<PathBuf, BaseId>,
+    bases: crate::hashing::FastMap<PathBuf, BaseId>,
 }
 
 /// Device, inode and ctime of a base directory.
@@ -361,10 +361,10 @@ impl Watcher {
             inner,
             backend,
             home: home.to_path_buf(),
-            profiles: HashMap::new(),
-            admitted: HashSet::new(),
+            profiles: Default::default(),
+            admitted: Default::default(),
             extras: VecDeque::new(),
-            bases: HashMap::new(),
+            bases: Default::default(),
         };
         Ok((w, EventStream { rx, overflowed }))
     }

@@ -44,8 +44,7 @@ pub struct Rendered {
 /// with or without it (tested). Bounded by the profiles planned ([`RenderMemo::retain`]).
 #[derive(Debug, Default)]
 pub struct RenderMemo {
-    by_name:
-        std::cell::RefCell<std::collections::HashMap<ProfileName, (OwnedInput, std::sync::Arc<Rendered>)>>,
+    by_name: std::cell::RefCell<crate::hashing::FastMap<ProfileName, (OwnedInput, std::sync::Arc<Rendered>)>>,
 }
 
 /// A [`RenderInput`]'s values, owned.
