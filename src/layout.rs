@@ -4,7 +4,28 @@
 //! here, never from each other, so that no layer has to import from one above it to find a
 //! file.
 //!
-//! Only names live here: no I/O, no policy. Joining a name to a directory is the caller's job.
+//! Only names live here: no I/O, no policy. Joining a name to a directory is the caller's job
+//! ([`child`] does it cheaply).
+
+use std::path::{Path, PathBuf};
+
+/// `dir/name` in one allocation of the right size. `Path::join` copies `dir`, grows the copy
+/// and parses both as components: a tenth of a steady re-list, which joins a few names per
+/// profile and per slot. `name` is relative (one of this module's names, or a validated
+/// profile or slot name), so the result is under `dir` as `dir.join(name)` would be.
+pub fn child(dir: &Path, name: impl AsRef<std::ffi::OsStr>) -> PathBuf {
+    let name = name.as_ref();
+    debug_assert!(!Path::new(name).is_absolute(), "{name:?} is absolute");
+    let dir = dir.as_os_str();
+    let sep = !dir.is_empty() && !std::os::unix::ffi::OsStrExt::as_bytes(dir).ends_with(b"/");
+    let mut out = std::ffi::OsString::with_capacity(dir.len() + usize::from(sep) + name.len());
+    out.push(dir);
+    if sep {
+        out.push("/");
+    }
+    out.push(name);
+    PathBuf::from(out)
+}
 
 /// `$HERMES_HOME` and each profile directory under it (SPEC §3, §5, §7).
 pub mod home {
@@ -79,4 +100,23 @@ pub mod runtime {
     /// What the daemon knows that s6 and the slots do not record (last errors, skips, scandir
     /// findings), read by `status`.
     pub const STATUS_RECORD: &str = "status.json";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::child;
+    use std::path::Path;
+
+    #[test]
+    fn child_is_what_join_gives() {
+        for (dir, name) in [
+            ("/opt/data", "gateway_state.json"),
+            ("/opt/data/", "a"),
+            ("", "a"),
+            ("/", "x"),
+            ("rel/dir", "state/gateway.lifecycle.json"),
+        ] {
+            assert_eq!(child(Path::new(dir), name), Path::new(dir).join(name), "{dir:?} + {name:?}");
+        }
+    }
 }

@@ -214,7 +214,7 @@ pub fn observe_all_cached(
     let shared = std::cell::RefCell::new(profile_cache);
     let known = |entry: &std::ffi::OsStr| {
         let key = entry.to_str().and_then(dir_key);
-        key.is_some() && shared.borrow().marker_known(&profiles.join(entry), key)
+        key.is_some() && shared.borrow().marker_known(&crate::layout::child(&profiles, entry), key)
     };
     let observed = observe_all_with(
         config,

@@ -13,6 +13,7 @@
 //!   the cache holds at most one entry per admitted profile file.
 
 use crate::hashing::FastMap;
+use crate::layout::child;
 use crate::layout::home::STATE_DIR;
 use crate::model::PriorExit;
 use crate::observe::safe_read::{MAX_STATE_FILE, ReadError, read_bounded};
@@ -231,7 +232,7 @@ impl ProfileFileCache {
         }
         // Is it `state/` that is missing, or only the file in it?
         missing.state_dir = missing.lifecycle
-            && StatBase::lstat(self.base.as_ref(), &dir.join(STATE_DIR))
+            && StatBase::lstat(self.base.as_ref(), &child(dir, STATE_DIR))
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
         if is_racy(&key, self.racy_secs.unwrap_or(RACY_SECS)) {
             self.absent.remove(dir.as_os_str());
@@ -262,7 +263,7 @@ impl ProfileFileCache {
 
     /// `<dir>/gateway_state.json` (SPEC §5.2).
     pub fn intent(&mut self, dir: &Path) -> IntentReading {
-        let path = dir.join(INTENT_FILE);
+        let path = child(dir, INTENT_FILE);
         self.intent.get_at(self.base.as_ref(), &path, MAX_STATE_FILE, volume::intent_outcome).at(&path)
     }
 
@@ -273,7 +274,7 @@ impl ProfileFileCache {
             return PriorExit::Unknown;
         }
         let gone = std::cell::Cell::new(false);
-        let exit = self.prior.get_at(self.base.as_ref(), &dir.join(LIFECYCLE_FILE), MAX_STATE_FILE, |r| {
+        let exit = self.prior.get_at(self.base.as_ref(), &child(dir, LIFECYCLE_FILE), MAX_STATE_FILE, |r| {
             gone.set(matches!(r, Err(ReadError::Missing)));
             r.map_or(PriorExit::Unknown, |b| volume::parse_prior_exit(&b))
         });
@@ -288,7 +289,7 @@ impl ProfileFileCache {
             return false;
         }
         let gone = std::cell::Cell::new(false);
-        let sets = self.env.get_at(self.base.as_ref(), &dir.join(ENV_FILE), MAX_ENV_FILE, |r| {
+        let sets = self.env.get_at(self.base.as_ref(), &child(dir, ENV_FILE), MAX_ENV_FILE, |r| {
             gone.set(matches!(r, Err(ReadError::Missing)));
             r.is_ok_and(|b| volume::parse_env_sets_port(&b))
         });
@@ -303,11 +304,11 @@ impl ProfileFileCache {
         dir: &Path,
     ) -> (crate::observe::gateway_yaml::GatewayYaml, Option<crate::warning::Warning>) {
         use crate::observe::gateway_yaml::{CONFIG_FILE, MAX_CONFIG_FILE, outcome};
-        let path = dir.join(CONFIG_FILE);
         if self.known_missing(dir).yaml {
             self.missing.yaml = true;
             return (outcome(Err(ReadError::Missing)).settings, None);
         }
+        let path = child(dir, CONFIG_FILE);
         let gone = std::cell::Cell::new(false);
         let o = self.yaml.get_at(self.base.as_ref(), &path, MAX_CONFIG_FILE, |r| {
             gone.set(matches!(r, Err(ReadError::Missing)));

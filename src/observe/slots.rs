@@ -187,7 +187,7 @@ impl SlotFileCache {
 }
 
 pub fn slot_dir(scandir: &Path, name: &ProfileName) -> PathBuf {
-    scandir.join(name.slot_name())
+    crate::layout::child(scandir, name.slot_name())
 }
 
 /// Reads one slot directory.
@@ -203,10 +203,11 @@ fn observe_drained(dir: &Path, cache: &mut SlotFileCache) -> SlotObs {
     }
     cache.watch(dir);
     let (supervised, lock) = supervised(cache.base.as_ref(), dir);
-    let record =
-        cache.read(&dir.join(RECORD_FILE)).and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
-    let files = RENDERED.iter().map(|rel| (*rel, cache.read(&dir.join(rel)))).collect();
-    let has_down = cache.exists(&dir.join(DOWN_FILE));
+    let record = cache
+        .read(&crate::layout::child(dir, RECORD_FILE))
+        .and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
+    let files = RENDERED.iter().map(|rel| (*rel, cache.read(&crate::layout::child(dir, rel)))).collect();
+    let has_down = cache.exists(&crate::layout::child(dir, DOWN_FILE));
     let event_open = crate::s6::event::slot_events_open(dir);
     let obs = SlotObs { record, files, has_down, supervised, event_open };
     cache.remember(dir, &obs, lock);
@@ -257,7 +258,7 @@ pub fn observe_scandir(scandir: &Path, cache: &mut SlotFileCache) -> ScandirObs 
         // A slot is a real directory; a symlink or file named gateway-* is not one of ours.
         match entry.file_type() {
             Ok(t) if t.is_dir() => {
-                obs.slots.insert(profile, observe_drained(&entry.path(), cache));
+                obs.slots.insert(profile, observe_drained(&crate::layout::child(scandir, &name), cache));
             }
             _ => continue,
         }

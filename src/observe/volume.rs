@@ -383,7 +383,7 @@ pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr) -> bool) -> Discovery {
         if file_name.as_bytes().starts_with(b".") {
             continue;
         }
-        let dir = entry.path();
+        let dir = crate::layout::child(&profiles, &file_name);
         // The listing's type (`d_type`; std falls back to `lstat` when the file system does
         // not give it) spares a `stat` of every real directory; a symlink is followed.
         let entry_type = match entry.file_type() {

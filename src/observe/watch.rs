@@ -439,7 +439,7 @@ impl Watcher {
         // (An entry gone from the listing fails its stat: no set of the listed names is needed.)
         let mut stale: Vec<String> = Vec::new();
         for (n, key) in self.profiles.iter_mut() {
-            match dir_key_at(stat_base.as_ref(), &profiles.join(n.as_str())) {
+            match dir_key_at(stat_base.as_ref(), &crate::layout::child(&profiles, n.as_str())) {
                 Some(k) if (k.dev, k.ino) == (key.dev, key.ino) => *key = k,
                 _ => stale.push(n.clone()),
             }
