@@ -28,9 +28,13 @@ pub const MAX_NAME_LEN: usize = S6_NAME_MAX - LONGEST_OVERHEAD;
 ///
 /// Invariant: a `ProfileName` is always safe to use as a single path component and inside a
 /// single-quoted shell word, because the character set excludes `/`, `.`, quotes and spaces.
+///
+/// Shared, not copied: a name is cloned into every set and map a pass keeps (the world, the
+/// admitted and slotless sets, the caches...), several times per profile at each re-list
+/// (issue 15), so a clone only counts a reference. Compared, ordered and hashed by content.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ProfileName(String);
+pub struct ProfileName(std::sync::Arc<str>);
 
 /// Why a directory name under `profiles/` is not a usable profile name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -50,7 +54,7 @@ pub enum NameError {
 impl ProfileName {
     /// The root profile's name, `default`.
     pub fn root() -> Self {
-        ProfileName(ROOT_PROFILE.to_string())
+        ProfileName(std::sync::Arc::from(ROOT_PROFILE))
     }
 
     /// Validates a named profile's directory name. `default` is refused: it is the root's.
@@ -76,7 +80,7 @@ impl ProfileName {
         if bytes.len() > MAX_NAME_LEN {
             return Err(NameError::TooLong { len: bytes.len(), max: MAX_NAME_LEN });
         }
-        Ok(ProfileName(raw.to_string()))
+        Ok(ProfileName(std::sync::Arc::from(raw)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -84,7 +88,7 @@ impl ProfileName {
     }
 
     pub fn is_root(&self) -> bool {
-        self.0 == ROOT_PROFILE
+        &*self.0 == ROOT_PROFILE
     }
 
     /// `gateway-<name>`: the slot's directory name in the scandir.
@@ -117,7 +121,7 @@ impl TryFrom<String> for ProfileName {
 
 impl From<ProfileName> for String {
     fn from(n: ProfileName) -> String {
-        n.0
+        n.0.to_string()
     }
 }
 
