@@ -120,6 +120,15 @@ fn intent_table_on_create() {
     }
 }
 
+/// The profiles whose pid-file leftovers the plan sweeps.
+fn swept(p: &Plan) -> Vec<&str> {
+    p.profiles
+        .iter()
+        .filter(|pp| pp.steps.iter().any(|s| matches!(s, Step::SweepPidFiles { .. })))
+        .map(|pp| pp.name.as_str())
+        .collect()
+}
+
 #[test]
 fn boot_pass_sweeps_only_for_created_unsymlinked_profiles() {
     let cfg = config(false, 400);
@@ -130,17 +139,8 @@ fn boot_pass_sweeps_only_for_created_unsymlinked_profiles() {
     let existing = slot_as_created(&obs, &cfg, "a");
     obs.scandir.slots.insert(ProfileName::parse_named("a").unwrap(), existing);
     let p = plan(&obs, &cfg, PassKind::Boot);
-    let sweeps: Vec<&str> = p
-        .profiles
-        .iter()
-        .filter(|pp| pp.steps.iter().any(|s| matches!(s, Step::SweepPidFiles { .. })))
-        .map(|pp| pp.name.as_str())
-        .collect();
-    assert_eq!(sweeps, vec!["default"]);
-    let p = plan(&obs, &cfg, PassKind::Continuous);
-    assert!(
-        p.profiles.iter().all(|pp| { pp.steps.iter().all(|s| !matches!(s, Step::SweepPidFiles { .. })) })
-    );
+    assert_eq!(swept(&p), vec!["default"]);
+    assert!(swept(&plan(&obs, &cfg, PassKind::Continuous)).is_empty());
 }
 
 #[test]
@@ -157,13 +157,7 @@ fn boot_pass_sweeps_unless_the_listing_saw_no_leftover() {
         with("unlisted", None),
     ]);
     let p = plan(&obs, &cfg, PassKind::Boot);
-    let sweeps: Vec<&str> = p
-        .profiles
-        .iter()
-        .filter(|pp| pp.steps.iter().any(|s| matches!(s, Step::SweepPidFiles { .. })))
-        .map(|pp| pp.name.as_str())
-        .collect();
-    assert_eq!(sweeps, vec!["default", "stale", "unlisted"]);
+    assert_eq!(swept(&p), vec!["default", "stale", "unlisted"]);
 }
 
 #[test]
