@@ -500,7 +500,9 @@ impl Daemon {
         );
         self.slot_files.end_pass();
         self.profile_files.end_full_pass();
+        // Compared only when the last pass settled: the comparison is not free.
         if kind == PassKind::Continuous
+            && self.settled.is_some()
             && world == self.world
             && let Some(warnings) = self.settled.take()
         {

@@ -58,20 +58,26 @@ pub fn which<'n>(dir: &Path, names: &'n [&'n str]) -> Option<Listed<'n>> {
     debug_assert!(names.len() <= 64 && names.iter().all(|n| !n.contains('/')));
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::open(dir, flags, Mode::empty()).ok()?;
-    let mut buf = vec![0u8; BUF_LEN];
-    let mut seen = 0u64;
-    for _ in 0..MAX_CALLS {
-        let n = getdents64(&fd, &mut buf)?;
-        if n == 0 {
-            return Some(Listed { names, seen });
-        }
-        for name in entry_names(&buf[..n]) {
-            if let Some(i) = names.iter().position(|w| w.as_bytes() == name) {
-                seen |= 1 << i;
+    // One buffer per thread, made once: a boot pass lists thousands of directories, and a
+    // fresh 32 KiB buffer each time was a zero-fill and a large allocation per profile.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; BUF_LEN]);
+    }
+    BUF.with_borrow_mut(|buf| {
+        let mut seen = 0u64;
+        for _ in 0..MAX_CALLS {
+            let n = getdents64(&fd, buf)?;
+            if n == 0 {
+                return Some(Listed { names, seen });
+            }
+            for name in entry_names(&buf[..n]) {
+                if let Some(i) = names.iter().position(|w| w.as_bytes() == name) {
+                    seen |= 1 << i;
+                }
             }
         }
-    }
-    None
+        None
+    })
 }
 
 /// One `getdents64(2)` call into `buf`: the number of bytes of records it filled (0 at the

@@ -219,8 +219,8 @@ fn observe_drained(dir: &Path, cache: &mut SlotFileCache) -> SlotObs {
 fn supervised(base: Option<&StatBase>, dir: &Path) -> (bool, Option<std::fs::File>) {
     // A lock that cannot be read counts as supervised: plan then leaves the slot alone rather
     // than re-publishing it under a supervisor that may be alive.
-    match base.and_then(|b| Some((b, dir.strip_prefix(b.path()).ok()?))) {
-        Some((b, rel)) if !rel.as_os_str().is_empty() => {
+    match base.and_then(|b| Some((b, crate::observe::stat_base::under(b.path(), dir)?))) {
+        Some((b, rel)) => {
             let (liveness, lock) = crate::s6::supervisor_in(std::os::fd::AsFd::as_fd(b), rel);
             (liveness.maybe_alive(), lock)
         }

@@ -125,7 +125,7 @@ impl StatBase {
 /// built by joining names onto the prefix, and `Path::strip_prefix`, which compares component
 /// by component, was a tenth of a re-list's work. A path spelled otherwise (`.` or `..`
 /// components) is not under: it is then stat'ed by its absolute path, which is only slower.
-fn under<'p>(prefix: &Path, path: &'p Path) -> Option<&'p Path> {
+pub(crate) fn under<'p>(prefix: &Path, path: &'p Path) -> Option<&'p Path> {
     use std::os::unix::ffi::OsStrExt;
     let rest = path.as_os_str().as_bytes().strip_prefix(prefix.as_os_str().as_bytes())?;
     let rest = match rest.first() {
