@@ -284,3 +284,44 @@ fn observe_all_with(
         with_contenv: Path::new("/command/with-contenv").exists(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn read(dir: &Path) -> ProfileObs {
+        let mut p = unread_profile(ProfileName::parse_named("p").unwrap(), dir.to_path_buf(), false);
+        read_profile_files_uncached(&mut p);
+        p
+    }
+
+    /// The listing only spares lookups: a profile read through it observes what one read file
+    /// by file does, and a directory the agent filled past the listing's bound is read file by
+    /// file (its `.env` and leftovers still seen).
+    #[test]
+    fn a_listed_profile_reads_as_one_looked_up_file_by_file() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("p");
+        fs::create_dir(&dir).unwrap();
+        let bare = read(&dir);
+        assert_eq!(bare.pid_leftovers, Some(false), "listed, nothing to sweep");
+        assert!(!bare.env_sets_port && bare.intent == Default::default());
+        fs::write(dir.join(".env"), "API_SERVER_PORT=9999\n").unwrap();
+        fs::write(dir.join("gateway.pid"), "1\n").unwrap();
+        fs::write(dir.join("gateway_state.json"), r#"{"desired_state":"running"}"#).unwrap();
+        let full = read(&dir);
+        assert_eq!(full.pid_leftovers, Some(true));
+        assert!(full.env_sets_port);
+        assert_eq!(full.intent.desired_state.as_deref(), Some("running"));
+        // Filled past the bound: no answer from the listing, the same observation.
+        let long = "x".repeat(200);
+        for i in 0..listing::MAX_CALLS * listing::BUF_LEN / 200 + 10 {
+            fs::write(dir.join(format!("{long}{i}")), "").unwrap();
+        }
+        let filled = read(&dir);
+        assert_eq!(filled.pid_leftovers, None, "unlisted: the sweep runs as before");
+        assert!(filled.env_sets_port);
+        assert_eq!(filled.intent, full.intent);
+    }
+}
