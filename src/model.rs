@@ -69,6 +69,12 @@ impl ProfileName {
     /// Validates a name without refusing `default` (used for slot names read back from the
     /// scandir, where `gateway-default` is the root's slot).
     pub fn parse_any(raw: &str) -> Result<Self, NameError> {
+        Self::check_any(raw)?;
+        Ok(ProfileName(std::sync::Arc::from(raw)))
+    }
+
+    /// What [`Self::parse_any`] says of `raw`, without making a name (no allocation).
+    pub fn check_any(raw: &str) -> Result<(), NameError> {
         let bytes = raw.as_bytes();
         let Some(&first) = bytes.first() else {
             return Err(NameError::Empty);
@@ -80,7 +86,7 @@ impl ProfileName {
         if bytes.len() > MAX_NAME_LEN {
             return Err(NameError::TooLong { len: bytes.len(), max: MAX_NAME_LEN });
         }
-        Ok(ProfileName(std::sync::Arc::from(raw)))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -110,6 +116,19 @@ impl ProfileName {
     pub fn from_slot_name(entry: &str) -> Option<Self> {
         Self::parse_any(entry.strip_prefix(SLOT_PREFIX)?).ok()
     }
+
+    /// The name part of a scandir entry `gateway-<name>` that is one of ours, borrowed.
+    pub fn slot_name_part(entry: &str) -> Option<&str> {
+        entry.strip_prefix(SLOT_PREFIX).filter(|n| Self::check_any(n).is_ok())
+    }
+}
+
+/// A name is looked up in sets and maps by its text (hash and order are those of the `str`):
+/// a known name is found, and shared, without making a new one.
+impl std::borrow::Borrow<str> for ProfileName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
 }
 
 impl TryFrom<String> for ProfileName {
@@ -136,7 +155,7 @@ pub fn is_own_hidden_entry(entry: &str) -> bool {
     let Some(rest) = entry.strip_prefix('.').and_then(|e| e.strip_prefix(SLOT_PREFIX)) else {
         return false;
     };
-    let valid = |name: &str| name == "-kick" || ProfileName::parse_any(name).is_ok();
+    let valid = |name: &str| name == "-kick" || ProfileName::check_any(name).is_ok();
     if let Some(name) = rest.strip_suffix(STAGING_SUFFIX) {
         return valid(name);
     }

@@ -118,11 +118,13 @@ impl Observed {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlotObs {
     /// The daemon's record, if present and readable.
-    pub record: Option<SlotRecord>,
+    ///
+    /// This and `files` are shared, not copied: a re-list hands the last reading of an
+    /// untouched slot to the new observation by counting references (no allocation), and
+    /// comparing two observations that share them compares pointers (issue 15).
+    pub record: Option<std::sync::Arc<SlotRecord>>,
     /// Current content of each rendered file (`None`: missing or unreadable).
-    /// Shared, not copied: a re-list hands the cached content of an unchanged file to the
-    /// new observation without copying it.
-    pub files: BTreeMap<&'static str, Option<std::sync::Arc<[u8]>>>,
+    pub files: std::sync::Arc<SlotFiles>,
     /// `./down` exists: the slot is not normally up.
     pub has_down: bool,
     /// An s6-supervise holds the slot's lock (a published slot s6-svscan has picked up).
@@ -131,6 +133,9 @@ pub struct SlotObs {
     /// build, with group `hermes`): see [`crate::s6::event`].
     pub event_open: bool,
 }
+
+/// The content of each rendered file of a slot, by its path in the slot.
+pub type SlotFiles = BTreeMap<&'static str, Option<std::sync::Arc<[u8]>>>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScandirObs {

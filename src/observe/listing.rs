@@ -56,13 +56,7 @@ impl Listed<'_> {
 /// then looks each name up itself.
 pub fn which<'n>(dir: &Path, names: &'n [&'n str]) -> Option<Listed<'n>> {
     debug_assert!(names.len() <= 64 && names.iter().all(|n| !n.contains('/')));
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    let fd = nix::fcntl::open(dir, flags, Mode::empty()).ok()?;
-    // One buffer per thread, made once: a boot pass lists thousands of directories, and a
-    // fresh 32 KiB buffer each time was a zero-fill and a large allocation per profile.
-    thread_local! {
-        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; BUF_LEN]);
-    }
+    let fd = open_dir(dir).ok()?;
     BUF.with_borrow_mut(|buf| {
         let mut seen = 0u64;
         for _ in 0..MAX_CALLS {
@@ -77,6 +71,58 @@ pub fn which<'n>(dir: &Path, names: &'n [&'n str]) -> Option<Listed<'n>> {
             }
         }
         None
+    })
+}
+
+// One buffer per thread, made once: a boot pass lists thousands of directories, and a fresh
+// 32 KiB buffer each time was a zero-fill and a large allocation per profile (a re-list's
+// `opendir` asked for one too, which made glibc sort every chunk freed since: issue 15).
+thread_local! {
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; BUF_LEN]);
+}
+
+fn open_dir(dir: &Path) -> nix::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    nix::fcntl::open(dir, flags, Mode::empty())
+}
+
+/// An entry's type as the listing gives it (`d_type`): some file systems do not, and say
+/// [`Kind::Unknown`] (the caller then looks for itself, as libc's readers do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    Symlink,
+    Other,
+    Unknown,
+}
+
+impl Kind {
+    fn of(d_type: u8) -> Kind {
+        match d_type {
+            nix::libc::DT_DIR => Kind::Dir,
+            nix::libc::DT_LNK => Kind::Symlink,
+            nix::libc::DT_UNKNOWN => Kind::Unknown,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// Calls `f` with the name and type of every entry of `dir` but `.` and `..`, as the kernel
+/// returns them (no order), and nothing else: no `stat`, no allocation. The whole directory
+/// is read, however big (a caller that must see every entry, as a re-list must); `Err` when it
+/// cannot be opened or read, after `f` has seen what came before the error.
+pub fn each(dir: &Path, mut f: impl FnMut(&[u8], Kind)) -> std::io::Result<()> {
+    let fd = open_dir(dir)?;
+    BUF.with_borrow_mut(|buf| {
+        loop {
+            let n = getdents64(&fd, buf).ok_or_else(std::io::Error::last_os_error)?;
+            if n == 0 {
+                return Ok(());
+            }
+            for (name, d_type) in entries(&buf[..n]).filter(|(n, _)| *n != b"." && *n != b"..") {
+                f(name, Kind::of(d_type));
+            }
+        }
     })
 }
 
@@ -102,6 +148,11 @@ fn getdents64(fd: &OwnedFd, buf: &mut [u8]) -> Option<usize> {
 /// `d_reclen` u16, `d_type` u8, then the NUL-terminated name, the record padded to 8 bytes).
 /// A malformed record ends the walk: nothing is read past the bytes given.
 fn entry_names(records: &[u8]) -> impl Iterator<Item = &[u8]> {
+    entries(records).map(|(name, _)| name)
+}
+
+/// [`entry_names`] with each entry's `d_type`.
+fn entries(records: &[u8]) -> impl Iterator<Item = (&[u8], u8)> {
     const NAME_AT: usize = 19;
     let mut rest = records;
     std::iter::from_fn(move || {
@@ -113,7 +164,7 @@ fn entry_names(records: &[u8]) -> impl Iterator<Item = &[u8]> {
         let (record, tail) = rest.split_at(reclen);
         rest = tail;
         let name = &record[NAME_AT..];
-        Some(name.iter().position(|&b| b == 0).map_or(name, |end| &name[..end]))
+        Some((name.iter().position(|&b| b == 0).map_or(name, |end| &name[..end]), record[18]))
     })
 }
 
@@ -172,6 +223,40 @@ mod tests {
         fs::write(u.path().join("gone"), "").unwrap();
         let l = which(u.path(), &ASKED).unwrap();
         assert!(l.holds("gone") && !l.holds("a"));
+    }
+
+    #[test]
+    fn each_sees_every_entry_of_a_big_directory_once() {
+        let t = tempfile::tempdir().unwrap();
+        // Several buffers' worth, of every type.
+        let long = "y".repeat(100);
+        let mut made: Vec<String> = (0..1000).map(|i| format!("{long}{i}")).collect();
+        for n in &made {
+            fs::write(t.path().join(n), "").unwrap();
+        }
+        fs::create_dir(t.path().join("d")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", t.path().join("l")).unwrap();
+        made.extend(["d".to_owned(), "l".to_owned()]);
+        let mut seen = Vec::new();
+        let mut kinds = std::collections::BTreeMap::new();
+        each(t.path(), |n, k| {
+            seen.push(String::from_utf8(n.to_vec()).unwrap());
+            kinds.insert(String::from_utf8(n.to_vec()).unwrap(), k);
+        })
+        .unwrap();
+        seen.sort();
+        made.sort();
+        assert_eq!(seen, made, "every entry once, without . and ..");
+        // tmpfs and ext4 give the type; a file system that does not says so.
+        let known = |n: &str, k: Kind| kinds[n] == k || kinds[n] == Kind::Unknown;
+        assert!(
+            known("d", Kind::Dir) && known("l", Kind::Symlink) && known(&format!("{long}0"), Kind::Other)
+        );
+        assert!(each(&t.path().join("missing"), |_, _| ()).is_err());
+        assert!(each(&t.path().join("d").join("x"), |_, _| ()).is_err());
+        let fifo = t.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(each(&fifo, |_, _| ()).is_err(), "never blocks on a FIFO");
     }
 
     #[test]

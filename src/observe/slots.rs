@@ -40,6 +40,9 @@ pub struct SlotFileCache {
     readings: FastMap<OsString, Reading>,
     /// How many more lock files [`Reading::lock`] may hold open (see [`lock_budget`]).
     locks_left: usize,
+    /// The names of the slots listed, with the generation of the last pass that listed each:
+    /// a re-list shares the name it made before instead of making one per slot.
+    names: FastMap<ProfileName, u64>,
 }
 
 /// A slot's last reading, which stands while [`DriftWatch`] says nothing touched the slot.
@@ -108,6 +111,22 @@ impl SlotFileCache {
         Some(SlotObs { supervised, ..r.obs.clone() })
     }
 
+    /// The name of the profile whose slot is `gateway-<part>` (`part` valid): the one made
+    /// before, if any.
+    fn name(&mut self, part: &str) -> ProfileName {
+        let generation = self.generation;
+        if let Some((name, used)) = self.names.get_key_value(part) {
+            let name = name.clone();
+            if *used != generation {
+                self.names.insert(name.clone(), generation);
+            }
+            return name;
+        }
+        let name = ProfileName::parse_any(part).expect("checked by slot_name_part");
+        self.names.insert(name.clone(), generation);
+        name
+    }
+
     /// Called before a slot is read: changes from now on are queued.
     fn watch(&mut self, dir: &Path) {
         if let Some(d) = self.drift.as_mut() {
@@ -170,6 +189,7 @@ impl SlotFileCache {
     /// next reading of it (after a change) reads them again.
     pub fn end_pass(&mut self) {
         let generation = self.generation;
+        self.names.retain(|_, used| *used == generation);
         self.entries.retain(|_, (_, _, used)| *used == generation);
         let mut freed = 0;
         self.readings.retain(|_, r| {
@@ -205,8 +225,10 @@ fn observe_drained(dir: &Path, cache: &mut SlotFileCache) -> SlotObs {
     let (supervised, lock) = supervised(cache.base.as_ref(), dir);
     let record = cache
         .read(&crate::layout::child(dir, RECORD_FILE))
-        .and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok());
-    let files = RENDERED.iter().map(|rel| (*rel, cache.read(&crate::layout::child(dir, rel)))).collect();
+        .and_then(|b| serde_json::from_slice::<SlotRecord>(&b).ok())
+        .map(Arc::new);
+    let files =
+        Arc::new(RENDERED.iter().map(|rel| (*rel, cache.read(&crate::layout::child(dir, rel)))).collect());
     let has_down = cache.exists(&crate::layout::child(dir, DOWN_FILE));
     let event_open = crate::s6::event::slot_events_open(dir);
     let obs = SlotObs { record, files, has_down, supervised, event_open };
@@ -235,33 +257,47 @@ fn supervised(base: Option<&StatBase>, dir: &Path) -> (bool, Option<std::fs::Fil
 
 /// Lists the scandir. A scandir that cannot be listed is reported as absent.
 pub fn observe_scandir(scandir: &Path, cache: &mut SlotFileCache) -> ScandirObs {
-    let Ok(entries) = std::fs::read_dir(scandir) else {
-        return ScandirObs::default();
-    };
+    use crate::observe::listing::{self, Kind};
+    use std::os::unix::ffi::OsStrExt;
     let mut obs = ScandirObs { exists: true, ..Default::default() };
-    cache.drain();
-    for entry in entries.flatten() {
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if is_own_hidden_entry(&name) {
-            obs.hidden.push(name);
-            continue;
-        }
-        if name == KICK_ENTRY {
+    // Listed first, read after: the listing holds its buffer while it calls back. A known
+    // slot's name is shared, not made again (issue 15: nothing allocated per untouched slot).
+    let mut listed: Vec<(ProfileName, Kind)> = Vec::new();
+    let mut any = false;
+    let done = listing::each(scandir, |raw, kind| {
+        any = true;
+        let Ok(entry) = std::str::from_utf8(raw) else { return };
+        if is_own_hidden_entry(entry) {
+            obs.hidden.push(entry.to_owned());
+        } else if entry == KICK_ENTRY {
             obs.kick_leftover = true;
-            continue;
+        } else if let Some(part) = ProfileName::slot_name_part(entry)
+            && matches!(kind, Kind::Dir | Kind::Unknown)
+        {
+            listed.push((cache.name(part), kind));
         }
-        let Some(profile) = ProfileName::from_slot_name(&name) else {
-            continue;
-        };
+    });
+    if done.is_err() && !any {
+        return ScandirObs::default();
+    }
+    cache.drain();
+    // One path buffer for every slot: `<scandir>/gateway-<name>`.
+    let mut dir: Vec<u8> = scandir.as_os_str().as_bytes().to_vec();
+    if !dir.ends_with(b"/") {
+        dir.push(b'/');
+    }
+    let base_len = dir.len();
+    for (profile, kind) in listed {
+        dir.truncate(base_len);
+        dir.extend_from_slice(crate::model::SLOT_PREFIX.as_bytes());
+        dir.extend_from_slice(profile.as_str().as_bytes());
+        let path = Path::new(std::ffi::OsStr::from_bytes(&dir));
         // A slot is a real directory; a symlink or file named gateway-* is not one of ours.
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => {
-                obs.slots.insert(profile, observe_drained(&crate::layout::child(scandir, &name), cache));
-            }
-            _ => continue,
+        if kind == Kind::Unknown && !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            continue;
         }
+        let slot = observe_drained(path, cache);
+        obs.slots.insert(profile, slot);
     }
     obs.hidden.sort();
     obs

@@ -108,6 +108,13 @@ impl StatBase {
         Self::stat_at(base, path, true)
     }
 
+    /// `stat` (symlinks followed) of the entry `name` of this directory, with no path built.
+    pub(crate) fn stat_entry(&self, name: &str) -> std::io::Result<Stat> {
+        use nix::fcntl::AtFlags;
+        debug_assert!(!name.is_empty() && !name.contains('/'));
+        Ok(of(&fstatat(&self.fd, Path::new(name), AtFlags::empty()).map_err(std::io::Error::from)?))
+    }
+
     fn stat_at(base: Option<&StatBase>, path: &Path, follow: bool) -> std::io::Result<Stat> {
         use nix::fcntl::AtFlags;
         let rel = base.and_then(|b| Some((b, under(&b.prefix, path)?)));

@@ -8,6 +8,7 @@
 
 use crate::layout::slot::LOG_DIR;
 use crate::model::{KICK_ENTRY, ProfileName};
+use crate::observe::listing::{self, Kind};
 use crate::s6;
 use std::path::Path;
 
@@ -85,29 +86,44 @@ pub fn observe_scanner(scandir: &Path) -> ScannerObs {
     {
         obs.limit_units = l;
     }
-    let Ok(entries) = std::fs::read_dir(scandir) else { return obs };
-    for e in entries.flatten() {
-        // Borrowed when UTF-8 (every slot name is): no allocation per slot at each re-list.
-        let os_name = e.file_name();
-        let name = os_name.to_string_lossy();
+    // The listing's names and types first (its buffer is held while it calls back); only
+    // the entries that are not the daemon's slots are kept, so a re-list allocates nothing
+    // per slot. A slot (a real directory named `gateway-<valid name>`) is neither foreign nor
+    // dangling, and costs no `stat`.
+    let mut others: Vec<(String, Kind)> = Vec::new();
+    let _ = listing::each(scandir, |raw, kind| {
+        let name = String::from_utf8_lossy(raw);
+        let ours = kind == Kind::Dir && ProfileName::slot_name_part(&name).is_some();
+        if !ours {
+            others.push((name.into_owned(), kind));
+        }
+    });
+    for (name, kind) in others {
+        let path = scandir.join(&name);
+        let kind = match kind {
+            Kind::Unknown => match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => Kind::Dir,
+                Ok(m) if m.file_type().is_symlink() => Kind::Symlink,
+                Ok(_) => Kind::Other,
+                Err(_) => continue,
+            },
+            known => known,
+        };
         if name.starts_with('.') {
-            if crate::model::is_own_hidden_entry(&name) && e.file_type().is_ok_and(|t| t.is_dir()) {
-                obs.removing_units += supervised_units(&e.path());
+            if crate::model::is_own_hidden_entry(&name) && kind == Kind::Dir {
+                obs.removing_units += supervised_units(&path);
             }
             continue;
         }
-        let is_link = e.file_type().map(|t| t.is_symlink()).unwrap_or(false);
-        // Not a symlink: the entry's own type (from the listing, no `stat` per slot).
-        let meta = match e.file_type() {
-            Ok(t) if !is_link => Ok(t.is_dir()),
-            _ => std::fs::metadata(e.path()).map(|m| m.is_dir()),
-        };
+        let is_link = kind == Kind::Symlink;
+        // Not a symlink: the entry's own type (from the listing).
+        let meta = if is_link { std::fs::metadata(&path).map(|m| m.is_dir()) } else { Ok(kind == Kind::Dir) };
         match meta {
-            Err(_) if is_link => obs.dangling.push(name.into_owned()),
+            Err(_) if is_link => obs.dangling.push(name),
             Ok(true) => {
-                let ours = ProfileName::from_slot_name(&name).is_some() && !is_link;
+                let ours = ProfileName::slot_name_part(&name).is_some() && !is_link;
                 if !ours && name != KICK_ENTRY {
-                    obs.foreign_units += units(&e.path());
+                    obs.foreign_units += units(&path);
                 }
             }
             _ => {}

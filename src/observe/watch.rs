@@ -421,32 +421,37 @@ impl Watcher {
                 }
             }
         }
-        let mut listed: Vec<String> = Vec::new();
-        let stat_base = StatBase::open(&profiles);
-        if let Ok(entries) = std::fs::read_dir(&profiles) {
-            for e in entries.flatten() {
-                let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
-                if !name.starts_with('.') {
-                    listed.push(name);
-                }
-            }
-        }
         // Watches of entries gone, or whose directory was replaced while events were lost,
         // are dropped first: notify knows a watch by its path, and the inode of a lost rename
         // `a` → `b` must not lose `b`'s new watch when `a`'s is dropped. Only watched entries
-        // are looked at (a stat each): with 10,000 folders and a cap of 400, the others cost
-        // the listing alone.
-        // (An entry gone from the listing fails its stat: no set of the listed names is needed.)
+        // are looked at (a stat each, by name relative to `profiles/`): with 10,000 folders and
+        // a cap of 400, the others cost the listing alone. An entry gone fails its stat.
         let mut stale: Vec<String> = Vec::new();
-        for (n, key) in self.profiles.iter_mut() {
-            match dir_key_at(stat_base.as_ref(), &crate::layout::child(&profiles, n.as_str())) {
-                Some(k) if (k.dev, k.ino) == (key.dev, key.ino) => *key = k,
-                _ => stale.push(n.clone()),
+        if let Some(base) = StatBase::open(&profiles) {
+            for (n, key) in self.profiles.iter_mut() {
+                match base.stat_entry(n).ok().filter(|s| s.dir).map(|s| s.key) {
+                    Some(k) if (k.dev, k.ino) == (key.dev, key.ino) => *key = k,
+                    _ => stale.push(n.clone()),
+                }
             }
+        } else {
+            stale.extend(self.profiles.keys().cloned());
         }
         for name in stale {
             self.unwatch(&name);
         }
+        // Then the listing, after the stale watches are gone: an entry replaced under the same
+        // name is watched again below. Only names not watched yet are kept (a steady re-list
+        // allocates nothing here).
+        let mut listed: Vec<String> = Vec::new();
+        let _ = crate::observe::listing::each(&profiles, |name, _| {
+            if let Ok(name) = std::str::from_utf8(name)
+                && !name.starts_with('.')
+                && !self.profiles.contains_key(name)
+            {
+                listed.push(name.to_owned());
+            }
+        });
         let mut room = self.extra_budget().saturating_sub(self.extra_count());
         for name in &listed {
             // Admitted profiles always; other entries only while there is room, without

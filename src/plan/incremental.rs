@@ -164,8 +164,10 @@ pub fn settle_slot(mut slot: Option<SlotObs>, steps: &[Step]) -> Option<SlotObs>
         match s {
             Step::Create { files, up, record, .. } => {
                 slot = Some(SlotObs {
-                    record: Some(record.clone()),
-                    files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().into()))).collect(),
+                    record: Some(std::sync::Arc::new(record.clone())),
+                    files: std::sync::Arc::new(
+                        files.iter().map(|f| (f.rel, Some(f.content.as_bytes().into()))).collect(),
+                    ),
                     has_down: !up,
                     supervised: true,
                     event_open: false,
@@ -177,12 +179,13 @@ pub fn settle_slot(mut slot: Option<SlotObs>, steps: &[Step]) -> Option<SlotObs>
                 let Some(o) = slot.as_mut() else { continue };
                 match s {
                     Step::WriteFiles { files, .. } => {
+                        let mine = std::sync::Arc::make_mut(&mut o.files);
                         for f in files {
-                            o.files.insert(f.rel, Some(f.content.as_bytes().into()));
+                            mine.insert(f.rel, Some(f.content.as_bytes().into()));
                         }
                     }
                     Step::Command { up, .. } => o.has_down = !up,
-                    Step::WriteRecord { record, .. } => o.record = Some(record.clone()),
+                    Step::WriteRecord { record, .. } => o.record = Some(std::sync::Arc::new(record.clone())),
                     Step::EnsureSupervised { .. } => o.supervised = true,
                     Step::CloseEvent { .. } => o.event_open = false,
                     _ => {}

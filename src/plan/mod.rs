@@ -705,7 +705,7 @@ fn plan_adopt(
         // Made by another tool (or an older daemon): adopt its current want-state as applied.
         None => SlotRecord::new(intent.desired_state.clone(), !slot.has_down, digest),
         Some(r) => {
-            let mut next = SlotRecord { digest, ..r.clone() };
+            let mut next = SlotRecord { digest, ..(**r).clone() };
             // A new desired_state value is a new operator intent. Its absence is not, and is not
             // recorded either: a file briefly missing, empty or half-written (delete + create,
             // truncate + write) must not make the same value look new when it comes back, or a

@@ -66,8 +66,10 @@ fn slot_as_created(obs: &Observed, cfg: &Config, name: &str) -> SlotObs {
         panic!("no create step for {name}")
     };
     SlotObs {
-        record: Some(record.clone()),
-        files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().into()))).collect(),
+        record: Some(std::sync::Arc::new(record.clone())),
+        files: std::sync::Arc::new(
+            files.iter().map(|f| (f.rel, Some(f.content.as_bytes().into()))).collect(),
+        ),
         has_down: !up,
         supervised: true,
         event_open: false,
@@ -230,7 +232,7 @@ fn desired_state_back_after_removal_commands_again() {
     let cfg = config(false, 400);
     let obs0 = observed(vec![profile("default", intent(Some("running"), None))]);
     let mut slot = slot_as_created(&obs0, &cfg, "default");
-    slot.record.as_mut().unwrap().applied_desired = None;
+    std::sync::Arc::make_mut(slot.record.as_mut().unwrap()).applied_desired = None;
     let mut obs = observed(vec![profile("default", intent(Some("running"), None))]);
     obs.scandir.slots.insert(ProfileName::root(), slot);
     let p = plan(&obs, &cfg, PassKind::Continuous);
@@ -251,7 +253,7 @@ fn multiplex_never_brings_named_up_but_applies_stops() {
     assert_eq!(pp.decision.as_ref().unwrap().reason.as_deref(), Some("multiplexed"));
 
     let mut up_slot = slot;
-    up_slot.record.as_mut().unwrap().applied_desired = Some("running".into());
+    std::sync::Arc::make_mut(up_slot.record.as_mut().unwrap()).applied_desired = Some("running".into());
     let mut obs = observed(vec![profile("bot", intent(Some("stopped"), None))]);
     obs.scandir.slots.insert(ProfileName::parse_named("bot").unwrap(), up_slot);
     let p = plan(&obs, &cfg, PassKind::Continuous);
@@ -264,8 +266,8 @@ fn edited_file_is_rewritten_without_command() {
     let cfg = config(false, 400);
     let mut obs = observed(vec![profile("default", intent(Some("running"), None))]);
     let mut slot = slot_as_created(&obs, &cfg, "default");
-    slot.files.insert("run", Some(b"#!/bin/sh\nexec evil\n"[..].into()));
-    slot.files.insert("finish", None);
+    std::sync::Arc::make_mut(&mut slot.files).insert("run", Some(b"#!/bin/sh\nexec evil\n"[..].into()));
+    std::sync::Arc::make_mut(&mut slot.files).insert("finish", None);
     obs.scandir.slots.insert(ProfileName::root(), slot);
     let p = plan(&obs, &cfg, PassKind::Continuous);
     let pp = &p.profiles[0];
@@ -445,7 +447,7 @@ fn an_open_event_dir_is_closed_first_with_no_decision() {
     let mut obs = observed(vec![profile("default", intent(Some("running"), None))]);
     let mut slot = slot_as_created(&obs, &cfg, "default");
     slot.event_open = true;
-    slot.record.as_mut().unwrap().applied_desired = Some("stopped".into());
+    std::sync::Arc::make_mut(slot.record.as_mut().unwrap()).applied_desired = Some("stopped".into());
     obs.scandir.slots.insert(ProfileName::root(), slot);
     obs.previous_ports = plan(&obs, &cfg, PassKind::Boot).ports;
     let p = plan(&obs, &cfg, PassKind::Continuous);
@@ -453,8 +455,10 @@ fn an_open_event_dir_is_closed_first_with_no_decision() {
     assert_eq!(p.profiles[0].steps[0], Step::CloseEvent { name: ProfileName::root() });
     assert!(matches!(p.profiles[0].steps[1], Step::Command { up: true, .. }));
     // Closing alone is no boot-log decision.
-    obs.scandir.slots.get_mut(&ProfileName::root()).unwrap().record.as_mut().unwrap().applied_desired =
-        Some("running".into());
+    std::sync::Arc::make_mut(
+        obs.scandir.slots.get_mut(&ProfileName::root()).unwrap().record.as_mut().unwrap(),
+    )
+    .applied_desired = Some("running".into());
     let p = plan(&obs, &cfg, PassKind::Continuous);
     assert_eq!(p.profiles[0].steps, vec![Step::CloseEvent { name: ProfileName::root() }]);
     assert!(p.profiles[0].decision.is_none());
@@ -492,7 +496,7 @@ fn a_briefly_missing_or_invalid_state_file_does_not_renew_the_same_intent() {
     let p = plan(&obs, &cfg, PassKind::Continuous);
     assert_eq!(p.step_count(), 0, "{p:#?}");
     // It comes back with the same value: still nothing (a parked gateway stays parked).
-    slot.record.as_mut().unwrap().applied_up = true;
+    std::sync::Arc::make_mut(slot.record.as_mut().unwrap()).applied_up = true;
     let mut obs = observed(vec![profile("bot", intent(Some("running"), Some("startup_failed")))]);
     obs.scandir.slots.insert(ProfileName::parse_named("bot").unwrap(), slot);
     obs.previous_ports = plan(&obs0, &cfg, PassKind::Boot).ports;
@@ -614,15 +618,19 @@ fn settle(obs: &mut Observed, cfg: &Config, kind: PassKind) {
             match s {
                 Step::Create { files, up, record, .. } => {
                     slot = Some(SlotObs {
-                        record: Some(record.clone()),
-                        files: files.iter().map(|f| (f.rel, Some(f.content.as_bytes().into()))).collect(),
+                        record: Some(std::sync::Arc::new(record.clone())),
+                        files: std::sync::Arc::new(
+                            files.iter().map(|f| (f.rel, Some(f.content.as_bytes().into()))).collect(),
+                        ),
                         has_down: !up,
                         supervised: true,
                         event_open: false,
                     })
                 }
                 Step::Command { up, .. } => slot.as_mut().unwrap().has_down = !up,
-                Step::WriteRecord { record, .. } => slot.as_mut().unwrap().record = Some(record.clone()),
+                Step::WriteRecord { record, .. } => {
+                    slot.as_mut().unwrap().record = Some(std::sync::Arc::new(record.clone()))
+                }
                 _ => {}
             }
         }
