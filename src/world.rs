@@ -91,7 +91,7 @@ pub struct Observed {
     /// s6-svscan's limit and the scandir's other entries.
     pub scanner: ScannerObs,
     /// Recorded port assignments.
-    pub previous_ports: BTreeMap<String, u16>,
+    pub previous_ports: std::sync::Arc<BTreeMap<String, u16>>,
     /// Problems met while observing that belong to no single profile.
     pub warnings: Vec<Warning>,
     pub with_contenv: bool,
@@ -107,7 +107,7 @@ impl Observed {
             skipped: Vec::new(),
             scandir: ScandirObs::default(),
             scanner: ScannerObs::default(),
-            previous_ports: BTreeMap::new(),
+            previous_ports: Default::default(),
             warnings: Vec::new(),
             with_contenv: false,
         }

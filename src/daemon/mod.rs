@@ -814,7 +814,7 @@ impl Daemon {
         let ports_saved =
             !outcome.warnings.iter().any(|w| matches!(w.finding, Finding::PortsNotSaved { .. }));
         if plan.ports_changed && ports_saved {
-            self.world.previous_ports = plan.ports.clone();
+            self.world.previous_ports = std::sync::Arc::new(plan.ports.clone());
         }
         self.ports_clean = !plan.ports_changed || ports_saved;
         if plan.migrate_legacy {

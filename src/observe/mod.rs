@@ -106,7 +106,10 @@ pub fn read_profile_files(p: &mut ProfileObs, cache: &mut ProfileFileCache) {
 }
 
 /// The port record as read: profile name → port, and why it was ignored if it was.
-pub type PortsReading = (BTreeMap<String, u16>, Option<Warning>);
+///
+/// The map is shared: a re-list hands the cached reading of an unchanged record to the new
+/// world without copying a name per profile (issue 15).
+pub type PortsReading = (std::sync::Arc<BTreeMap<String, u16>>, Option<Warning>);
 
 /// Reads `.gateway-ports.json`: a JSON object of profile name → port. Anything else is a
 /// warning and an empty map (ports are then re-derived, which is stable by construction).
@@ -119,9 +122,9 @@ pub fn read_ports(home: &Path) -> PortsReading {
 pub fn ports_outcome(path: &Path, read: Result<Vec<u8>, safe_read::ReadError>) -> PortsReading {
     match read {
         Ok(bytes) => match serde_json::from_slice::<BTreeMap<String, u16>>(&bytes) {
-            Ok(map) => (map, None),
+            Ok(map) => (std::sync::Arc::new(map), None),
             Err(e) => (
-                BTreeMap::new(),
+                Default::default(),
                 Some(Warning::about(
                     path.display(),
                     "content",
@@ -129,9 +132,9 @@ pub fn ports_outcome(path: &Path, read: Result<Vec<u8>, safe_read::ReadError>) -
                 )),
             ),
         },
-        Err(safe_read::ReadError::Missing) => (BTreeMap::new(), None),
+        Err(safe_read::ReadError::Missing) => (Default::default(), None),
         Err(e) => (
-            BTreeMap::new(),
+            Default::default(),
             Some(Warning::about(
                 path.display(),
                 "read",
@@ -166,7 +169,7 @@ pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
         config,
         proc_root,
         &mut slots::SlotFileCache::default(),
-        &|_| false,
+        &|_, _| false,
         &mut |p, _| read_profile_files_uncached(p),
         &mut read_ports,
     )
@@ -184,7 +187,7 @@ pub fn observe_names(config: &Config, proc_root: Option<&Path>) -> Observed {
         config,
         proc_root,
         &mut slots::SlotFileCache::default(),
-        &|_| false,
+        &|_, _| false,
         read_root,
         &mut read_ports,
     )
@@ -212,9 +215,9 @@ pub fn observe_all_cached(
     profile_cache.set_base(stat_base::StatBase::open(&profiles));
     // Discovery asks it (`SOUL.md` known there), then the reads update it: one after the other.
     let shared = std::cell::RefCell::new(profile_cache);
-    let known = |entry: &std::ffi::OsStr| {
+    let known = |entry: &std::ffi::OsStr, dir: &Path| {
         let key = entry.to_str().and_then(dir_key);
-        key.is_some() && shared.borrow().marker_known(&crate::layout::child(&profiles, entry), key)
+        key.is_some() && shared.borrow().marker_known(dir, key)
     };
     let observed = observe_all_with(
         config,
@@ -241,7 +244,7 @@ fn observe_all_with(
     config: &Config,
     proc_root: Option<&Path>,
     cache: &mut slots::SlotFileCache,
-    marker_known: &dyn Fn(&std::ffi::OsStr) -> bool,
+    marker_known: &dyn Fn(&std::ffi::OsStr, &Path) -> bool,
     read: &mut dyn FnMut(&mut ProfileObs, bool),
     ports: &mut dyn FnMut(&Path) -> PortsReading,
 ) -> Observed {

@@ -9,6 +9,7 @@
 use crate::model::{
     INVALID_INTENT, Intent, MAX_INTENT_LEN, NameError, PriorExit, ProfileName, is_valid_intent_value,
 };
+use crate::observe::listing;
 use crate::observe::safe_read::{MAX_STATE_FILE, ReadError, read_bounded};
 use crate::warning::{Warning, excerpt};
 use nix::errno::Errno;
@@ -47,10 +48,10 @@ pub struct IntentOutcome {
 
 impl IntentOutcome {
     /// The reading of this outcome for the file at `path`.
-    pub fn at(&self, path: &Path) -> IntentReading {
+    pub fn at(self, path: &Path) -> IntentReading {
         IntentReading {
-            intent: self.intent.clone(),
-            warning: self.problem.as_ref().map(|(kind, rest)| {
+            intent: self.intent,
+            warning: self.problem.map(|(kind, rest)| {
                 Warning::about(path.display(), kind, format!("{} {rest}", path.display()))
             }),
         }
@@ -345,24 +346,38 @@ fn is_absent(e: &io::Error) -> bool {
 /// list them): a missing `profiles/` is an empty result, any other failure to list it is an
 /// empty result with a warning.
 pub fn discover(home: &Path) -> Discovery {
-    discover_with(home, &|_| false)
+    discover_with(home, &|_, _| false)
 }
 
 /// [`discover`], sparing the `SOUL.md` lookup of the real directories `known` names (entries
 /// of `profiles/` whose marker is known to be there: see
 /// [`crate::observe::profile_files::ProfileFileCache::marker_known`]).
-pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr) -> bool) -> Discovery {
+pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr, &Path) -> bool) -> Discovery {
     let profiles = home.join(PROFILES_DIR);
     let mut out = Discovery::default();
-    let entries = match std::fs::read_dir(&profiles) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return out,
-        Err(e) => {
+    // The names first, into one buffer (the listing holds its own while it calls back): no
+    // allocation per entry, no `opendir` (issue 15).
+    let mut arena: Vec<u8> = Vec::new();
+    let mut listed: Vec<(std::ops::Range<usize>, listing::Kind)> = Vec::new();
+    let walk = listing::each(&profiles, |name, kind| {
+        if !name.starts_with(b".") {
+            let start = arena.len();
+            arena.extend_from_slice(name);
+            listed.push((start..arena.len(), kind));
+        }
+    });
+    if let Err(e) = walk {
+        if listed.is_empty() && e.kind() == io::ErrorKind::NotFound {
+            return out;
+        }
+        if listed.is_empty() {
             out.warnings
                 .push(format!("{} cannot be listed: {e}; no named profiles seen", profiles.display()));
             return out;
         }
-    };
+        // A failing read may fail again forever: what came before it is kept.
+        out.warnings.push(format!("{} could not be listed completely: {e}", profiles.display()));
+    }
     let profiles_is_symlink =
         std::fs::symlink_metadata(&profiles).map(|m| m.file_type().is_symlink()).unwrap_or(false);
     let tombstones = Tombstones::list(profiles.join(TOMBSTONE_DIR));
@@ -370,40 +385,32 @@ pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr) -> bool) -> Discovery {
     // few path components per stat, not the whole absolute path).
     let base = super::stat_base::StatBase::open(&profiles);
 
-    for entry in entries {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                // A failing readdir may fail again forever: stop rather than spin.
-                out.warnings.push(format!("{} could not be listed completely: {e}", profiles.display()));
-                break;
-            }
+    for (range, listed_kind) in listed {
+        let file_name = OsStr::from_bytes(&arena[range]);
+        let dir = crate::layout::child(&profiles, file_name);
+        // The listing's type (`d_type`; `lstat` when the file system does not give it) spares
+        // a `stat` of every real directory; a symlink is followed.
+        let listed_kind = match listed_kind {
+            listing::Kind::Unknown => match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => listing::Kind::Dir,
+                Ok(m) if m.file_type().is_symlink() => listing::Kind::Symlink,
+                Ok(_) => listing::Kind::Other,
+                Err(e) if is_absent(&e) => continue, // vanished since
+                Err(e) => {
+                    out.warnings.push(format!("{} cannot be examined: {e}", dir.display()));
+                    continue;
+                }
+            },
+            known => known,
         };
-        let file_name = entry.file_name();
-        if file_name.as_bytes().starts_with(b".") {
-            continue;
-        }
-        let dir = crate::layout::child(&profiles, &file_name);
-        // The listing's type (`d_type`; std falls back to `lstat` when the file system does
-        // not give it) spares a `stat` of every real directory; a symlink is followed.
-        let entry_type = match entry.file_type() {
-            Ok(ft) => ft,
-            Err(e) if is_absent(&e) => continue, // vanished since
-            Err(e) => {
-                out.warnings.push(format!("{} cannot be examined: {e}", dir.display()));
-                continue;
-            }
+        let kind = match listed_kind {
+            listing::Kind::Dir => EntryKind::Directory,
+            listing::Kind::Symlink => EntryKind::Follow,
+            _ => continue, // a file, a FIFO...: never a profile
         };
-        let kind = if entry_type.is_dir() {
-            EntryKind::Directory
-        } else if entry_type.is_symlink() {
-            EntryKind::Follow
-        } else {
-            continue; // a file, a FIFO...: never a profile
-        };
-        let marker_known = matches!(kind, EntryKind::Directory) && known(&file_name);
+        let marker_known = matches!(kind, EntryKind::Directory) && known(file_name, &dir);
         let marker_plain =
-            match classify_entry(base.as_ref(), &dir, kind, &tombstones, &file_name, marker_known) {
+            match classify_entry(base.as_ref(), &dir, kind, &tombstones, file_name, marker_known) {
                 Ok(Some(plain)) => plain,
                 Ok(None) => continue,
                 Err(warning) => {
@@ -428,7 +435,7 @@ pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr) -> bool) -> Discovery {
         out.named.push(NamedDir {
             name,
             dir,
-            via_symlink: entry_type.is_symlink() || profiles_is_symlink,
+            via_symlink: listed_kind == listing::Kind::Symlink || profiles_is_symlink,
             marker_plain,
         });
     }
@@ -476,9 +483,12 @@ impl Tombstones {
     /// Lists `dir`; a missing one holds no tombstone; one that cannot be listed is asked per
     /// entry, whose errors are then reported as before.
     fn list(dir: PathBuf) -> Self {
-        let names = std::fs::read_dir(&dir).and_then(|entries| {
-            entries.map(|e| e.map(|e| e.file_name())).collect::<io::Result<std::collections::HashSet<_>>>()
-        });
+        // Listed like `profiles/` (no `opendir`); a name is made only for a tombstone there.
+        let mut set = std::collections::HashSet::new();
+        let names = listing::each(&dir, |name, _| {
+            set.insert(OsStr::from_bytes(name).to_os_string());
+        })
+        .map(|()| set);
         match names {
             Ok(names) => Tombstones::Listed(names),
             Err(e) if is_absent(&e) => Tombstones::Listed(Default::default()),
@@ -1116,7 +1126,7 @@ mod tests {
         assert!(got.named.iter().all(|d| d.marker_plain == (d.name.as_str() == "plain")));
         // `trusted` has no marker: said to be known, it is not looked up (the proof), and
         // symlinked entries are always looked at.
-        let got = discover_with(h.path(), &|n| n == "trusted");
+        let got = discover_with(h.path(), &|n, _| n == "trusted");
         assert_eq!(names(&got), ["linked", "plain", "trusted"]);
         // A dangling symlink is no marker.
         std::fs::remove_file(h.profiles().join("plain").join(MARKER_FILE)).unwrap();

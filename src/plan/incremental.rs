@@ -93,7 +93,7 @@ pub fn plan_dirty(
     let mut plan = Plan {
         mode: obs.mode,
         migrate_legacy: false,
-        ports: obs.previous_ports.clone(),
+        ports: (*obs.previous_ports).clone(),
         ports_changed: false,
         clear_hidden: Vec::new(),
         clear_kick: false,
@@ -234,7 +234,7 @@ mod tests {
                 None => obs.scandir.slots.remove(&pp.name),
             };
         }
-        obs.previous_ports = p.ports;
+        obs.previous_ports = std::sync::Arc::new(p.ports);
     }
 
     fn slotless(obs: &Observed) -> BTreeSet<ProfileName> {

@@ -211,7 +211,7 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
         ports.take(name);
     }
     plan.ports = ports.finish();
-    plan.ports_changed = plan.ports != obs.previous_ports;
+    plan.ports_changed = plan.ports != *obs.previous_ports;
 
     // `single`: named intents fold into the root's (admitted profiles only: the files of
     // the others are not read).
@@ -304,7 +304,7 @@ impl<'a> BootStream<'a> {
     /// `plan`, whose profiles are not looked at.
     pub fn finish(self, plan: &mut Plan) {
         plan.ports = self.ports.finish();
-        plan.ports_changed = plan.ports != self.obs.previous_ports;
+        plan.ports_changed = plan.ports != *self.obs.previous_ports;
         plan_tail(self.obs, self.cfg, PassKind::Boot, true, &|_| true, plan);
     }
 }
