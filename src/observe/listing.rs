@@ -111,6 +111,9 @@ impl Kind {
 /// returns them (no order), and nothing else: no `stat`, no allocation. The whole directory
 /// is read, however big (a caller that must see every entry, as a re-list must); `Err` when it
 /// cannot be opened or read, after `f` has seen what came before the error.
+///
+/// `f` runs while this thread's listing buffer is in use: it must not list (callers collect
+/// what they need and look at it after).
 pub fn each(dir: &Path, mut f: impl FnMut(&[u8], Kind)) -> std::io::Result<()> {
     let fd = open_dir(dir)?;
     BUF.with_borrow_mut(|buf| {
