@@ -97,6 +97,22 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// This type, or, when the listing did not say, the entry at `path`'s own (`lstat`, no
+    /// symlink followed), as libc's readers do.
+    pub fn resolved(self, path: &Path) -> std::io::Result<Kind> {
+        if self != Kind::Unknown {
+            return Ok(self);
+        }
+        let t = std::fs::symlink_metadata(path)?.file_type();
+        Ok(if t.is_dir() {
+            Kind::Dir
+        } else if t.is_symlink() {
+            Kind::Symlink
+        } else {
+            Kind::Other
+        })
+    }
+
     fn of(d_type: u8) -> Kind {
         match d_type {
             nix::libc::DT_DIR => Kind::Dir,

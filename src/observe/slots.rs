@@ -111,20 +111,20 @@ impl SlotFileCache {
         Some(SlotObs { supervised, ..r.obs.clone() })
     }
 
-    /// The name of the profile whose slot is `gateway-<part>` (`part` valid): the one made
-    /// before, if any.
-    fn name(&mut self, part: &str) -> ProfileName {
+    /// The name of the profile whose slot is `gateway-<part>`: the one made before, if any
+    /// (`None`: not a valid name).
+    fn name(&mut self, part: &str) -> Option<ProfileName> {
         let generation = self.generation;
         if let Some((name, used)) = self.names.get_key_value(part) {
             let name = name.clone();
             if *used != generation {
                 self.names.insert(name.clone(), generation);
             }
-            return name;
+            return Some(name);
         }
-        let name = ProfileName::parse_any(part).expect("checked by slot_name_part");
+        let name = ProfileName::parse_any(part).ok()?;
         self.names.insert(name.clone(), generation);
-        name
+        Some(name)
     }
 
     /// Called before a slot is read: changes from now on are queued.
@@ -273,8 +273,9 @@ pub fn observe_scandir(scandir: &Path, cache: &mut SlotFileCache) -> ScandirObs 
             obs.kick_leftover = true;
         } else if let Some(part) = ProfileName::slot_name_part(entry)
             && matches!(kind, Kind::Dir | Kind::Unknown)
+            && let Some(name) = cache.name(part)
         {
-            listed.push((cache.name(part), kind));
+            listed.push((name, kind));
         }
     });
     if done.is_err() && !any {
@@ -293,7 +294,7 @@ pub fn observe_scandir(scandir: &Path, cache: &mut SlotFileCache) -> ScandirObs 
         dir.extend_from_slice(profile.as_str().as_bytes());
         let path = Path::new(std::ffi::OsStr::from_bytes(&dir));
         // A slot is a real directory; a symlink or file named gateway-* is not one of ours.
-        if kind == Kind::Unknown && !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        if !kind.resolved(path).is_ok_and(|k| k == Kind::Dir) {
             continue;
         }
         let slot = observe_drained(path, cache);

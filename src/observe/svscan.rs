@@ -100,15 +100,7 @@ pub fn observe_scanner(scandir: &Path) -> ScannerObs {
     });
     for (name, kind) in others {
         let path = scandir.join(&name);
-        let kind = match kind {
-            Kind::Unknown => match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => Kind::Dir,
-                Ok(m) if m.file_type().is_symlink() => Kind::Symlink,
-                Ok(_) => Kind::Other,
-                Err(_) => continue,
-            },
-            known => known,
-        };
+        let Ok(kind) = kind.resolved(&path) else { continue };
         if name.starts_with('.') {
             if crate::model::is_own_hidden_entry(&name) && kind == Kind::Dir {
                 obs.removing_units += supervised_units(&path);

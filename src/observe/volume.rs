@@ -390,18 +390,13 @@ pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr, &Path) -> bool) -> Disc
         let dir = crate::layout::child(&profiles, file_name);
         // The listing's type (`d_type`; `lstat` when the file system does not give it) spares
         // a `stat` of every real directory; a symlink is followed.
-        let listed_kind = match listed_kind {
-            listing::Kind::Unknown => match std::fs::symlink_metadata(&dir) {
-                Ok(m) if m.is_dir() => listing::Kind::Dir,
-                Ok(m) if m.file_type().is_symlink() => listing::Kind::Symlink,
-                Ok(_) => listing::Kind::Other,
-                Err(e) if is_absent(&e) => continue, // vanished since
-                Err(e) => {
-                    out.warnings.push(format!("{} cannot be examined: {e}", dir.display()));
-                    continue;
-                }
-            },
-            known => known,
+        let listed_kind = match listed_kind.resolved(&dir) {
+            Ok(kind) => kind,
+            Err(e) if is_absent(&e) => continue, // vanished since
+            Err(e) => {
+                out.warnings.push(format!("{} cannot be examined: {e}", dir.display()));
+                continue;
+            }
         };
         let kind = match listed_kind {
             listing::Kind::Dir => EntryKind::Directory,
