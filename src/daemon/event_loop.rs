@@ -49,8 +49,8 @@ fn s6_ready(scandir: &Path) -> Result<(), String> {
 /// the previous one left, and s6 state is written by exactly one writer — and a pass is short
 /// (milliseconds; bounded waits for s6 inside). The price is that the loop does not poll its
 /// signal stream during a pass; the stop flag, which the signal handler sets itself, covers
-/// that: passes check it at their safe points and stop within a moment. The watcher's own
-/// work (reading inotify, or stat-ing for the poll backend) runs on notify's thread and only
+/// that: passes check it at their safe points and stop within a moment. inotify is read here,
+/// between passes (one wake-up per change); the poll backend stats on notify's thread and only
 /// queues events here.
 pub async fn run(
     config: Config,

@@ -6,6 +6,7 @@ pub mod container;
 pub mod deaths;
 pub mod drift_watch;
 pub mod gateway_yaml;
+pub mod inotify;
 pub mod listing;
 pub mod profile_files;
 pub mod runtime_record;

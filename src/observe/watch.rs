@@ -1,8 +1,9 @@
-//! The volume watcher (SPEC §6.3), on `notify`. It only says *which* profiles may have changed;
+//! The volume watcher (SPEC §6.3). It only says *which* profiles may have changed;
 //! the reconcile of a profile reads the current files, so lost, duplicated or reordered events
 //! can never produce a wrong result, only a later one.
 //!
-//! Two backends: inotify, and notify's `PollWatcher` for homes on filesystems where inotify
+//! Two backends: inotify, read on the event loop's own thread ([`super::inotify`]), and
+//! notify's `PollWatcher` for homes on filesystems where inotify
 //! misses changes made elsewhere (FUSE — Docker Desktop's gRPC-FUSE and virtiofs —, NFS,
 //! CIFS/SMB, 9p; see [`backend_for_fs`]). Polling stats the watched directories' entries every
 //! period (identity and times, never contents); an unchanged profile file is never parsed again
@@ -16,16 +17,17 @@
 //! [`EXTRA_WATCHES`] (SPEC §9.3: root's inotify budget is shared with the host), whatever
 //! `hermes` creates; what is not watched is covered by the periodic re-list.
 //!
-//! notify's inotify backend also asks for `IN_OPEN`: open and read events are dropped in the
-//! handler (on notify's thread), so the daemon's own reads never wake the event loop.
+//! The kernel is never asked for opens, reads or read-only closes ([`super::inotify::MASK`]),
+//! so the daemon's own reads never wake the event loop.
 
 use crate::config::WatchMode;
 use crate::layout::home::CONFIG_FILE;
 use crate::model::ProfileName;
+use crate::observe::inotify::{Kernel, Shared};
 use crate::observe::stat_base::{FileKey, StatBase};
 use crate::observe::volume::{ENV_FILE, INTENT_FILE as ROOT_INTENT_FILE, MARKER_FILE};
 use notify::event::{AccessKind, AccessMode, DataChange, ModifyKind, RenameMode};
-use notify::{Event, EventKind, EventKindMask, RecursiveMode, Watcher as _};
+use notify::{Event, EventKind, RecursiveMode};
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,25 +97,13 @@ pub struct Changes {
     pub gone: BTreeSet<String>,
 }
 
-/// What inotify is asked to report at all: the kinds [`wanted`] keeps. Opens, read-only closes
-/// and per-`write()` modifications are never queued by the kernel, so neither the daemon's own
-/// reads nor a gateway (or a hostile agent) opening its profile's files in a loop wake the
-/// watcher thread.
-const KERNEL_EVENTS: EventKindMask = EventKindMask::CREATE
-    .union(EventKindMask::REMOVE)
-    .union(EventKindMask::MODIFY_META)
-    .union(EventKindMask::MODIFY_NAME)
-    .union(EventKindMask::ACCESS_CLOSE);
-
 /// Is this event one the event loop must see? Opens, reads and read-only closes are not
 /// changes (and the daemon's own reads cause them); a data change is always followed by the
 /// close-after-write, which is kept, so inotify's per-`write()` modify events are dropped too.
 /// The poll backend's data change (a content hash, off here) and times changes are kept.
 ///
-/// A rename's `Both` event is dropped too: notify's inotify backend sends the `From` and `To`
-/// ends as events of their own first (the poll backend sends no renames), so it says nothing
-/// new, and arriving just after them it would wake the loop for a second pass over a profile
-/// the first has just read (issue 15: the intent path does no second read).
+/// A rename's `Both` event is dropped too (the inotify backend never makes one; the poll
+/// backend sends no renames): the `From` and `To` ends say it all.
 pub fn wanted(kind: &EventKind) -> bool {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
@@ -210,6 +200,8 @@ pub enum WatchError {
     Limit,
     #[error("{path}: {source}")]
     Notify { path: PathBuf, source: notify::Error },
+    #[error("{path}: inotify: {source}")]
+    Inotify { path: PathBuf, source: nix::errno::Errno },
     #[error("cannot start the {backend} watcher: {source}")]
     Start { backend: &'static str, source: notify::Error },
 }
@@ -221,14 +213,18 @@ pub const EXTRA_WATCHES: usize = 64;
 /// Base watches at most.
 const BASE_WATCHES: usize = 4;
 
-/// Events queued between notify's thread and the event loop; beyond it the batch is dropped
-/// and a full re-list is asked for instead (a hostile flood costs memory no more than this).
+/// Events queued between the poll watcher's thread and the event loop; beyond it the batch is
+/// dropped and a full re-list is asked for instead (a hostile flood costs memory no more than
+/// this).
 const QUEUE: usize = 4096;
 
 /// The receiving end: what the event loop waits on.
-pub struct EventStream {
-    rx: tokio::sync::mpsc::Receiver<notify::Result<Event>>,
-    overflowed: Arc<AtomicBool>,
+pub enum EventStream {
+    /// The poll watcher's events, queued by its thread.
+    Queue { rx: tokio::sync::mpsc::Receiver<notify::Result<Event>>, overflowed: Arc<AtomicBool> },
+    /// The inotify descriptor, registered with the event loop's reactor on first use (the
+    /// stream may be made outside a runtime).
+    Kernel { kernel: Arc<Kernel>, fd: Option<tokio::io::unix::AsyncFd<Shared>> },
 }
 
 /// One batch of what the watcher reported.
@@ -243,13 +239,77 @@ impl EventStream {
     /// Waits for the next event, then takes every event already queued. Never returns when the
     /// watcher is gone (the loop then lives on its timers).
     pub async fn next_batch(&mut self) -> Batch {
+        match self {
+            EventStream::Queue { rx, overflowed } => Self::next_queued(rx, overflowed).await,
+            EventStream::Kernel { kernel, fd } => Self::next_read(kernel, fd).await,
+        }
+    }
+
+    /// The next batch of inotify events: waits until the descriptor is readable, then reads
+    /// (a bounded batch; what is left keeps it readable). A read error is reported once as lost
+    /// events (the caller re-lists); the stream then waits for the next readiness.
+    async fn next_read(kernel: &Arc<Kernel>, fd: &mut Option<tokio::io::unix::AsyncFd<Shared>>) -> Batch {
+        if fd.is_none() {
+            // SAFETY: `Shared` holds the instance (and so its descriptor) for as long as the
+            // registration lives, and always names the same descriptor.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    Shared(kernel.clone()),
+                    tokio::io::Interest::READABLE,
+                )
+            };
+            match registered {
+                Ok(f) => *fd = Some(f),
+                Err(e) => {
+                    tracing::warn!("cannot wait on inotify ({}); changes are seen by re-listing only", e);
+                    return std::future::pending().await;
+                }
+            }
+        }
+        let Some(fd) = fd.as_ref() else { return std::future::pending().await };
+        loop {
+            let mut guard = match fd.readable().await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!("cannot wait on inotify ({e}); changes are seen by re-listing only");
+                    return std::future::pending().await;
+                }
+            };
+            let mut batch = Batch::default();
+            match kernel.read() {
+                Ok(r) => {
+                    if r.drained {
+                        guard.clear_ready();
+                    }
+                    if r.overflowed {
+                        tracing::warn!("inotify queue overflowed; re-listing everything");
+                    }
+                    batch.events = r.events;
+                    batch.overflowed = r.overflowed;
+                }
+                Err(e) => {
+                    guard.clear_ready();
+                    tracing::warn!("reading inotify failed ({e}); re-listing");
+                    batch.overflowed = true;
+                }
+            }
+            if batch.overflowed || !batch.events.is_empty() {
+                return batch;
+            }
+        }
+    }
+
+    async fn next_queued(
+        rx: &mut tokio::sync::mpsc::Receiver<notify::Result<Event>>,
+        overflowed: &AtomicBool,
+    ) -> Batch {
         let mut batch = Batch::default();
-        let Some(first) = self.rx.recv().await else { return std::future::pending().await };
+        let Some(first) = rx.recv().await else { return std::future::pending().await };
         let take = |r: notify::Result<Event>, b: &mut Batch| match r {
             Ok(e) => {
                 if e.need_rescan() {
-                    // The kernel's queue overflowed (notify's rescan flag): events were lost.
-                    tracing::warn!("inotify queue overflowed; re-listing everything");
+                    // notify's rescan flag: events were lost.
+                    tracing::warn!("watcher lost events; re-listing everything");
                 }
                 b.events.push(e)
             }
@@ -266,10 +326,10 @@ impl EventStream {
             }
         };
         take(first, &mut batch);
-        while let Ok(r) = self.rx.try_recv() {
+        while let Ok(r) = rx.try_recv() {
             take(r, &mut batch);
         }
-        if self.overflowed.swap(false, Ordering::Relaxed) {
+        if overflowed.swap(false, Ordering::Relaxed) {
             tracing::warn!("watcher queue overflowed; re-listing everything");
             batch.overflowed = true;
         }
@@ -277,9 +337,15 @@ impl EventStream {
     }
 }
 
-/// The watches, and notify's watcher holding them.
+/// Who holds the watches.
+enum Holder {
+    Kernel(Arc<Kernel>),
+    Poll(Box<dyn notify::Watcher + Send>),
+}
+
+/// The watches, and what holds them.
 pub struct Watcher {
-    inner: Box<dyn notify::Watcher + Send>,
+    inner: Holder,
     backend: Backend,
     home: PathBuf,
     /// Watched entries of `profiles/`: the device and inode are those of what was watched;
@@ -321,41 +387,42 @@ fn dir_key_at(base: Option<&StatBase>, path: &Path) -> Option<FileKey> {
 }
 
 impl Watcher {
-    /// Starts notify's watcher of the given backend (its own thread; the inotify backend reads
-    /// events there, the poll backend stats there every `poll`). Events go through a bounded
-    /// queue to the returned stream.
+    /// Starts the watcher of the given backend. inotify is read by the returned stream on the
+    /// event loop's thread; notify's poll watcher stats on its own thread every `poll` and
+    /// queues what changed (bounded) for the stream.
     pub fn new(home: &Path, backend: Backend, poll: Duration) -> Result<(Self, EventStream), WatchError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        let overflowed = Arc::new(AtomicBool::new(false));
-        let flag = overflowed.clone();
-        let handler = move |r: notify::Result<Event>| {
-            if let Ok(e) = &r
-                && !e.need_rescan()
-                && !wanted(&e.kind)
-            {
-                return;
+        let (inner, stream) = match backend {
+            Backend::Inotify => {
+                let kernel = Kernel::new().map_err(|e| WatchError::Start {
+                    backend: "inotify",
+                    source: notify::Error::io(std::io::Error::from(e)),
+                })?;
+                (Holder::Kernel(kernel.clone()), EventStream::Kernel { kernel, fd: None })
             }
-            if tx.try_send(r).is_err() {
-                flag.store(true, Ordering::Relaxed);
-            }
-        };
-        let inner: Box<dyn notify::Watcher + Send> = match backend {
-            Backend::Inotify => Box::new(
-                notify::INotifyWatcher::new(
-                    handler,
-                    notify::Config::default().with_event_kinds(KERNEL_EVENTS),
-                )
-                .map_err(|source| WatchError::Start { backend: "inotify", source })?,
-            ),
-            Backend::Poll => Box::new(
-                notify::PollWatcher::new(
+            Backend::Poll => {
+                let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+                let overflowed = Arc::new(AtomicBool::new(false));
+                let flag = overflowed.clone();
+                let handler = move |r: notify::Result<Event>| {
+                    if let Ok(e) = &r
+                        && !e.need_rescan()
+                        && !wanted(&e.kind)
+                    {
+                        return;
+                    }
+                    if tx.try_send(r).is_err() {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                };
+                let w = notify::PollWatcher::new(
                     handler,
                     // Entries are compared by their own metadata (lstat): following a link
                     // `hermes` planted would only cost a readlink and a second stat per entry.
                     notify::Config::default().with_poll_interval(poll).with_follow_symlinks(false),
                 )
-                .map_err(|source| WatchError::Start { backend: "poll", source })?,
-            ),
+                .map_err(|source| WatchError::Start { backend: "poll", source })?;
+                (Holder::Poll(Box::new(w)), EventStream::Queue { rx, overflowed })
+            }
         };
         let w = Watcher {
             inner,
@@ -366,7 +433,7 @@ impl Watcher {
             extras: VecDeque::new(),
             bases: Default::default(),
         };
-        Ok((w, EventStream { rx, overflowed }))
+        Ok((w, stream))
     }
 
     pub fn backend(&self) -> Backend {
@@ -378,7 +445,18 @@ impl Watcher {
         if dir_identity(path).is_none() {
             return Ok(false);
         }
-        match self.inner.watch(path, RecursiveMode::NonRecursive) {
+        let poll = match &mut self.inner {
+            Holder::Kernel(k) => {
+                return match k.watch(path) {
+                    Ok(()) => Ok(true),
+                    Err(nix::errno::Errno::ENOSPC) => Err(WatchError::Limit),
+                    Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => Ok(false),
+                    Err(source) => Err(WatchError::Inotify { path: path.to_path_buf(), source }),
+                };
+            }
+            Holder::Poll(p) => p,
+        };
+        match poll.watch(path, RecursiveMode::NonRecursive) {
             Ok(()) => Ok(true),
             Err(e) => match e.kind {
                 notify::ErrorKind::MaxFilesWatch => Err(WatchError::Limit),
@@ -406,8 +484,8 @@ impl Watcher {
         // The home's parent too, always: the home may be deleted while a logger keeps it open
         // (then no delete-self event arrives) and recreated later; only the parent sees both.
         // A base watch is added again only when its directory may be new (another inode, or a
-        // new ctime: an inode number can be reused at once by a directory made again): asking
-        // notify for a watch it holds costs a round trip to its thread at every re-list.
+        // new ctime: an inode number can be reused at once by a directory made again); a
+        // watch held is not asked for again at every re-list.
         let mut paths: Vec<PathBuf> = home.parent().map(Path::to_path_buf).into_iter().collect();
         paths.extend([home.clone(), profiles.clone(), profiles.join(".deleted")]);
         for path in paths {
@@ -482,11 +560,17 @@ impl Watcher {
         self.profiles.get(name).copied()
     }
 
-    /// Drops the watch of `profiles/<name>`. notify's inotify backend may already have dropped
-    /// it (the entry was deleted or renamed away): that is not an error.
+    /// Drops the watch of `profiles/<name>`. The kernel may already have dropped it (the
+    /// entry was deleted): that is not an error.
     fn unwatch(&mut self, name: &str) {
         if self.profiles.remove(name).is_some() {
-            let _ = self.inner.unwatch(&self.home.join("profiles").join(name));
+            let path = self.home.join("profiles").join(name);
+            match &mut self.inner {
+                Holder::Kernel(k) => k.unwatch(&path),
+                Holder::Poll(p) => {
+                    let _ = p.unwatch(&path);
+                }
+            }
         }
     }
 
