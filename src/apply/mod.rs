@@ -271,7 +271,7 @@ impl Applier {
             return;
         }
         out.ports_saved = true;
-        let mut json = serde_json::to_vec_pretty(&plan.ports).expect("a map of ports serialises");
+        let mut json = serde_json::to_vec_pretty(&*plan.ports).expect("a map of ports serialises");
         json.push(b'\n');
         if let Err(e) = self.home.write_atomic(Path::new(""), crate::layout::home::PORTS_FILE, &json) {
             out.warnings.push(Finding::PortsNotSaved { error: e.to_string() }.into());

@@ -593,7 +593,11 @@ impl Daemon {
             self.world.scanner.removing_units = observe::svscan::removing_units(&self.cfg.scandir);
         }
         let hold = self.held();
-        let kept = plan::incremental::Maintained { slotless: &self.slotless, ports_clean: self.ports_clean };
+        let kept = plan::incremental::Maintained {
+            slotless: &self.slotless,
+            ports_clean: self.ports_clean,
+            memo: Some(&self.render_memo),
+        };
         let plan = plan::incremental::plan_dirty(&self.world, &self.cfg, &kept, &dirty, &hold)
             .unwrap_or_else(|| {
                 plan::plan_with(
@@ -814,7 +818,7 @@ impl Daemon {
         let ports_saved =
             !outcome.warnings.iter().any(|w| matches!(w.finding, Finding::PortsNotSaved { .. }));
         if plan.ports_changed && ports_saved {
-            self.world.previous_ports = std::sync::Arc::new(plan.ports.clone());
+            self.world.previous_ports = plan.ports.clone();
         }
         self.ports_clean = !plan.ports_changed || ports_saved;
         if plan.migrate_legacy {

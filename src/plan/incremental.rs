@@ -30,6 +30,9 @@ pub struct Maintained<'a> {
     /// was saved, or nothing changed): then a profile that keeps or loses its port moves no
     /// other profile's.
     pub ports_clean: bool,
+    /// Renderings of the profiles' slot files, reused while their inputs are unchanged (what
+    /// `plan_with` is given; the result is the same with or without it).
+    pub memo: Option<&'a super::render::RenderMemo>,
 }
 
 /// The profile named `name` in `obs` (root first, then named profiles in name order): a binary
@@ -93,7 +96,7 @@ pub fn plan_dirty(
     let mut plan = Plan {
         mode: obs.mode,
         migrate_legacy: false,
-        ports: (*obs.previous_ports).clone(),
+        ports: obs.previous_ports.clone(),
         ports_changed: false,
         clear_hidden: Vec::new(),
         clear_kick: false,
@@ -105,10 +108,13 @@ pub fn plan_dirty(
         folded: Vec::new(),
     };
     for name in &gone {
-        plan.ports_changed |= plan.ports.remove(name.as_str()).is_some();
+        if plan.ports.contains_key(name.as_str()) {
+            std::sync::Arc::make_mut(&mut plan.ports).remove(name.as_str());
+            plan.ports_changed = true;
+        }
     }
     for p in present {
-        plan.profiles.extend(plan_present(obs, cfg, p, &plan.ports, &mut plan.warnings));
+        plan.profiles.extend(plan_present(obs, cfg, p, &plan.ports, m.memo, &mut plan.warnings));
     }
     for name in gone {
         if obs.scandir.slots.contains_key(name) && !hold.contains(name) {
@@ -125,6 +131,7 @@ fn plan_present(
     cfg: &Config,
     p: &ProfileObs,
     ports: &BTreeMap<String, u16>,
+    memo: Option<&super::render::RenderMemo>,
     warnings: &mut Vec<Warning>,
 ) -> Option<ProfilePlan> {
     let topo = topology(obs, cfg);
@@ -146,7 +153,7 @@ fn plan_present(
     let runs = intent.runs();
     let prior_state = if runs { Some("running".to_string()) } else { intent.effective().map(str::to_owned) };
     let role = Role { topo, folded_into_root: None, runs, prior_state };
-    let rendered = render::rendered(&render_input(obs, cfg, p, ports.get(p.name.as_str()).copied()), None);
+    let rendered = render::rendered(&render_input(obs, cfg, p, ports.get(p.name.as_str()).copied()), memo);
     let pp = match obs.scandir.slots.get(&p.name) {
         None => plan_create(p, &intent, &rendered, &role, super::PassKind::Continuous),
         Some(slot) => plan_adopt(p, &intent, &rendered, slot, &role, obs.scanner.pid.is_some()),
@@ -234,7 +241,7 @@ mod tests {
                 None => obs.scandir.slots.remove(&pp.name),
             };
         }
-        obs.previous_ports = std::sync::Arc::new(p.ports);
+        obs.previous_ports = p.ports;
     }
 
     fn slotless(obs: &Observed) -> BTreeSet<ProfileName> {
@@ -336,8 +343,15 @@ mod tests {
             prop_assert_eq!(memoized(&obs), plain);
             let hold: BTreeSet<ProfileName> = if held { dirty.clone() } else { BTreeSet::new() };
             let sl = slotless(&obs);
-            let m = Maintained { slotless: &sl, ports_clean: true };
+            let m = Maintained { slotless: &sl, ports_clean: true, memo: None };
             let whole = plan_with(&obs, &cfg, &PassOptions { kind: PassKind::Continuous, only: Some(&dirty), hold: &hold, memo: None });
+            // The render memo changes nothing (primed by the world before, used twice).
+            let memo = crate::plan::render::RenderMemo::default();
+            let _ = plan_with(&obs, &cfg, &PassOptions { kind: PassKind::Continuous, only: None, hold: &BTreeSet::new(), memo: Some(&memo) });
+            for _ in 0..2 {
+                let with_memo = Maintained { memo: Some(&memo), ..m };
+                prop_assert_eq!(plan_dirty(&obs, &cfg, &with_memo, &dirty, &hold), plan_dirty(&obs, &cfg, &m, &dirty, &hold));
+            }
             match plan_dirty(&obs, &cfg, &m, &dirty, &hold) {
                 Some(p) => {
                     prop_assert_eq!(p, whole);
@@ -376,7 +390,7 @@ mod tests {
         settle(&mut obs, &cfg, PassKind::Boot);
         let dirty: BTreeSet<ProfileName> = [name("a")].into();
         let none = BTreeSet::new();
-        let clean = Maintained { slotless: &none, ports_clean: true };
+        let clean = Maintained { slotless: &none, ports_clean: true, memo: None };
         assert!(plan_dirty(&obs, &cfg, &clean, &dirty, &none).is_some());
         assert!(plan_dirty(&obs, &cfg, &Maintained { ports_clean: false, ..clean }, &dirty, &none).is_none());
         obs.scandir.slots.remove(&name("a"));

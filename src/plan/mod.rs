@@ -125,7 +125,8 @@ pub struct Plan {
     /// Write the legacy `gateway run` migration record for the root profile.
     pub migrate_legacy: bool,
     /// Port assignments after this pass, and whether they differ from the recorded ones.
-    pub ports: BTreeMap<String, u16>,
+    /// Shared: a partial pass hands the recorded map on without copying a string per profile.
+    pub ports: std::sync::Arc<BTreeMap<String, u16>>,
     pub ports_changed: bool,
     /// The daemon's own hidden leftovers in the scandir, to be cleared.
     pub clear_hidden: Vec<String>,
@@ -210,8 +211,8 @@ pub fn plan_with(obs: &Observed, cfg: &Config, opts: &PassOptions<'_>) -> Plan {
     for name in ports::in_port_order(wanting) {
         ports.take(name);
     }
-    plan.ports = ports.finish();
-    plan.ports_changed = plan.ports != *obs.previous_ports;
+    plan.ports = std::sync::Arc::new(ports.finish());
+    plan.ports_changed = *plan.ports != *obs.previous_ports;
 
     // `single`: named intents fold into the root's (admitted profiles only: the files of
     // the others are not read).
@@ -303,8 +304,8 @@ impl<'a> BootStream<'a> {
     /// Ends the pass: the port record and the tail (skipped entries, their warnings) go into
     /// `plan`, whose profiles are not looked at.
     pub fn finish(self, plan: &mut Plan) {
-        plan.ports = self.ports.finish();
-        plan.ports_changed = plan.ports != *self.obs.previous_ports;
+        plan.ports = std::sync::Arc::new(self.ports.finish());
+        plan.ports_changed = *plan.ports != *self.obs.previous_ports;
         plan_tail(self.obs, self.cfg, PassKind::Boot, true, &|_| true, plan);
     }
 }
@@ -348,7 +349,7 @@ fn context(
     let mut plan = Plan {
         mode: obs.mode,
         migrate_legacy: false,
-        ports: BTreeMap::new(),
+        ports: Default::default(),
         ports_changed: false,
         clear_hidden: if full { obs.scandir.hidden.clone() } else { Vec::new() },
         clear_kick: full && obs.scandir.kick_leftover,

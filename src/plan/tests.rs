@@ -175,7 +175,7 @@ fn second_pass_over_its_own_result_does_nothing() {
         let slot = slot_as_created(&obs, &cfg, name);
         obs.scandir.slots.insert(ProfileName::parse_any(name).unwrap(), slot);
     }
-    obs.previous_ports = std::sync::Arc::new(first.ports.clone());
+    obs.previous_ports = first.ports.clone();
     let second = plan(&obs, &cfg, PassKind::Boot);
     assert_eq!(second.step_count(), 0, "{second:#?}");
     assert_eq!(second.decisions().count(), 0);
@@ -401,7 +401,7 @@ proptest! {
                 obs.scandir.slots.insert(pp.name.clone(), slot);
             }
         }
-        obs.previous_ports = std::sync::Arc::new(first.ports.clone());
+        obs.previous_ports = first.ports.clone();
         let second = plan(&obs, &cfg, PassKind::Continuous);
         let actionable = second.profiles.iter().filter(|pp| !pp.steps.is_empty()).count();
         prop_assert_eq!(actionable, 0);
@@ -433,7 +433,7 @@ fn unsupervised_slot_is_confirmed_only_when_a_scanner_runs() {
     let mut slot = slot_as_created(&obs, &cfg, "default");
     slot.supervised = false;
     obs.scandir.slots.insert(ProfileName::root(), slot);
-    obs.previous_ports = std::sync::Arc::new(plan(&obs, &cfg, PassKind::Boot).ports);
+    obs.previous_ports = plan(&obs, &cfg, PassKind::Boot).ports;
     assert_eq!(plan(&obs, &cfg, PassKind::Continuous).step_count(), 0);
     obs.scanner.pid = Some(1);
     let p = plan(&obs, &cfg, PassKind::Continuous);
@@ -449,7 +449,7 @@ fn an_open_event_dir_is_closed_first_with_no_decision() {
     slot.event_open = true;
     std::sync::Arc::make_mut(slot.record.as_mut().unwrap()).applied_desired = Some("stopped".into());
     obs.scandir.slots.insert(ProfileName::root(), slot);
-    obs.previous_ports = std::sync::Arc::new(plan(&obs, &cfg, PassKind::Boot).ports);
+    obs.previous_ports = plan(&obs, &cfg, PassKind::Boot).ports;
     let p = plan(&obs, &cfg, PassKind::Continuous);
     // Before the command: an up makes the supervisor write into every event/ entry.
     assert_eq!(p.profiles[0].steps[0], Step::CloseEvent { name: ProfileName::root() });
@@ -492,14 +492,14 @@ fn a_briefly_missing_or_invalid_state_file_does_not_renew_the_same_intent() {
     // The file disappears (or is unreadable): nothing to do, nothing recorded.
     let mut obs = observed(vec![profile("bot", intent(None, None))]);
     obs.scandir.slots.insert(ProfileName::parse_named("bot").unwrap(), slot.clone());
-    obs.previous_ports = std::sync::Arc::new(plan(&obs0, &cfg, PassKind::Boot).ports);
+    obs.previous_ports = plan(&obs0, &cfg, PassKind::Boot).ports;
     let p = plan(&obs, &cfg, PassKind::Continuous);
     assert_eq!(p.step_count(), 0, "{p:#?}");
     // It comes back with the same value: still nothing (a parked gateway stays parked).
     std::sync::Arc::make_mut(slot.record.as_mut().unwrap()).applied_up = true;
     let mut obs = observed(vec![profile("bot", intent(Some("running"), Some("startup_failed")))]);
     obs.scandir.slots.insert(ProfileName::parse_named("bot").unwrap(), slot);
-    obs.previous_ports = std::sync::Arc::new(plan(&obs0, &cfg, PassKind::Boot).ports);
+    obs.previous_ports = plan(&obs0, &cfg, PassKind::Boot).ports;
     assert_eq!(plan(&obs, &cfg, PassKind::Continuous).step_count(), 0);
 }
 
