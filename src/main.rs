@@ -41,6 +41,19 @@ fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
+/// mimalloc, not glibc's malloc (issue 15). The daemon sleeps 30 s between re-lists, and on the
+/// hosts it runs on a page left alone that long costs microseconds to touch again: what a re-list
+/// costs is mostly the pages it touches. glibc's heap interleaves the small, long-lived
+/// allocations of the daemon's maps (a name, a path, a key per profile) with everything
+/// allocated and freed around them, so each phase of a re-list at 400 profiles touched 1.4 to 3
+/// MiB of heap (`clear_refs`, then `smaps`); mimalloc keeps each size class on pages of its own.
+/// Measured (`/proc/<pid>/schedstat`, 400 profiles, eight SIGHUPs 6 s apart, fresh labs,
+/// interleaved): 76–102 ms of CPU per re-list with glibc, 33–50 ms with mimalloc, 42–50 ms with
+/// jemalloc. Transparent huge pages are left off (`no_thp`): with them, mimalloc's eagerly
+/// committed arena took the peak RSS at 400 profiles from 9 to 27 MiB, for no clear gain.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // Before anything is created and before any thread starts: modes asked are modes given.
     hermes_reconciler::fsops::set_process_umask();
