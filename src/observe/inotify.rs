@@ -293,6 +293,37 @@ mod tests {
         assert!(k.is_empty());
     }
 
+    /// `hermes` floods a watched profile with new files while the daemon is busy: a batch
+    /// stays bounded, and when the kernel's queue overflows the reader says events were lost
+    /// (the daemon then re-lists) instead of reading on forever.
+    #[test]
+    fn a_flood_is_read_in_bounded_batches_and_an_overflow_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Kernel::new().unwrap();
+        k.watch(dir.path()).unwrap();
+        let queue: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Two events a file (its creation and the close after writing), past the queue.
+        for i in 0..queue / 2 + 64 {
+            std::fs::write(dir.path().join(format!("f{i}")), b"").unwrap();
+        }
+        let (mut batches, mut overflowed, mut drained) = (0, false, false);
+        while !drained {
+            let r = k.read().unwrap();
+            // One read brings at most a 4 KiB buffer's worth past the bound.
+            assert!(r.events.len() < BATCH + 4096, "{} events in one batch", r.events.len());
+            overflowed |= r.overflowed;
+            drained = r.drained;
+            batches += 1;
+            assert!(batches <= queue / BATCH + 2, "the reader never drained");
+        }
+        assert!(overflowed, "the kernel's queue of {queue} overflowed and the reader said so");
+        assert!(batches > 1, "a full queue takes more than one batch");
+    }
+
     #[test]
     fn a_deleted_directory_loses_its_watch_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
