@@ -3,18 +3,20 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::s6::{CHROOT_SH, s6_root, shared_tmp};
 use super::slots::gateway_slots;
-use super::wait::wait_until;
 use super::world::World;
 use super::{PATH, WAIT};
 
@@ -85,7 +87,12 @@ impl Svscan {
         if let Some(root) = root {
             cmd.args(["sh", "-c", CHROOT_SH]).arg(root).arg(shared_tmp());
         }
+        // `-d 3`: s6-svscan writes a newline to fd 3 once it is ready. That comes after it
+        // listens on its control FIFO and, from s6 2.14.0.1 on, after its start-up cleanup,
+        // which unlinks every dangling symlink of the scandir: a test that planted one in
+        // between (the FIFO was once the only sign waited for) lost it on a busy machine.
         cmd.arg("s6-svscan")
+            .args(["-d", "3"])
             .args(options)
             .arg(scandir)
             .env_clear()
@@ -94,11 +101,24 @@ impl Svscan {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // The pipe's ends are close-on-exec; the child gets the write end as fd 3 only (unshare,
+        // sh and chroot pass it on to s6-svscan).
+        let (mut ready, writer) = std::io::pipe().expect("readiness pipe");
+        let wfd = writer.as_raw_fd();
+        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) between fork and exec.
         unsafe {
-            cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                let r = if wfd == 3 {
+                    nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(wfd, 3)
+                };
+                if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            });
         }
         let child = cmd.spawn().expect("spawn unshare s6-svscan (is util-linux unshare installed?)");
+        drop(writer);
         let pid = child.id();
         let mut scan = Svscan { unshare: Some(child), init: None, scandir: scandir.to_path_buf() };
         let deadline = Instant::now() + WAIT;
@@ -115,8 +135,28 @@ impl Svscan {
             assert!(Instant::now() < deadline, "s6-svscan did not start under unshare {pid}");
             std::thread::sleep(Duration::from_millis(5));
         }
+        // Bounded: s6-svscan writes one byte and never closes the pipe's other copies (unshare
+        // keeps one), so the wait polls the read end and keeps an eye on the process.
+        let mut byte = [0u8; 1];
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(50u16)).unwrap_or(0) > 0 {
+                let n = ready.read(&mut byte).expect("read s6-svscan's readiness pipe");
+                assert!(
+                    n == 1 && byte[0] == b'\n',
+                    "s6-svscan closed its readiness pipe; see {}",
+                    log.display()
+                );
+                break;
+            }
+            if let Some(st) = scan.unshare.as_mut().and_then(|u| u.try_wait().ok().flatten()) {
+                panic!("unshare s6-svscan exited before it was ready ({st}); see {}", log.display());
+            }
+            assert!(Instant::now() < deadline, "s6-svscan under unshare {pid} never said it was ready");
+        }
         let control = scandir.join(".s6-svscan/control");
-        wait_until("s6-svscan to listen on .s6-svscan/control", WAIT, || fifo_has_reader(&control));
+        assert!(fifo_has_reader(&control), "s6-svscan is ready but nothing reads .s6-svscan/control");
         scan
     }
 
