@@ -508,8 +508,11 @@ impl Daemon {
         {
             // The plan is a function of the world, the configuration and the daemon's pending
             // work (none: see `nothing_pending`): it would be the settled pass's, with no step.
+            // Its warnings are the settled pass's, logged or held back then; no warning was
+            // offered since (anything that could offer one clears `settled`), so offering them
+            // again would log nothing: only the filter's old entries expire.
             tracing::debug!("re-list found the world unchanged since a pass with nothing to do");
-            self.emit_warnings(&warnings, true);
+            self.warned.end_same_full_pass(Instant::now());
             self.settled = Some(warnings);
             return false;
         }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// The shortest interval between two log lines for one key.
 pub const REPEAT_AFTER: Duration = Duration::from_secs(60);
 
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct Entry {
     /// The text last seen (logged or not).
     text: String,
@@ -28,7 +28,7 @@ struct Entry {
     active: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct WarnLimiter {
     entries: HashMap<String, Entry>,
 }
@@ -67,6 +67,15 @@ impl WarnLimiter {
         });
     }
 
+    /// A full pass saw the very warnings of the last full pass, all of them already admitted
+    /// (nothing else was offered since): only forgets the entries gone long enough ago, as
+    /// [`WarnLimiter::end_full_pass`] would. Hashes nothing, so a steady re-list with thousands
+    /// of persisting warnings (folders over the cap) costs a walk of the table, not a lookup
+    /// and a set of every key.
+    pub fn end_same_full_pass(&mut self, now: Instant) {
+        self.entries.retain(|_, e| e.active || now.saturating_duration_since(e.logged_at) < REPEAT_AFTER);
+    }
+
     /// Keys remembered (for tests).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -102,6 +111,33 @@ mod tests {
             }
         }
         assert_eq!(logged, 5, "300 s of rewrites: one line a minute");
+    }
+
+    /// A re-list that finds the settled pass's warnings again may skip offering them: the
+    /// filter ends where offering them all and ending the full pass would have left it, at
+    /// every moment (entries of causes gone expire alike), and logs nothing either way.
+    #[test]
+    fn a_same_full_pass_is_the_full_pass_without_the_lookups() {
+        let t0 = Instant::now();
+        let persisting: Vec<Warning> = (0..50).map(|i| json_error(&format!("/h/p{i}/s.json"), i)).collect();
+        let gone = json_error("/h/gone/s.json", 1);
+        let mut l = WarnLimiter::default();
+        assert!(l.admit(&gone, t0));
+        l.end_full_pass([&gone], t0);
+        let settled_at = t0 + Duration::from_secs(5);
+        for w in &persisting {
+            assert!(l.admit(w, settled_at));
+        }
+        l.end_full_pass(&persisting, settled_at);
+        let (mut offered, mut skipped) = (l.clone(), l);
+        for s in [6, 30, 64, 65, 200] {
+            let now = t0 + Duration::from_secs(s);
+            assert!(persisting.iter().all(|w| !offered.admit(w, now)), "nothing logged at {s} s");
+            offered.end_full_pass(&persisting, now);
+            skipped.end_same_full_pass(now);
+            assert_eq!(offered.entries, skipped.entries, "at {s} s");
+        }
+        assert_eq!(skipped.len(), persisting.len(), "the cause gone for a minute is forgotten");
     }
 
     #[test]

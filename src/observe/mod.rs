@@ -264,7 +264,8 @@ fn observe_all_with(
     );
     let mut root = unread_profile(ProfileName::root(), home.to_path_buf(), false);
     read(&mut root, false);
-    let mut profiles = vec![root];
+    let mut profiles = Vec::with_capacity(discovery.named.len() + 1);
+    profiles.push(root);
     for d in discovery.named {
         let mut p = unread_profile(d.name, d.dir, d.via_symlink);
         if admitted.contains(&p.name) {
