@@ -28,6 +28,14 @@ struct Entry {
     active: bool,
 }
 
+impl Entry {
+    /// Worth remembering at `now`: its cause persists, or it was logged too recently to be
+    /// logged again (forgetting it then would let it repeat early).
+    fn kept(&self, now: Instant) -> bool {
+        self.active || now.saturating_duration_since(self.logged_at) < REPEAT_AFTER
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct WarnLimiter {
     entries: HashMap<String, Entry>,
@@ -63,7 +71,7 @@ impl WarnLimiter {
             if !seen.contains(k.as_str()) {
                 e.active = false;
             }
-            e.active || now.saturating_duration_since(e.logged_at) < REPEAT_AFTER
+            e.kept(now)
         });
     }
 
@@ -73,7 +81,7 @@ impl WarnLimiter {
     /// of persisting warnings (folders over the cap) costs a walk of the table, not a lookup
     /// and a set of every key.
     pub fn end_same_full_pass(&mut self, now: Instant) {
-        self.entries.retain(|_, e| e.active || now.saturating_duration_since(e.logged_at) < REPEAT_AFTER);
+        self.entries.retain(|_, e| e.kept(now));
     }
 
     /// Keys remembered (for tests).
