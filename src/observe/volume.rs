@@ -384,8 +384,6 @@ pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr, &Path) -> bool) -> Disc
     // Entries are stat'ed by their short paths under `profiles/` (issue 15: a re-list costs a
     // few path components per stat, not the whole absolute path).
     let base = super::stat_base::StatBase::open(&profiles);
-    // Sized once: grown by doubling, 10,000 entries cost copies and fresh pages every re-list.
-    out.named.reserve_exact(listed.len());
 
     for (range, listed_kind) in listed {
         let file_name = OsStr::from_bytes(&arena[range]);
