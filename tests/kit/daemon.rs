@@ -2,8 +2,6 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -64,23 +62,7 @@ impl Daemon {
     /// a parent-death SIGKILL. Does not wait for readiness.
     pub fn spawn_command(mut cmd: Command) -> Daemon {
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        // The pipe's ends are close-on-exec; the child gets the write end as fd 3 only.
-        let (reader, writer) = std::io::pipe().expect("readiness pipe");
-        let wfd = writer.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-                if wfd == 3 {
-                    if nix::libc::fcntl(3, nix::libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if nix::libc::dup2(wfd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let (reader, writer) = super::readiness_on_fd3(&mut cmd);
         let spawned_at = Instant::now();
         let mut child = cmd.spawn().expect("spawn hermes-reconciler run");
         drop(writer);

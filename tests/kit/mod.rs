@@ -133,3 +133,26 @@ macro_rules! root_only {
     };
 }
 pub(crate) use root_only;
+
+/// A readiness pipe for a child to be spawned by `cmd`: the child gets the write end as fd 3
+/// (s6's notification convention, kept across any exec chain such as unshare, sh, chroot) and
+/// is SIGKILLed when the test process dies. Returns both ends: the caller drops the write end
+/// right after spawning, so that the child holds the only copies.
+pub fn readiness_on_fd3(cmd: &mut std::process::Command) -> (std::io::PipeReader, std::io::PipeWriter) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    // The pipe's ends are close-on-exec; only the dup at fd 3 survives into the child.
+    let (reader, writer) = std::io::pipe().expect("readiness pipe");
+    let wfd = writer.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            let r =
+                if wfd == 3 { nix::libc::fcntl(3, nix::libc::F_SETFD, 0) } else { nix::libc::dup2(wfd, 3) };
+            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+    (reader, writer)
+}

@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -101,22 +100,8 @@ impl Svscan {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // The pipe's ends are close-on-exec; the child gets the write end as fd 3 only (unshare,
-        // sh and chroot pass it on to s6-svscan).
-        let (mut ready, writer) = std::io::pipe().expect("readiness pipe");
-        let wfd = writer.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-                let r = if wfd == 3 {
-                    nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
-                } else {
-                    nix::libc::dup2(wfd, 3)
-                };
-                if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-            });
-        }
+        // unshare, sh and chroot pass fd 3 on to s6-svscan.
+        let (mut ready, writer) = super::readiness_on_fd3(&mut cmd);
         let child = cmd.spawn().expect("spawn unshare s6-svscan (is util-linux unshare installed?)");
         drop(writer);
         let pid = child.id();
