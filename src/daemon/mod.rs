@@ -116,10 +116,22 @@ pub struct Daemon {
     /// pass may then plan its profiles alone ([`plan::incremental`]).
     ports_clean: bool,
     /// The last full pass found nothing to do and left nothing pending, and nothing has run
-    /// since: its warnings. A re-list that then observes the very same world skips planning
-    /// and applying, which would decide the same and do nothing (issue 15: a quiet volume's
-    /// periodic re-list costs its observation only).
-    settled: Option<Vec<Warning>>,
+    /// since (every event, timer and pass clears it). A re-list that then observes the very
+    /// same world skips planning and applying, which would decide the same and do nothing
+    /// (issue 15: a quiet volume's periodic re-list costs its observation only), and one
+    /// whose tape replays unchanged does not even observe.
+    settled: Option<Settled>,
+}
+
+/// What a settled pass leaves for the next re-list.
+struct Settled {
+    /// Its warnings, logged or held back then.
+    warnings: Vec<Warning>,
+    /// What the last re-list that found the world unchanged read, when it can be replayed
+    /// ([`observe::tape`]): a re-list whose every answer is the same would observe that same
+    /// world. It names lock files the slot cache holds open: it lives only as long as
+    /// nothing else runs, and no observation runs while it does.
+    tape: Option<observe::tape::Tape>,
 }
 
 /// The pass planned and did nothing: no step, no leftover to clear, no port record or legacy
@@ -465,6 +477,88 @@ impl Daemon {
     /// planned, nothing to follow up).
     fn full_pass_inner(&mut self, kind: PassKind) -> bool {
         self.relist_pending = false;
+        if kind == PassKind::Continuous
+            && !self.polling_fallback
+            && let Some(tape) = self.settled.as_ref().and_then(|s| s.tape.as_ref())
+        {
+            if tape.unchanged() {
+                // Every question the last observation asked got the same answer: it would
+                // observe the same world, in which the settled pass found nothing to do.
+                tracing::debug!(steps = tape.len(), "re-list replayed unchanged");
+                self.last_full = Instant::now();
+                self.warned.end_same_full_pass(Instant::now());
+                return false;
+            }
+            tracing::debug!("re-list replay found a change; observing");
+        }
+        // An observation runs: the tape (which names lock files the observation may close)
+        // goes, whatever the pass finds.
+        let settled = self.settled.take();
+        let (world, tape) = if kind == PassKind::Continuous && settled.is_some() {
+            observe::tape::record(|| self.establish_and_observe(kind))
+        } else {
+            (self.establish_and_observe(kind), Err("the last pass did not settle"))
+        };
+        // Compared only when the last pass settled: the comparison is not free.
+        if let Some(Settled { warnings, .. }) = settled
+            && kind == PassKind::Continuous
+            && world == self.world
+        {
+            // The plan is a function of the world, the configuration and the daemon's pending
+            // work (none: see `nothing_pending`): it would be the settled pass's, with no step.
+            // Its warnings are the settled pass's, logged or held back then; no warning was
+            // offered since (anything that could offer one clears `settled`), so offering them
+            // again would log nothing: only the filter's old entries expire.
+            tracing::debug!("re-list found the world unchanged since a pass with nothing to do");
+            if let Err(why) = &tape {
+                tracing::debug!("the next re-list observes again: {why}");
+            }
+            self.warned.end_same_full_pass(Instant::now());
+            self.settled = Some(Settled { warnings, tape: tape.ok() });
+            return false;
+        }
+        self.world = world;
+        if self.applier.shutdown.requested() {
+            return false;
+        }
+        self.track_absent();
+        self.slotless = self
+            .world
+            .profiles
+            .iter()
+            .filter(|p| !p.name.is_root() && !self.world.scandir.slots.contains_key(&p.name))
+            .map(|p| p.name.clone())
+            .collect();
+        self.admitted = self.admitted_now();
+        let hold = self.held();
+        let plan = plan::plan_with(
+            &self.world,
+            &self.cfg,
+            &PassOptions { kind, only: None, hold: &hold, memo: Some(&self.render_memo) },
+        );
+        // Only profiles planned again may use it: bounded by the admitted ones.
+        self.render_memo.retain(|n| self.admitted.contains(n));
+        let skipped = status_record::skips(plan.decisions());
+        self.emit_warnings(&plan.warnings, true);
+        self.report.scandir = status_record::scandir_findings(&plan.warnings);
+        let mut outcome = self.applier.apply(&plan);
+        // A skip is logged when it starts, not at every re-list while it lasts.
+        let previous = std::mem::replace(&mut self.report.skipped, skipped);
+        outcome.applied.retain(|d| {
+            d.action != plan::ActionKind::Skipped
+                || previous.get(&d.profile).map(String::as_str) != Some(d.reason.as_deref().unwrap_or(""))
+        });
+        let quiet = kind == PassKind::Continuous && did_nothing(&plan, &outcome);
+        self.after_apply(&plan, outcome, None);
+        if quiet && self.nothing_pending() {
+            self.settled = Some(Settled { warnings: plan.warnings, tape: None });
+        }
+        true
+    }
+
+    /// Establishes watches (before listing, so nothing created in between is missed), then
+    /// observes everything through the caches.
+    fn establish_and_observe(&mut self, kind: PassKind) -> Observed {
         if let Some(w) = self.watcher.as_mut() {
             match w.establish() {
                 Ok(()) => {
@@ -500,60 +594,7 @@ impl Daemon {
         );
         self.slot_files.end_pass();
         self.profile_files.end_full_pass();
-        // Compared only when the last pass settled: the comparison is not free.
-        if kind == PassKind::Continuous
-            && self.settled.is_some()
-            && world == self.world
-            && let Some(warnings) = self.settled.take()
-        {
-            // The plan is a function of the world, the configuration and the daemon's pending
-            // work (none: see `nothing_pending`): it would be the settled pass's, with no step.
-            // Its warnings are the settled pass's, logged or held back then; no warning was
-            // offered since (anything that could offer one clears `settled`), so offering them
-            // again would log nothing: only the filter's old entries expire.
-            tracing::debug!("re-list found the world unchanged since a pass with nothing to do");
-            self.warned.end_same_full_pass(Instant::now());
-            self.settled = Some(warnings);
-            return false;
-        }
-        self.settled = None;
-        self.world = world;
-        if self.applier.shutdown.requested() {
-            return false;
-        }
-        self.track_absent();
-        self.slotless = self
-            .world
-            .profiles
-            .iter()
-            .filter(|p| !p.name.is_root() && !self.world.scandir.slots.contains_key(&p.name))
-            .map(|p| p.name.clone())
-            .collect();
-        self.admitted = self.admitted_now();
-        let hold = self.held();
-        let plan = plan::plan_with(
-            &self.world,
-            &self.cfg,
-            &PassOptions { kind, only: None, hold: &hold, memo: Some(&self.render_memo) },
-        );
-        // Only profiles planned again may use it: bounded by the admitted ones.
-        self.render_memo.retain(|n| self.admitted.contains(n));
-        let skipped = status_record::skips(plan.decisions());
-        self.emit_warnings(&plan.warnings, true);
-        self.report.scandir = status_record::scandir_findings(&plan.warnings);
-        let mut outcome = self.applier.apply(&plan);
-        // A skip is logged when it starts, not at every re-list while it lasts.
-        let previous = std::mem::replace(&mut self.report.skipped, skipped);
-        outcome.applied.retain(|d| {
-            d.action != plan::ActionKind::Skipped
-                || previous.get(&d.profile).map(String::as_str) != Some(d.reason.as_deref().unwrap_or(""))
-        });
-        let quiet = kind == PassKind::Continuous && did_nothing(&plan, &outcome);
-        self.after_apply(&plan, outcome, None);
-        if quiet && self.nothing_pending() {
-            self.settled = Some(plan.warnings);
-        }
-        true
+        world
     }
 
     /// No work waits on a timer or on a removal: a pass over an unchanged world would find

@@ -85,7 +85,12 @@ impl DriftWatch {
     pub fn drain(&mut self) {
         loop {
             match self.inotify.read_events() {
-                Ok(events) if events.is_empty() => break,
+                Ok(events) if events.is_empty() => {
+                    super::tape::quiet(std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(
+                        &self.inotify,
+                    )));
+                    break;
+                }
                 Ok(events) => {
                     for ev in events {
                         if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
@@ -121,7 +126,12 @@ impl DriftWatch {
                 }
                 Err(Errno::EINTR) => continue,
                 // EAGAIN: empty. Anything else: distrust everything rather than guess.
-                Err(Errno::EAGAIN) => break,
+                Err(Errno::EAGAIN) => {
+                    super::tape::quiet(std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(
+                        &self.inotify,
+                    )));
+                    break;
+                }
                 Err(_) => {
                     for s in self.slots.values_mut() {
                         s.stale = true;
@@ -141,6 +151,8 @@ impl DriftWatch {
     /// read; the reading that follows stands until an event names the slot. A slot that cannot
     /// be watched whole (a directory missing, the watch limit) is not trusted: read every time.
     pub fn watch(&mut self, dir: &Path) {
+        // A slot read again (and maybe watched again): nothing a replay could stand for.
+        super::tape::opaque("a slot was read again");
         if let Some(s) = self.slots.get_mut(dir.as_os_str())
             && !s.rewatch
         {

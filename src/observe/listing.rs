@@ -56,6 +56,8 @@ impl Listed<'_> {
 /// then looks each name up itself.
 pub fn which<'n>(dir: &Path, names: &'n [&'n str]) -> Option<Listed<'n>> {
     debug_assert!(names.len() <= 64 && names.iter().all(|n| !n.contains('/')));
+    // Only some names are kept: nothing a replay could compare.
+    super::tape::opaque("a directory listed for a few names");
     let fd = open_dir(dir).ok()?;
     BUF.with_borrow_mut(|buf| {
         let mut seen = 0u64;
@@ -103,14 +105,19 @@ impl Kind {
         if self != Kind::Unknown {
             return Ok(self);
         }
-        let t = std::fs::symlink_metadata(path)?.file_type();
-        Ok(if t.is_dir() {
+        let t = super::stat_base::StatBase::lstat(None, path)?;
+        Ok(if t.dir {
             Kind::Dir
-        } else if t.is_symlink() {
+        } else if t.symlink {
             Kind::Symlink
         } else {
             Kind::Other
         })
+    }
+
+    /// One byte for the type, as a tape keeps it.
+    pub(crate) fn byte(self) -> u8 {
+        self as u8
     }
 
     fn of(d_type: u8) -> Kind {
@@ -130,7 +137,22 @@ impl Kind {
 ///
 /// `f` runs while this thread's listing buffer is in use: it must not list (callers collect
 /// what they need and look at it after).
+///
+/// While an observation is recorded ([`super::tape`]), the whole listing goes on its tape.
 pub fn each(dir: &Path, mut f: impl FnMut(&[u8], Kind)) -> std::io::Result<()> {
+    if !super::tape::recording() {
+        return each_unrecorded(dir, f);
+    }
+    let mut tape = super::tape::Listing::default();
+    let out = each_unrecorded(dir, |name, kind| {
+        tape.entry(name, kind.byte());
+        f(name, kind);
+    });
+    tape.done(dir, out.as_ref().err());
+    out
+}
+
+fn each_unrecorded(dir: &Path, mut f: impl FnMut(&[u8], Kind)) -> std::io::Result<()> {
     let fd = open_dir(dir)?;
     BUF.with_borrow_mut(|buf| {
         loop {

@@ -15,6 +15,7 @@ pub mod slots;
 pub mod stat_base;
 pub mod status_record;
 pub mod svscan;
+pub mod tape;
 pub mod volume;
 pub mod watch;
 
@@ -278,15 +279,18 @@ fn observe_all_with(
     warnings.extend(ports_warning);
     Observed {
         mode: proc_root.map_or(ContainerMode::Normal, |p| runtime_record::judged(&config.runtime_dir, p)),
-        root_state_file_exists: std::fs::symlink_metadata(home.join(crate::layout::home::INTENT_FILE))
-            .is_ok(),
+        root_state_file_exists: stat_base::StatBase::lstat(
+            None,
+            &home.join(crate::layout::home::INTENT_FILE),
+        )
+        .is_ok(),
         profiles,
         skipped: discovery.skipped,
         scandir,
         scanner,
         previous_ports,
         warnings,
-        with_contenv: Path::new("/command/with-contenv").exists(),
+        with_contenv: stat_base::StatBase::stat(None, Path::new("/command/with-contenv")).is_ok(),
     }
 }
 

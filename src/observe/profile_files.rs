@@ -22,7 +22,6 @@ use crate::observe::stat_base::StatBase;
 use crate::observe::volume::{
     self, ENV_FILE, INTENT_FILE, IntentOutcome, IntentReading, LIFECYCLE_FILE, MAX_ENV_FILE,
 };
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -55,23 +54,13 @@ impl<T> Default for IdentityCache<T> {
     }
 }
 
-fn key_of(m: &std::fs::Metadata) -> FileKey {
-    FileKey {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime: (m.mtime(), m.mtime_nsec()),
-        ctime: (m.ctime(), m.ctime_nsec()),
-    }
-}
-
 /// Is `key`'s last change within `racy_secs` of now (too recent for its times to tell a
 /// change made in the same clock tick apart)?
 fn is_racy(key: &FileKey, racy_secs: i64) -> bool {
     key.mtime.0.max(key.ctime.0) >= now_secs().saturating_sub(racy_secs)
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -123,8 +112,7 @@ impl<T: Clone> IdentityCache<T> {
         }
         let value = parse(read_bounded(path, limit));
         self.parses += 1;
-        let after =
-            std::fs::symlink_metadata(path).ok().filter(|m| m.file_type().is_file()).map(|m| key_of(&m));
+        let after = StatBase::lstat(None, path).ok().filter(|s| s.regular).map(|s| s.key);
         if after == Some(key) {
             self.by_inode.insert((key.dev, key.ino), (key, value.clone()));
             self.remember(path, key, &value);
@@ -346,6 +334,22 @@ impl ProfileFileCache {
         self.intent.end_full_pass();
         self.prior.end_full_pass();
         self.env.end_full_pass();
+    }
+
+    /// A cache that keeps files however recently they changed (tests write files just
+    /// before they read them).
+    #[cfg(test)]
+    pub(crate) fn trusting_recent() -> Self {
+        let racy_secs = -1_000_000;
+        ProfileFileCache {
+            intent: IdentityCache { racy_secs, ..Default::default() },
+            prior: IdentityCache { racy_secs, ..Default::default() },
+            env: IdentityCache { racy_secs, ..Default::default() },
+            yaml: IdentityCache { racy_secs, ..Default::default() },
+            ports: IdentityCache { racy_secs, ..Default::default() },
+            racy_secs: Some(racy_secs),
+            ..Default::default()
+        }
     }
 
     /// Parses done so far, all kinds together.

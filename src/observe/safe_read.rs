@@ -80,6 +80,8 @@ pub fn kind_name(ft: FileType) -> &'static str {
 /// [`ReadError::TooLarge`] (after reading at most `limit + 1` bytes, so a file that grows while
 /// it is read, or whose `st_size` lies, as in `/proc`, is still bounded).
 pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    // A content read leaves a cache's state behind it: a replay could not stand for it.
+    super::tape::opaque("a file's content was read");
     let (file, meta) = open_no_follow(path)?;
     read_opened(file, &meta, limit)
 }

@@ -95,7 +95,11 @@ impl SlotFileCache {
         let r = self.readings.get_mut(dir.as_os_str())?;
         r.used = generation;
         let supervised = match &r.lock {
-            Some(lock) => crate::s6::supervisor_by(lock).maybe_alive(),
+            Some(lock) => {
+                let liveness = crate::s6::supervisor_by(lock);
+                super::tape::held_lock(std::os::fd::AsRawFd::as_raw_fd(lock), &liveness);
+                liveness.maybe_alive()
+            }
             None => {
                 let (supervised, lock) = supervised(self.base.as_ref(), dir);
                 if let Some(lock) = lock
@@ -244,12 +248,14 @@ fn supervised(base: Option<&StatBase>, dir: &Path) -> (bool, Option<std::fs::Fil
     match base.and_then(|b| Some((b, crate::observe::stat_base::under(b.path(), dir)?))) {
         Some((b, rel)) => {
             let (liveness, lock) = crate::s6::supervisor_in(std::os::fd::AsFd::as_fd(b), rel);
+            super::tape::service_lock(Some(b.path()), rel, &liveness);
             (liveness.maybe_alive(), lock)
         }
         // No scandir held (a reading outside a full re-list): the absolute path, still
         // keeping the lock file for the re-lists that trust this reading.
         _ => {
             let (liveness, lock) = crate::s6::supervisor_in(nix::fcntl::AT_FDCWD, dir);
+            super::tape::service_lock(None, dir, &liveness);
             (liveness.maybe_alive(), lock)
         }
     }

@@ -35,16 +35,9 @@ pub struct FileKey {
 }
 
 impl FileKey {
+    /// The identity of whatever is at `path` (`lstat`: a symlink's own).
     pub(crate) fn of(path: &Path) -> Option<FileKey> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::symlink_metadata(path).ok()?;
-        Some(FileKey {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
+        StatBase::lstat(None, path).ok().map(|s| s.key)
     }
 }
 
@@ -110,19 +103,31 @@ impl StatBase {
 
     /// `stat` (symlinks followed) of the entry `name` of this directory, with no path built.
     pub(crate) fn stat_entry(&self, name: &str) -> std::io::Result<Stat> {
-        use nix::fcntl::AtFlags;
         debug_assert!(!name.is_empty() && !name.contains('/'));
-        Ok(of(&fstatat(&self.fd, Path::new(name), AtFlags::empty()).map_err(std::io::Error::from)?))
+        let seen = Self::stat_relative(Some(self), Path::new(name), true);
+        super::tape::stat(Some(&self.prefix), Path::new(name), true, &seen);
+        seen
     }
 
     fn stat_at(base: Option<&StatBase>, path: &Path, follow: bool) -> std::io::Result<Stat> {
+        // Relative to the base when under it; recorded as asked ([`super::tape`]).
+        let (base, path) = match base.and_then(|b| Some((b, under(&b.prefix, path)?))) {
+            Some((b, rel)) if !rel.as_os_str().is_empty() => (Some(b), rel),
+            _ => (None, path),
+        };
+        let seen = Self::stat_relative(base, path, follow);
+        super::tape::stat(base.map(|b| b.prefix.as_path()), path, follow, &seen);
+        seen
+    }
+
+    /// The lookup itself, not recorded: `path` relative to `base` (absolute without one).
+    pub(crate) fn stat_relative(base: Option<&StatBase>, path: &Path, follow: bool) -> std::io::Result<Stat> {
         use nix::fcntl::AtFlags;
-        let rel = base.and_then(|b| Some((b, under(&b.prefix, path)?)));
         let flags = if follow { AtFlags::empty() } else { AtFlags::AT_SYMLINK_NOFOLLOW };
-        let st = match rel {
-            Some((b, rel)) if !rel.as_os_str().is_empty() => fstatat(&b.fd, rel, flags),
-            _ if follow => nix::sys::stat::stat(path),
-            _ => nix::sys::stat::lstat(path),
+        let st = match base {
+            Some(b) => fstatat(&b.fd, path, flags),
+            None if follow => nix::sys::stat::stat(path),
+            None => nix::sys::stat::lstat(path),
         };
         Ok(of(&st.map_err(std::io::Error::from)?))
     }

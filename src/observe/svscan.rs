@@ -55,19 +55,29 @@ pub fn parse_limit(cmdline: &[u8]) -> Option<u32> {
 
 /// Units one scandir entry uses: 1, plus 1 if it has a `log` sub-service.
 fn units(path: &Path) -> u32 {
-    1 + u32::from(path.join(LOG_DIR).is_dir())
+    1 + u32::from(is_dir(&path.join(LOG_DIR)))
+}
+
+/// Whether `path` is a directory, symlinks followed (recorded on a tape: [`super::tape`]).
+fn is_dir(path: &Path) -> bool {
+    super::stat_base::StatBase::stat(None, path).is_ok_and(|s| s.dir)
 }
 
 /// Units a hidden directory still uses: one per live supervisor (service, logger). A lock that
 /// cannot be read counts as alive, as in removals.
 fn supervised_units(path: &Path) -> u32 {
     // Unknown counts as alive: a unit that may be in use is not offered to new slots.
-    let alive = |d: &Path| s6::supervisor(d).maybe_alive();
-    u32::from(alive(path)) + u32::from(path.join(LOG_DIR).is_dir() && alive(&path.join(LOG_DIR)))
+    let alive = |d: &Path| {
+        let liveness = s6::supervisor(d);
+        super::tape::service_lock(None, d, &liveness);
+        liveness.maybe_alive()
+    };
+    u32::from(alive(path)) + u32::from(is_dir(&path.join(LOG_DIR)) && alive(&path.join(LOG_DIR)))
 }
 
 /// Units used by the daemon's own hidden directories whose supervisors still run.
 pub fn removing_units(scandir: &Path) -> u32 {
+    super::tape::opaque("the scandir was listed for removals");
     let Ok(entries) = std::fs::read_dir(scandir) else { return 0 };
     entries
         .flatten()
@@ -79,12 +89,16 @@ pub fn removing_units(scandir: &Path) -> u32 {
 
 /// Observes the scanner and the scandir's other entries.
 pub fn observe_scanner(scandir: &Path) -> ScannerObs {
-    let mut obs = ScannerObs { pid: s6::scanner_pid(scandir).ok().flatten(), ..Default::default() };
-    if let Some(pid) = obs.pid.filter(|p| *p > 0)
-        && let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline"))
-        && let Some(l) = parse_limit(&cmdline)
-    {
-        obs.limit_units = l;
+    let pid = s6::scanner_pid(scandir);
+    super::tape::scanner_lock(scandir, pid.as_ref().ok().copied().flatten(), pid.is_err());
+    let mut obs = ScannerObs { pid: pid.ok().flatten(), ..Default::default() };
+    if let Some(pid) = obs.pid.filter(|p| *p > 0) {
+        let path = format!("/proc/{pid}/cmdline");
+        let cmdline = std::fs::read(&path);
+        super::tape::read(Path::new(&path), &cmdline);
+        if let Some(l) = cmdline.ok().and_then(|c| parse_limit(&c)) {
+            obs.limit_units = l;
+        }
     }
     // The listing's names and types first (its buffer is held while it calls back); only
     // the entries that are not the daemon's slots are kept, so a re-list allocates nothing
@@ -109,7 +123,11 @@ pub fn observe_scanner(scandir: &Path) -> ScannerObs {
         }
         let is_link = kind == Kind::Symlink;
         // Not a symlink: the entry's own type (from the listing).
-        let meta = if is_link { std::fs::metadata(&path).map(|m| m.is_dir()) } else { Ok(kind == Kind::Dir) };
+        let meta = if is_link {
+            super::stat_base::StatBase::stat(None, &path).map(|m| m.dir)
+        } else {
+            Ok(kind == Kind::Dir)
+        };
         match meta {
             Err(_) if is_link => obs.dangling.push(name),
             Ok(true) => {

@@ -379,7 +379,7 @@ pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr, &Path) -> bool) -> Disc
         out.warnings.push(format!("{} could not be listed completely: {e}", profiles.display()));
     }
     let profiles_is_symlink =
-        std::fs::symlink_metadata(&profiles).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+        super::stat_base::StatBase::lstat(None, &profiles).map(|m| m.symlink).unwrap_or(false);
     let tombstones = Tombstones::list(profiles.join(TOMBSTONE_DIR));
     // Entries are stat'ed by their short paths under `profiles/` (issue 15: a re-list costs a
     // few path components per stat, not the whole absolute path).
@@ -450,8 +450,7 @@ pub fn probe(home: &Path, name: &ProfileName) -> Result<Option<NamedDir>, String
     else {
         return Ok(None);
     };
-    let is_link =
-        |p: &Path| std::fs::symlink_metadata(p).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+    let is_link = |p: &Path| super::stat_base::StatBase::lstat(None, p).map(|m| m.symlink).unwrap_or(false);
     let via_symlink = is_link(&dir) || is_link(&profiles);
     Ok(Some(NamedDir { name: name.clone(), dir, via_symlink, marker_plain }))
 }

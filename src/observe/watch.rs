@@ -366,9 +366,8 @@ type BaseId = (u64, u64, i64, i64);
 
 /// [`BaseId`] of the directory at `path` (symlinks followed), if it is one.
 fn base_identity(path: &Path) -> Option<BaseId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok().filter(|m| m.is_dir())?;
-    Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+    let k = StatBase::stat(None, path).ok().filter(|s| s.dir)?.key;
+    Some((k.dev, k.ino, k.ctime.0, k.ctime.1))
 }
 
 /// Identity of the directory at `path` (symlinks followed), if it is one.
@@ -445,6 +444,7 @@ impl Watcher {
         if dir_identity(path).is_none() {
             return Ok(false);
         }
+        super::tape::opaque("a watch was added");
         let poll = match &mut self.inner {
             Holder::Kernel(k) => {
                 return match k.watch(path) {
@@ -563,6 +563,7 @@ impl Watcher {
     /// Drops the watch of `profiles/<name>`. The kernel may already have dropped it (the
     /// entry was deleted): that is not an error.
     fn unwatch(&mut self, name: &str) {
+        super::tape::opaque("a watch was dropped");
         if self.profiles.remove(name).is_some() {
             let path = self.home.join("profiles").join(name);
             match &mut self.inner {

@@ -211,9 +211,9 @@ fn watch_limit_exhaustion_falls_back_to_relisting() {
 }
 
 /// A re-list that finds the world as its last settled pass left it plans nothing (issue 15),
-/// but one that finds a change still converges it. The poller here is an hour away, so only
-/// the periodic re-list (every second) can see the changes: a settled daemon must keep
-/// noticing, again and again, both ways.
+/// and the ones after it only replay what it read, but one that finds a change still
+/// converges it. The poller here is an hour away, so only the periodic re-list (every second)
+/// can see the changes: a settled daemon must keep noticing, again and again, both ways.
 #[test]
 fn settled_relists_still_converge_what_only_a_relist_sees() {
     root_only!();
@@ -233,8 +233,18 @@ fn settled_relists_still_converge_what_only_a_relist_sees() {
     for (round, (work, idle)) in
         [("stopped", "running"), ("running", "stopped"), ("stopped", "stopped")].into_iter().enumerate()
     {
-        // Long enough for re-lists that find nothing new (the daemon settles in between).
-        std::thread::sleep(std::time::Duration::from_millis(2500));
+        // Until re-lists find nothing new (the daemon settles in between) and, the files
+        // written last being old enough (two seconds), one only replays what another read.
+        let replays = d.log_lines_with(&["re-list replayed unchanged"]).len();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while d.log_lines_with(&["re-list replayed unchanged"]).len() <= replays {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no replayed re-list:\n{}",
+                d.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         set_desired(&w.profile_dir("work"), work);
         set_desired(&w.profile_dir("idle"), idle);
         let want = |v: &str| if v == "running" { Want::Up } else { Want::Down };
