@@ -249,9 +249,21 @@ impl Listing {
     /// The listing of `dir` ended (`failed`: with this error).
     pub(crate) fn done(self, dir: &Path, failed: Option<&std::io::Error>) {
         with(|r| {
+            // A directory listed again with the same answer (an observation lists `profiles/`
+            // and the scandir twice) is one step: a replay that gets that answer once would
+            // get it for both, and one that does not fails either way.
+            let failed = failed.map(errno);
+            let t = &r.tape;
+            let again = t.steps.iter().any(|s| {
+                matches!(*s, Step::List { dir: d, entries: e, failed: f }
+                    if f == failed && t.get(d) == dir.as_os_str().as_bytes() && t.get(e) == &self.bytes[..])
+            });
+            if again {
+                return;
+            }
             let dir = r.tape.put(dir.as_os_str().as_bytes());
             let entries = r.tape.put(&self.bytes);
-            r.tape.steps.push(Step::List { dir, entries, failed: failed.map(errno) });
+            r.tape.steps.push(Step::List { dir, entries, failed });
         });
     }
 }
@@ -561,6 +573,16 @@ mod tests {
             assert!(tape.unchanged(), "{what}: nothing changed yet");
             let Some(change) = change else {
                 assert!(tape.unchanged(), "a replay changes nothing itself");
+                let listed: Vec<&[u8]> = tape
+                    .steps
+                    .iter()
+                    .filter_map(|s| match *s {
+                        Step::List { dir, .. } => Some(tape.get(dir)),
+                        _ => None,
+                    })
+                    .collect();
+                let distinct: std::collections::BTreeSet<&[u8]> = listed.iter().copied().collect();
+                assert_eq!(listed.len(), distinct.len(), "a directory listed twice alike is one step");
                 assert_eq!(observe(&cfg, &mut slots, &mut files), second);
                 continue;
             };
