@@ -111,6 +111,15 @@ pub struct Tape {
     bases: Vec<PathBuf>,
 }
 
+/// Steps a tape holds at most: a recording past it is no tape (the next re-list observes in
+/// full, as before there were tapes). An observation makes a few steps per profile folder:
+/// about 1,200 at 400 profiles, 11,000 at 10,000 folders; the agent can make folders without
+/// end, and a tape must not double what it costs in memory.
+const MAX_STEPS: usize = 1 << 16;
+
+/// Bytes of paths, names and listings a tape holds at most (same reason).
+const MAX_ARENA: usize = 4 << 20;
+
 struct Recorder {
     tape: Tape,
     /// Why this recording cannot be replayed, once something made it so.
@@ -148,6 +157,10 @@ fn with(f: impl FnOnce(&mut Recorder)) {
             && r.opaque.is_none()
         {
             f(r);
+            if r.tape.steps.len() > MAX_STEPS || r.tape.arena.len() > MAX_ARENA {
+                r.opaque = Some("too much was read to keep it");
+                r.tape = Tape::default();
+            }
         }
     });
 }
@@ -233,10 +246,20 @@ pub(crate) fn stat(base: Option<&Path>, path: &Path, follow: bool, seen: &std::i
 #[derive(Default)]
 pub(crate) struct Listing {
     bytes: Vec<u8>,
+    /// Past [`MAX_ARENA`]: the recording is opaque, and nothing more is kept.
+    over: bool,
 }
 
 impl Listing {
     pub(crate) fn entry(&mut self, name: &[u8], kind: u8) {
+        if self.over {
+            return;
+        }
+        if self.bytes.len() + name.len() > MAX_ARENA {
+            opaque("too much was read to keep it");
+            (self.bytes, self.over) = (Vec::new(), true);
+            return;
+        }
         let Ok(len) = u16::try_from(name.len()) else {
             opaque("a name longer than a file system allows");
             return;
@@ -592,6 +615,18 @@ mod tests {
             assert_ne!(now, second, "{what}: the change is one an observation sees");
             assert!(!replayed, "{what}: the replay missed it");
         }
+    }
+
+    #[test]
+    fn a_recording_past_its_bound_is_no_tape_and_lets_go_of_its_memory() {
+        let t = tempfile::tempdir().unwrap();
+        let (_, tape) = record_trusting(i64::MAX, || {
+            for _ in 0..=MAX_STEPS {
+                let _ = StatBase::lstat(None, t.path());
+            }
+            RECORDER.with_borrow(|r| assert!(r.as_ref().unwrap().tape.steps.capacity() < MAX_STEPS));
+        });
+        assert!(tape.is_err_and(|why| why.contains("too much")));
     }
 
     #[test]
