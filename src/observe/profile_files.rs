@@ -23,10 +23,9 @@ use crate::observe::volume::{
     self, ENV_FILE, INTENT_FILE, IntentOutcome, IntentReading, LIFECYCLE_FILE, MAX_ENV_FILE,
 };
 use std::path::Path;
-use std::time::SystemTime;
 
-/// A file changed this recently (seconds) is re-read by the next pass.
-pub const RACY_SECS: i64 = 2;
+pub use super::identity::RACY_SECS;
+use super::identity::is_racy;
 
 /// Parsed results of one kind of file, by path and, within a pass, by inode.
 #[derive(Debug)]
@@ -52,18 +51,6 @@ impl<T> Default for IdentityCache<T> {
             racy_secs: RACY_SECS,
         }
     }
-}
-
-/// Is `key`'s last change within `racy_secs` of now (too recent for its times to tell a
-/// change made in the same clock tick apart)?
-fn is_racy(key: &FileKey, racy_secs: i64) -> bool {
-    key.mtime.0.max(key.ctime.0) >= now_secs().saturating_sub(racy_secs)
-}
-
-pub(crate) fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl<T: Clone> IdentityCache<T> {

@@ -18,21 +18,13 @@
 //! a file that is unchanged since it was read safely, and returns that file's parse: never
 //! content read through a symlink.
 
+pub use super::identity::FileKey;
+pub(crate) use super::identity::Stat;
+use super::identity::of;
 use nix::fcntl::{OFlag, open};
-use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
+use nix::sys::stat::{Mode, fstatat};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-
-/// What identifies a file's content without reading it: if none of these changed, neither
-/// did the content (every write updates mtime and ctime; a replacement is a new inode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileKey {
-    pub(crate) dev: u64,
-    pub(crate) ino: u64,
-    pub(crate) size: u64,
-    pub(crate) mtime: (i64, i64),
-    pub(crate) ctime: (i64, i64),
-}
 
 impl FileKey {
     /// The identity of whatever is at `path` (`lstat`: a symlink's own).
@@ -46,30 +38,6 @@ impl FileKey {
 pub struct StatBase {
     prefix: PathBuf,
     fd: OwnedFd,
-}
-
-/// What a stat says: the file's identity and whether it is a regular file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Stat {
-    pub(crate) key: FileKey,
-    pub(crate) regular: bool,
-    pub(crate) dir: bool,
-    pub(crate) symlink: bool,
-}
-
-fn of(st: &FileStat) -> Stat {
-    Stat {
-        key: FileKey {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: u64::try_from(st.st_size).unwrap_or(0),
-            mtime: (st.st_mtime, st.st_mtime_nsec),
-            ctime: (st.st_ctime, st.st_ctime_nsec),
-        },
-        regular: SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG,
-        dir: SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
-        symlink: SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK,
-    }
 }
 
 impl std::os::fd::AsFd for StatBase {
