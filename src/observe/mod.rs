@@ -219,9 +219,10 @@ pub fn observe_all_cached(
     profile_cache.set_base(stat_base::StatBase::open(&profiles));
     // Discovery asks it (`SOUL.md` known there), then the reads update it: one after the other.
     let shared = std::cell::RefCell::new(profile_cache);
-    let known = |entry: &std::ffi::OsStr, dir: &Path| {
-        let key = entry.to_str().and_then(dir_key);
-        key.is_some() && shared.borrow().marker_known(dir, key)
+    let known = |entry: &std::ffi::OsStr, dir: &Path| match entry.to_str().and_then(dir_key) {
+        Some(key) => shared.borrow().marker_known(dir, Some(key)),
+        // Not watched (over the cap): known by the folder's own identity.
+        None => shared.borrow_mut().folder_marker(entry),
     };
     let observed = observe_all_with(
         config,
