@@ -138,25 +138,37 @@ mod tests {
         w
     }
 
-    /// Each change to the world that a full observation sees, one per fresh world; `None`:
-    /// the world as it was.
-    #[allow(clippy::type_complexity)]
-    fn changes() -> Vec<(&'static str, Option<fn(&Config)>)> {
-        let mut v: Vec<(&'static str, Option<fn(&Config)>)> = vec![
-            ("nothing", None),
+    /// A change to the world, made on a fresh one.
+    enum Change {
+        Nothing,
+        /// A file written (made, or rewritten in place), by its path under the test's root.
+        Write(&'static str, &'static str),
+        Run(fn(&Config)),
+    }
+
+    impl Change {
+        fn make(&self, c: &Config) {
+            let root = c.home.parent().unwrap();
+            match self {
+                Change::Nothing => {}
+                Change::Write(rel, content) => fs::write(root.join(rel), content).unwrap(),
+                Change::Run(f) => f(c),
+            }
+        }
+    }
+
+    /// Each change to the world that a full observation sees.
+    fn changes() -> Vec<(&'static str, Change)> {
+        use Change::*;
+        vec![
+            ("nothing", Nothing),
             (
                 "an intent rewritten in place, same size",
-                Some(|c| {
-                    fs::write(
-                        c.home.join("profiles/alpha/gateway_state.json"),
-                        r#"{"desired_state":"stopped"}"#,
-                    )
-                    .unwrap()
-                }),
+                Write("home/profiles/alpha/gateway_state.json", r#"{"desired_state":"stopped"}"#),
             ),
             (
                 "an intent replaced by a rename",
-                Some(|c| {
+                Run(|c| {
                     let tmp = c.home.join("profiles/beta/.tmp");
                     fs::write(&tmp, r#"{"desired_state":"running"}"#).unwrap();
                     fs::rename(tmp, c.home.join("profiles/beta/gateway_state.json")).unwrap();
@@ -164,83 +176,50 @@ mod tests {
             ),
             (
                 "a profile made",
-                Some(|c| {
+                Run(|c| {
                     fs::create_dir(c.home.join("profiles/gamma")).unwrap();
                     fs::write(c.home.join("profiles/gamma/SOUL.md"), "").unwrap();
                 }),
             ),
-            ("a profile removed", Some(|c| fs::remove_dir_all(c.home.join("profiles/beta")).unwrap())),
-            ("a marker removed", Some(|c| fs::remove_file(c.home.join("profiles/alpha/SOUL.md")).unwrap())),
-            ("a tombstone laid", Some(|c| fs::write(c.home.join("profiles/.deleted/alpha"), "").unwrap())),
-            (
-                "a port set in .env",
-                Some(|c| fs::write(c.home.join("profiles/alpha/.env"), "API_SERVER_PORT=1\n").unwrap()),
-            ),
-            (
-                "an .env made",
-                Some(|c| fs::write(c.home.join("profiles/beta/.env"), "API_SERVER_PORT=1\n").unwrap()),
-            ),
+            ("a profile removed", Run(|c| fs::remove_dir_all(c.home.join("profiles/beta")).unwrap())),
+            ("a marker removed", Run(|c| fs::remove_file(c.home.join("profiles/alpha/SOUL.md")).unwrap())),
+            ("a tombstone laid", Write("home/profiles/.deleted/alpha", "")),
+            ("a port set in .env", Write("home/profiles/alpha/.env", "API_SERVER_PORT=1\n")),
+            ("an .env made", Write("home/profiles/beta/.env", "API_SERVER_PORT=1\n")),
             (
                 "a lifecycle file made",
-                Some(|c| {
-                    fs::write(
-                        c.home.join("profiles/alpha/state/gateway.lifecycle.json"),
-                        r#"{"phase":"running"}"#,
-                    )
-                    .unwrap()
-                }),
+                Write("home/profiles/alpha/state/gateway.lifecycle.json", r#"{"phase":"running"}"#),
             ),
             (
                 "a lifecycle file rewritten",
-                Some(|c| {
-                    fs::write(
-                        c.home.join("profiles/beta/state/gateway.lifecycle.json"),
-                        r#"{"phase":"running"}"#,
-                    )
-                    .unwrap()
-                }),
+                Write("home/profiles/beta/state/gateway.lifecycle.json", r#"{"phase":"running"}"#),
             ),
             (
                 "a config.yaml made",
-                Some(|c| {
-                    fs::write(c.home.join("profiles/alpha/config.yaml"), "gateway:\n  standalone: true\n")
-                        .unwrap()
-                }),
+                Write("home/profiles/alpha/config.yaml", "gateway:\n  standalone: true\n"),
             ),
-            (
-                "the port record rewritten",
-                Some(|c| fs::write(c.home.join(".gateway-ports.json"), r#"{"alpha":8651}"#).unwrap()),
-            ),
-            (
-                "the root's intent made",
-                Some(|c| {
-                    fs::write(c.home.join("gateway_state.json"), r#"{"desired_state":"running"}"#).unwrap()
-                }),
-            ),
-            ("a slot removed", Some(|c| fs::remove_dir_all(c.scandir.join("gateway-beta")).unwrap())),
-            (
-                "a slot's down file made",
-                Some(|c| fs::write(c.scandir.join("gateway-alpha/down"), "").unwrap()),
-            ),
+            ("the port record rewritten", Write("home/.gateway-ports.json", r#"{"alpha":8651}"#)),
+            ("the root's intent made", Write("home/gateway_state.json", r#"{"desired_state":"running"}"#)),
+            ("a slot removed", Run(|c| fs::remove_dir_all(c.scandir.join("gateway-beta")).unwrap())),
+            ("a slot's down file made", Write("scandir/gateway-alpha/down", "")),
             (
                 "a dangling link in the scandir",
-                Some(|c| std::os::unix::fs::symlink("/nonexistent", c.scandir.join("dangling")).unwrap()),
+                Run(|c| std::os::unix::fs::symlink("/nonexistent", c.scandir.join("dangling")).unwrap()),
             ),
             (
                 "a foreign service's logger made",
-                Some(|c| fs::create_dir(c.scandir.join("other-service/log")).unwrap()),
+                Run(|c| fs::create_dir(c.scandir.join("other-service/log")).unwrap()),
             ),
             (
                 "profiles/ replaced by a symlink to a copy",
-                Some(|c| {
+                Run(|c| {
                     let copy = c.home.join("copy");
                     fs::rename(c.home.join("profiles"), &copy).unwrap();
                     std::os::unix::fs::symlink(&copy, c.home.join("profiles")).unwrap();
                 }),
             ),
-        ];
-        v.push(("a profile directory swapped for a symlink", Some(swap)));
-        v
+            ("a profile directory swapped for a symlink", Run(swap)),
+        ]
     }
 
     fn swap(c: &Config) {
@@ -264,7 +243,7 @@ mod tests {
             let tape = tape.unwrap_or_else(|why| panic!("{what}: a settled observation is a tape: {why}"));
             assert!(tape.len() > 10, "{what}: {} steps", tape.len());
             assert!(tape.unchanged(), "{what}: nothing changed yet");
-            let Some(change) = change else {
+            if matches!(change, Change::Nothing) {
                 assert!(tape.unchanged(), "a replay changes nothing itself");
                 let listed: Vec<&[u8]> = tape
                     .steps
@@ -278,8 +257,8 @@ mod tests {
                 assert_eq!(listed.len(), distinct.len(), "a directory listed twice alike is one step");
                 assert_eq!(observe(&cfg, &mut slots, &mut files), second);
                 continue;
-            };
-            change(&cfg);
+            }
+            change.make(&cfg);
             let replayed = tape.unchanged();
             let now = observe(&cfg, &mut slots, &mut files);
             assert_ne!(now, second, "{what}: the change is one an observation sees");
