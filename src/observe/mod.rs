@@ -173,7 +173,7 @@ pub fn observe_all(config: &Config, proc_root: Option<&Path>) -> Observed {
         config,
         proc_root,
         &mut slots::SlotFileCache::default(),
-        &|_, _| false,
+        &|_, _| None,
         &mut |p, _| read_profile_files_uncached(p),
         &mut read_ports,
     )
@@ -191,7 +191,7 @@ pub fn observe_names(config: &Config, proc_root: Option<&Path>) -> Observed {
         config,
         proc_root,
         &mut slots::SlotFileCache::default(),
-        &|_, _| false,
+        &|_, _| None,
         read_root,
         &mut read_ports,
     )
@@ -220,7 +220,7 @@ pub fn observe_all_cached(
     // Discovery asks it (`SOUL.md` known there), then the reads update it: one after the other.
     let shared = std::cell::RefCell::new(profile_cache);
     let known = |entry: &std::ffi::OsStr, dir: &Path| match entry.to_str().and_then(dir_key) {
-        Some(key) => shared.borrow().marker_known(dir, Some(key)),
+        Some(key) => shared.borrow().marker_known(dir, Some(key)).then_some(true),
         // Not watched (over the cap): known by the folder's own identity.
         None => shared.borrow_mut().folder_marker(entry),
     };
@@ -249,7 +249,7 @@ fn observe_all_with(
     config: &Config,
     proc_root: Option<&Path>,
     cache: &mut slots::SlotFileCache,
-    marker_known: &dyn Fn(&std::ffi::OsStr, &Path) -> bool,
+    marker_known: &dyn Fn(&std::ffi::OsStr, &Path) -> Option<bool>,
     read: &mut dyn FnMut(&mut ProfileObs, bool),
     ports: &mut dyn FnMut(&Path) -> PortsReading,
 ) -> Observed {

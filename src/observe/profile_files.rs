@@ -153,13 +153,14 @@ pub struct ProfileFileCache {
     generation: u64,
     /// Tests make every directory look old enough to remember ([`RACY_SECS`] otherwise).
     racy_secs: Option<i64>,
-    /// Folders of `profiles/` nobody watches (over the capacity cap) seen holding a `SOUL.md`
-    /// that is no symlink, by name: the folder's identity then, and the last full pass that
-    /// used it. While the folder keeps that identity the marker is still there (the rule of
-    /// [`Absent`]), and discovery looks up the folder instead of its marker: one path
-    /// component instead of two, for each of the thousands of folders a volume may hold
-    /// over the cap. At most [`MAX_FOLDER_MARKS`].
-    folder_marks: FastMap<std::ffi::OsString, (FileKey, u64)>,
+    /// Folders of `profiles/` nobody watches (over the capacity cap), by name: the folder's
+    /// identity when its `SOUL.md` was last looked up, whether a marker that is no symlink was
+    /// there (`false`: none at all), and the last full pass that used it. While the folder
+    /// keeps that identity the answer stands (the rule of [`Absent`]: making, removing or
+    /// renaming an entry changes a directory's times), and discovery looks up the folder
+    /// instead of its marker: one path component instead of two, for each of the thousands of
+    /// folders a volume may hold over the cap. At most [`MAX_FOLDER_MARKS`].
+    folder_marks: FastMap<std::ffi::OsString, (FileKey, bool, u64)>,
 }
 
 /// Folders whose marker is kept by identity at most: past it, the others' markers are looked
@@ -235,30 +236,33 @@ impl ProfileFileCache {
     }
 
     /// Does the entry `name` of `profiles/` (a real directory, not watched: no identity of
-    /// it is known from this pass) hold a `SOUL.md` that is no symlink? `true` only when
-    /// known: the folder is looked up (its identity taken first), and its marker too unless
-    /// the folder kept the identity it had when the marker was last seen. `false`: discovery
-    /// looks the marker up itself, with its own rules for what is not plainly there.
-    pub fn folder_marker(&mut self, name: &std::ffi::OsStr) -> bool {
-        let Some(base) = self.base.as_ref() else { return false };
-        let Some(name_str) = name.to_str() else { return false };
-        let Some(key) = base.stat_entry(name_str).ok().filter(|s| s.dir).map(|s| s.key) else { return false };
+    /// it is known from this pass) hold its `SOUL.md`? The folder is looked up first (its
+    /// identity taken before anything in it), then its marker unless the folder kept the
+    /// identity it had when the marker was last looked up. `Some(true)`: a marker that is no
+    /// symlink; `Some(false)`: no marker at all; `None`: discovery looks for itself, with its
+    /// own rules for a symlinked marker or a lookup that failed.
+    pub fn folder_marker(&mut self, name: &std::ffi::OsStr) -> Option<bool> {
+        let base = self.base.as_ref()?;
+        let key = base.stat_entry(name.to_str()?).ok().filter(|s| s.dir)?.key;
         let generation = self.generation;
-        if let Some((k, used)) = self.folder_marks.get_mut(name)
+        if let Some((k, there, used)) = self.folder_marks.get_mut(name)
             && *k == key
         {
             *used = generation;
-            return true;
+            return Some(*there);
         }
         let marker = child(&child(base.path(), name), crate::layout::home::MARKER_FILE);
-        let plain = StatBase::lstat(Some(base), &marker).is_ok_and(|st| !st.symlink);
-        if plain
-            && !is_racy(&key, self.racy_secs.unwrap_or(RACY_SECS))
+        let there = match StatBase::lstat(Some(base), &marker) {
+            Ok(st) if !st.symlink => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            _ => return None,
+        };
+        if !is_racy(&key, self.racy_secs.unwrap_or(RACY_SECS))
             && (self.folder_marks.len() < MAX_FOLDER_MARKS || self.folder_marks.contains_key(name))
         {
-            self.folder_marks.insert(name.to_owned(), (key, generation));
+            self.folder_marks.insert(name.to_owned(), (key, there, generation));
         }
-        plain
+        Some(there)
     }
 
     /// What the directory being read lacked when it last had its present identity.
@@ -353,7 +357,7 @@ impl ProfileFileCache {
     pub fn end_full_pass(&mut self) {
         let generation = self.generation;
         self.absent.retain(|_, a| a.used == generation);
-        self.folder_marks.retain(|_, (_, used)| *used == generation);
+        self.folder_marks.retain(|_, (_, _, used)| *used == generation);
         self.generation += 1;
         self.ports.end_full_pass();
         self.yaml.end_full_pass();
@@ -570,8 +574,8 @@ mod tests {
     }
 
     /// A folder nobody watches: its marker is looked up once, then known from the folder's
-    /// identity alone (one lookup instead of two) until the folder changes; a recent folder
-    /// is not remembered; a missing or symlinked marker is never known.
+    /// identity alone (one lookup instead of two) until the folder changes, there or not; a
+    /// recent folder is not remembered; a symlinked marker is left to discovery.
     #[test]
     fn an_unwatched_folder_keeps_its_marker_by_its_own_identity() {
         use crate::observe::tape::record_trusting;
@@ -589,21 +593,22 @@ mod tests {
         // Changed just now: looked up each time, not remembered.
         let mut fresh = ProfileFileCache::default();
         fresh.set_base(StatBase::open(&profiles));
-        assert_eq!(lookups(&mut fresh, "p"), (true, 2));
-        assert_eq!(lookups(&mut fresh, "p"), (true, 2), "a recent folder is not remembered");
+        assert_eq!(lookups(&mut fresh, "p"), (Some(true), 2));
+        assert_eq!(lookups(&mut fresh, "p"), (Some(true), 2), "a recent folder is not remembered");
         let mut c = ProfileFileCache { racy_secs: Some(-1_000_000), ..Default::default() };
         c.set_base(StatBase::open(&profiles));
-        assert_eq!(lookups(&mut c, "p"), (true, 2), "the folder, then its marker");
-        assert_eq!(lookups(&mut c, "p"), (true, 1), "the folder alone");
-        assert_eq!(lookups(&mut c, "bare"), (false, 2));
-        assert_eq!(lookups(&mut c, "bare"), (false, 2), "no marker: looked up again");
-        assert_eq!(lookups(&mut c, "linked"), (false, 2), "a symlinked marker is discovery's to judge");
-        assert_eq!(lookups(&mut c, "gone"), (false, 1));
+        assert_eq!(lookups(&mut c, "p"), (Some(true), 2), "the folder, then its marker");
+        assert_eq!(lookups(&mut c, "p"), (Some(true), 1), "the folder alone");
+        assert_eq!(lookups(&mut c, "bare"), (Some(false), 2));
+        assert_eq!(lookups(&mut c, "bare"), (Some(false), 1), "no marker: known too");
+        assert_eq!(lookups(&mut c, "linked"), (None, 2), "a symlinked marker is discovery's to judge");
+        assert_eq!(lookups(&mut c, "linked"), (None, 2));
+        assert_eq!(lookups(&mut c, "gone"), (None, 1));
         fs::remove_file(profiles.join("p/SOUL.md")).unwrap();
-        assert_eq!(lookups(&mut c, "p"), (false, 2), "the folder changed: its marker looked up");
+        assert_eq!(lookups(&mut c, "p"), (Some(false), 2), "the folder changed: its marker looked up");
+        fs::write(profiles.join("bare/SOUL.md"), "").unwrap();
+        assert_eq!(lookups(&mut c, "bare"), (Some(true), 2), "a marker made changes the folder");
         // Forgotten by a full pass that did not use it.
-        fs::write(profiles.join("p/SOUL.md"), "").unwrap();
-        assert_eq!(lookups(&mut c, "p"), (true, 2));
         c.end_full_pass();
         c.end_full_pass();
         assert!(c.folder_marks.is_empty());

@@ -99,7 +99,8 @@ mod tests {
     use std::fs;
     use std::path::Path;
 
-    /// A home with two profiles (one with `.env` and a lifecycle file), a tombstone
+    /// A home with two profiles (one with `.env` and a lifecycle file), a folder without a
+    /// marker, a tombstone
     /// directory, a port record, and a scandir with their slots and a foreign service.
     fn world() -> (tempfile::TempDir, Config) {
         let t = tempfile::tempdir().unwrap();
@@ -114,6 +115,8 @@ mod tests {
         fs::write(profiles.join("alpha/.env"), "OTHER=1\n").unwrap();
         fs::write(profiles.join("beta/state/gateway.lifecycle.json"), r#"{"phase":"exited"}"#).unwrap();
         fs::create_dir_all(profiles.join(".deleted")).unwrap();
+        // A folder without a marker: no profile, until one is made.
+        fs::create_dir_all(profiles.join("delta")).unwrap();
         fs::write(home.join("SOUL.md"), "# root\n").unwrap();
         fs::write(home.join(".gateway-ports.json"), r#"{"alpha":8650}"#).unwrap();
         let scandir = t.path().join("scandir");
@@ -184,6 +187,7 @@ mod tests {
             ("a profile removed", Run(|c| fs::remove_dir_all(c.home.join("profiles/beta")).unwrap())),
             ("a marker removed", Run(|c| fs::remove_file(c.home.join("profiles/alpha/SOUL.md")).unwrap())),
             ("a tombstone laid", Write("home/profiles/.deleted/alpha", "")),
+            ("a marker made in a folder without one", Write("home/profiles/delta/SOUL.md", "")),
             ("a port set in .env", Write("home/profiles/alpha/.env", "API_SERVER_PORT=1\n")),
             ("an .env made", Write("home/profiles/beta/.env", "API_SERVER_PORT=1\n")),
             (

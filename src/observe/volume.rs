@@ -346,13 +346,14 @@ fn is_absent(e: &io::Error) -> bool {
 /// list them): a missing `profiles/` is an empty result, any other failure to list it is an
 /// empty result with a warning.
 pub fn discover(home: &Path) -> Discovery {
-    discover_with(home, &|_, _| false)
+    discover_with(home, &|_, _| None)
 }
 
-/// [`discover`], sparing the `SOUL.md` lookup of the real directories `known` names (entries
-/// of `profiles/` whose marker is known to be there: see
-/// [`crate::observe::profile_files::ProfileFileCache::marker_known`]).
-pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr, &Path) -> bool) -> Discovery {
+/// [`discover`], sparing the `SOUL.md` lookup of the real directories whose marker `known`
+/// can tell: `Some(true)`, a marker that is no symlink is there; `Some(false)`, no marker is
+/// (the entry is no profile); `None`, look (see
+/// [`crate::observe::profile_files::ProfileFileCache::marker_known`] and `folder_marker`).
+pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr, &Path) -> Option<bool>) -> Discovery {
     let profiles = home.join(PROFILES_DIR);
     let mut out = Discovery::default();
     // The names first, into one buffer (the listing holds its own while it calls back): no
@@ -403,7 +404,7 @@ pub fn discover_with(home: &Path, known: &dyn Fn(&OsStr, &Path) -> bool) -> Disc
             listing::Kind::Symlink => EntryKind::Follow,
             _ => continue, // a file, a FIFO...: never a profile
         };
-        let marker_known = matches!(kind, EntryKind::Directory) && known(file_name, &dir);
+        let marker_known = if matches!(kind, EntryKind::Directory) { known(file_name, &dir) } else { None };
         let marker_plain =
             match classify_entry(base.as_ref(), &dir, kind, &tombstones, file_name, marker_known) {
                 Ok(Some(plain)) => plain,
@@ -446,7 +447,7 @@ pub fn probe(home: &Path, name: &ProfileName) -> Result<Option<NamedDir>, String
     let dir = profiles.join(name.as_str());
     let tombstones = Tombstones::PerEntry(profiles.join(TOMBSTONE_DIR));
     let Some(marker_plain) =
-        classify_entry(None, &dir, EntryKind::Follow, &tombstones, OsStr::new(name.as_str()), false)?
+        classify_entry(None, &dir, EntryKind::Follow, &tombstones, OsStr::new(name.as_str()), None)?
     else {
         return Ok(None);
     };
@@ -501,7 +502,7 @@ fn classify_entry(
     kind: EntryKind,
     tombstones: &Tombstones,
     file_name: &OsStr,
-    known: bool,
+    known: Option<bool>,
 ) -> Result<Option<bool>, String> {
     use super::stat_base::StatBase;
     if let EntryKind::Follow = kind {
@@ -512,7 +513,10 @@ fn classify_entry(
             Err(e) => return Err(format!("{} cannot be examined: {e}", dir.display())),
         }
     }
-    let plain = if known {
+    let plain = if let Some(there) = known {
+        if !there {
+            return Ok(None);
+        }
         true
     } else {
         // Not followed first: a marker that is no symlink is one entry of the directory,
@@ -1120,8 +1124,11 @@ mod tests {
         assert!(got.named.iter().all(|d| d.marker_plain == (d.name.as_str() == "plain")));
         // `trusted` has no marker: said to be known, it is not looked up (the proof), and
         // symlinked entries are always looked at.
-        let got = discover_with(h.path(), &|n, _| n == "trusted");
+        let got = discover_with(h.path(), &|n, _| (n == "trusted").then_some(true));
         assert_eq!(names(&got), ["linked", "plain", "trusted"]);
+        // Said to be known without a marker, `plain` is not looked up either: no profile.
+        let got = discover_with(h.path(), &|n, _| (n == "plain").then_some(false));
+        assert_eq!(names(&got), ["linked"]);
         // A dangling symlink is no marker.
         std::fs::remove_file(h.profiles().join("plain").join(MARKER_FILE)).unwrap();
         assert!(h.discover().named.is_empty());
