@@ -100,8 +100,8 @@ mod tests {
     use std::path::Path;
 
     /// A home with two profiles (one with `.env` and a lifecycle file), a folder without a
-    /// marker, a tombstone
-    /// directory, a port record, and a scandir with their slots and a foreign service.
+    /// marker, a tombstone directory, a port record, and a scandir with their slots and a
+    /// foreign service.
     fn world() -> (tempfile::TempDir, Config) {
         let t = tempfile::tempdir().unwrap();
         let home = t.path().join("home");
