@@ -48,7 +48,35 @@ async fn forward(mut signals: Signals, shutdown: Shutdown, hangups: mpsc::Sender
     }
 }
 
+/// Most descriptors the daemon asks for: enough for two per slot (a slot's lock file and its
+/// supervisor's pidfd, [`crate::observe::slots`]) at any cap s6 allows, with room to spare.
+const WANTED_DESCRIPTORS: u64 = 16_384;
+
+/// Raises the soft limit on open descriptors toward the hard one. Container runtimes often
+/// set the soft limit to 1,024, which leaves the slot cache room for lock files only: every
+/// re-list would then ask every lock (issue 15). Raising it is safe here: the daemon never
+/// uses `select(2)` and never starts a process that could inherit the limit. If it cannot
+/// be raised, the slot cache fits in what there is.
+fn raise_descriptor_limit() {
+    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read or write the struct they are given, nothing else.
+    unsafe {
+        if nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = WANTED_DESCRIPTORS.min(lim.rlim_max);
+        if lim.rlim_cur < want {
+            let was = lim.rlim_cur;
+            lim.rlim_cur = want;
+            if nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(from = was, to = want, "raised the soft limit on open descriptors");
+            }
+        }
+    }
+}
+
 pub fn run(config: Config, applier: Applier, notify_fd: Option<i32>) -> i32 {
+    raise_descriptor_limit();
     let shutdown = applier.shutdown.clone();
     if let Err(e) = shutdown.install() {
         tracing::error!("cannot install signal handlers: {e}");

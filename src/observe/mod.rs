@@ -16,8 +16,11 @@ pub mod safe_read;
 pub mod slots;
 pub mod stat_base;
 pub mod status_record;
+pub mod supervisor_watch;
 pub mod svscan;
 pub mod tape;
+#[cfg(test)]
+pub(crate) mod test_lock;
 pub mod volume;
 pub mod watch;
 

@@ -97,7 +97,6 @@ mod tests {
     use crate::observe::slots::SlotFileCache;
     use crate::world::Observed;
     use std::fs;
-    use std::path::Path;
 
     /// A home with two profiles (one with `.env` and a lifecycle file), a folder without a
     /// marker, a tombstone directory, a port record, and a scandir with their slots and a
@@ -297,59 +296,61 @@ mod tests {
         opaque("ignored");
     }
 
-    /// A child process holding a POSIX write lock on `path` (as s6-supervise does), killed
-    /// when dropped.
-    struct Holder(nix::unistd::Pid);
-
-    impl Holder {
-        fn lock(path: &Path) -> Holder {
-            use nix::libc;
-            let file = fs::File::options().create(true).truncate(false).write(true).open(path).unwrap();
-            let (r, w) = nix::unistd::pipe().unwrap();
-            // SAFETY: the child makes only async-signal-safe system calls (fcntl, write,
-            // pause) on descriptors it inherited, then waits to be killed.
-            match unsafe { nix::unistd::fork() }.unwrap() {
-                nix::unistd::ForkResult::Child => unsafe {
-                    use std::os::fd::AsRawFd;
-                    let mut fl: libc::flock = std::mem::zeroed();
-                    fl.l_type = libc::F_WRLCK as libc::c_short;
-                    fl.l_whence = libc::SEEK_SET as libc::c_short;
-                    libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl);
-                    libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1);
-                    loop {
-                        libc::pause();
-                    }
-                },
-                nix::unistd::ForkResult::Parent { child } => {
-                    drop(w);
-                    let mut b = [0u8; 1];
-                    assert_eq!(nix::unistd::read(&r, &mut b).unwrap(), 1, "the child holds the lock");
-                    Holder(child)
-                }
-            }
-        }
-    }
-
-    impl Drop for Holder {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(self.0, None);
-        }
-    }
-
     #[test]
     fn a_held_lock_is_replayed_and_its_release_seen() {
         let (_t, cfg) = world();
-        let holder = Holder::lock(&cfg.scandir.join("gateway-alpha/supervise/lock"));
+        let holder =
+            crate::observe::test_lock::Holder::lock(&cfg.scandir.join("gateway-alpha/supervise/lock"));
         let (mut slots, mut files) = (SlotFileCache::watching(), ProfileFileCache::trusting_recent());
         let first = observe(&cfg, &mut slots, &mut files);
         let alpha = crate::model::ProfileName::parse_named("alpha").unwrap();
         assert!(first.scandir.slots[&alpha].supervised, "the held lock is seen");
         let (_, tape) = record_trusting(i64::MAX, || observe(&cfg, &mut slots, &mut files));
         let tape = tape.unwrap();
+        assert_eq!(held_locks(&tape), 1, "the lock is asked while its holder is not yet followed");
         assert!(tape.unchanged());
+        // From now on its holder is followed: the lock is no longer asked.
+        let (again, followed) = record_trusting(i64::MAX, || observe(&cfg, &mut slots, &mut files));
+        let followed = followed.unwrap();
+        assert!(again.scandir.slots[&alpha].supervised);
+        assert_eq!(held_locks(&followed), 0, "a followed holder's lock is not asked");
+        assert!(followed.unchanged());
         drop(holder);
         assert!(!tape.unchanged(), "the released lock is seen");
+        assert!(!followed.unchanged(), "the holder's exit is seen");
+        assert!(!observe(&cfg, &mut slots, &mut files).scandir.slots[&alpha].supervised);
+    }
+
+    fn held_locks(tape: &Tape) -> usize {
+        tape.steps.iter().filter(|s| matches!(s, Step::Lock { at: LockAt::Held(_), .. })).count()
+    }
+
+    /// A supervisor that exits and is replaced (s6-svscan starts a new one) between two
+    /// re-lists: the new holder is seen, and followed in its turn.
+    #[test]
+    fn a_replaced_supervisor_is_seen_and_followed_anew() {
+        let (_t, cfg) = world();
+        let lock = cfg.scandir.join("gateway-alpha/supervise/lock");
+        let holder = crate::observe::test_lock::Holder::lock(&lock);
+        let (mut slots, mut files) = (SlotFileCache::watching(), ProfileFileCache::trusting_recent());
+        let alpha = crate::model::ProfileName::parse_named("alpha").unwrap();
+        for _ in 0..2 {
+            observe(&cfg, &mut slots, &mut files);
+        }
+        let (_, tape) = record_trusting(i64::MAX, || observe(&cfg, &mut slots, &mut files));
+        let tape = tape.unwrap();
+        assert_eq!(held_locks(&tape), 0);
+        drop(holder);
+        let successor = crate::observe::test_lock::Holder::lock(&lock);
+        assert!(!tape.unchanged(), "the first supervisor's exit is seen");
+        let (seen, tape) = record_trusting(i64::MAX, || observe(&cfg, &mut slots, &mut files));
+        assert!(seen.scandir.slots[&alpha].supervised, "the successor holds the lock");
+        assert_eq!(held_locks(&tape.unwrap()), 1, "its lock is asked once");
+        let (_, tape) = record_trusting(i64::MAX, || observe(&cfg, &mut slots, &mut files));
+        let tape = tape.unwrap();
+        assert_eq!(held_locks(&tape), 0, "then the successor is followed");
+        drop(successor);
+        assert!(!tape.unchanged());
         assert!(!observe(&cfg, &mut slots, &mut files).scandir.slots[&alpha].supervised);
     }
 }

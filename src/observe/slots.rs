@@ -7,6 +7,7 @@ use crate::model::{KICK_ENTRY, ProfileName, SlotRecord, is_own_hidden_entry};
 use crate::observe::drift_watch::DriftWatch;
 use crate::observe::safe_read::read_bounded;
 use crate::observe::stat_base::{FileKey, StatBase};
+use crate::observe::supervisor_watch::{Followed, SupervisorWatch};
 pub use crate::world::{ScandirObs, SlotObs};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -35,10 +36,14 @@ pub struct SlotFileCache {
     base: Option<StatBase>,
     /// Which slots changed since their last reading (`None`: every slot is read every time).
     drift: Option<DriftWatch>,
+    /// The supervisors of the standing readings, followed by their process (`None`: each
+    /// re-list asks every lock).
+    supervisors: Option<SupervisorWatch>,
     /// The last reading of each watched slot (its `supervised` is asked afresh each time), by
     /// slot directory.
     readings: FastMap<OsString, Reading>,
-    /// How many more lock files [`Reading::lock`] may hold open (see [`lock_budget`]).
+    /// How many more descriptors [`Reading::lock`] and [`Reading::holder`] may hold open
+    /// (see [`lock_budget`]).
     locks_left: usize,
     /// The names of the slots listed, with the generation of the last pass that listed each:
     /// a re-list shares the name it made before instead of making one per slot.
@@ -55,10 +60,22 @@ struct Reading {
     /// the same until something replaces `supervise/`, which the slot's watch sees, so each
     /// re-list asks it with one `fcntl` ([`crate::s6::supervisor_by`]).
     lock: Option<std::fs::File>,
+    /// The pidfd of the supervisor holding `lock`, followed by [`SupervisorWatch`]: while
+    /// it is set, that process has not exited at the last drain, so the lock is still its
+    /// and need not be asked.
+    holder: Option<Followed>,
 }
 
-/// Lock files held open at most: what leaves half of the soft descriptor limit, less a
-/// reserve, to everything else (1024 gives 384; slots past it are asked by path).
+impl Reading {
+    /// Descriptors it holds (against [`SlotFileCache::locks_left`]).
+    fn fds(&self) -> usize {
+        usize::from(self.lock.is_some()) + usize::from(self.holder.is_some())
+    }
+}
+
+/// Lock files and pidfds held open at most: what leaves half of the soft descriptor limit,
+/// less a reserve, to everything else (1024 gives 384: 192 slots with both; slots past it
+/// are asked by path, or by their lock).
 fn lock_budget() -> usize {
     let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct it is given, nothing else.
@@ -75,7 +92,10 @@ impl SlotFileCache {
         let drift = DriftWatch::new()
             .map_err(|e| tracing::debug!("slots read at every re-list (no inotify for them: {e})"))
             .ok();
-        SlotFileCache { drift, locks_left: lock_budget(), ..Default::default() }
+        let supervisors = SupervisorWatch::new()
+            .map_err(|e| tracing::debug!("every lock asked at every re-list (no epoll: {e})"))
+            .ok();
+        SlotFileCache { drift, supervisors, locks_left: lock_budget(), ..Default::default() }
     }
 
     /// Takes in the changes queued since the last call: before any reading is trusted.
@@ -83,6 +103,29 @@ impl SlotFileCache {
         if let Some(d) = self.drift.as_mut() {
             d.drain();
         }
+        let Some(w) = self.supervisors.as_ref() else { return };
+        match w.deaths() {
+            Ok(dead) if dead.is_empty() => {}
+            Ok(dead) => {
+                for r in self.readings.values_mut() {
+                    if r.holder.as_ref().is_some_and(|f| dead.contains(&f.id())) {
+                        r.holder = None;
+                        self.locks_left += 1;
+                    }
+                }
+            }
+            // Trust no holder: each lock is asked again (and its holder followed anew).
+            Err(_) => {
+                for r in self.readings.values_mut() {
+                    if r.holder.take().is_some() {
+                        self.locks_left += 1;
+                    }
+                }
+            }
+        }
+        // No followed supervisor has exited (the dead ones were just let go): a replay that
+        // finds the set still quiet may trust every holder that was trusted here.
+        super::tape::quiet(w.fd());
     }
 
     /// The last reading of the slot at `dir`, its supervisor asked afresh, if nothing touched
@@ -95,9 +138,18 @@ impl SlotFileCache {
         let r = self.readings.get_mut(dir.as_os_str())?;
         r.used = generation;
         let supervised = match &r.lock {
+            // The supervisor that held the lock has not exited (see `drain`).
+            Some(_) if r.holder.is_some() => true,
             Some(lock) => {
                 let liveness = crate::s6::supervisor_by(lock);
                 super::tape::held_lock(std::os::fd::AsRawFd::as_raw_fd(lock), &liveness);
+                if let crate::s6::Liveness::Alive(pid) = liveness
+                    && self.locks_left > 0
+                    && let Some(w) = self.supervisors.as_ref()
+                {
+                    r.holder = w.follow(pid, lock);
+                    self.locks_left -= usize::from(r.holder.is_some());
+                }
                 liveness.maybe_alive()
             }
             None => {
@@ -141,10 +193,8 @@ impl SlotFileCache {
     /// Keeps `obs` (read after [`Self::watch`]) as the slot's reading, with its lock file,
     /// while nothing touches the slot; forgets the old one in any case.
     fn remember(&mut self, dir: &Path, obs: &SlotObs, lock: Option<std::fs::File>) {
-        if let Some(old) = self.readings.remove(dir.as_os_str())
-            && old.lock.is_some()
-        {
-            self.locks_left += 1;
+        if let Some(old) = self.readings.remove(dir.as_os_str()) {
+            self.locks_left += old.fds();
         }
         if !self.drift.as_ref().is_some_and(|d| d.trusted(dir)) {
             return;
@@ -153,8 +203,10 @@ impl SlotFileCache {
         if lock.is_some() {
             self.locks_left -= 1;
         }
-        self.readings
-            .insert(dir.as_os_str().to_owned(), Reading { obs: obs.clone(), used: self.generation, lock });
+        self.readings.insert(
+            dir.as_os_str().to_owned(),
+            Reading { obs: obs.clone(), used: self.generation, lock, holder: None },
+        );
     }
 
     /// Content of a slot file (bounded, no symlink followed), from the cache when unchanged.
@@ -198,7 +250,9 @@ impl SlotFileCache {
         let mut freed = 0;
         self.readings.retain(|_, r| {
             let keep = r.used == generation;
-            freed += usize::from(!keep && r.lock.is_some());
+            if !keep {
+                freed += r.fds();
+            }
             keep
         });
         self.locks_left += freed;

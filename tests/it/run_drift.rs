@@ -319,3 +319,98 @@ fn interrupted_removal_with_a_live_supervisor_is_finished() {
     });
     must(&d, "interrupted removal finished", r);
 }
+
+/// The processes `pid` follows by pidfd, by their pids.
+fn followed(pid: i32) -> std::collections::BTreeSet<i32> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[pidfd]"))
+        .filter_map(|e| {
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_str()?)).ok()?;
+            info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse().ok()
+        })
+        .collect()
+}
+
+/// The pids of the supervisors of the `gateway-*` slots (not their loggers').
+fn slot_supervisors(w: &World) -> std::collections::BTreeSet<i32> {
+    ns_processes(w)
+        .into_iter()
+        .filter(|p| {
+            p.argv.first().is_some_and(|a| a.ends_with("s6-supervise"))
+                && p.argv.get(1).is_some_and(|s| s.starts_with("gateway-") && !s.contains('/'))
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// The daemon's soft limit on open descriptors.
+fn soft_nofile(pid: i32) -> u64 {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+fn wait_showing(what: &str, d: &Daemon, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}:\n{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Settled re-lists do not ask each slot's lock again: the daemon follows each supervisor by
+/// its process (a pidfd), even started under the soft limit of 1,024 descriptors that
+/// container runtimes often set. A supervisor that dies is let go, and the one s6-svscan
+/// starts in its place is followed instead: the daemon never vouches for a dead one.
+#[test]
+fn a_dead_supervisor_is_let_go_and_its_successor_followed() {
+    root_only!();
+    let w = World::new();
+    w.profile("work").desired("running");
+    w.profile("idle");
+    let mut cmd = w.command(&["run", "--notify-fd", "3"]);
+    cmd.env("HERMES_RECONCILER_RESYNC_SECS", "1")
+        .env("HERMES_RECONCILER_LOG", "info,hermes_reconciler=debug");
+    // SAFETY: getrlimit and setrlimit are async-signal-safe and touch nothing of the parent's.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = 1024;
+            nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let d = Daemon::spawn_command(cmd);
+    d.wait_ready();
+    converge(&w, &d, &[("work", Want::Up), ("idle", Want::Down)]);
+    assert_eq!(gateway_slots(&w.scandir).len(), 3, "default, work and idle");
+    assert!(soft_nofile(d.pid()) > 1024, "the daemon raised its soft limit on descriptors");
+    let replays = || d.log_lines_with(&["re-list replayed unchanged"]).len();
+    // Followed once a re-list found the readings standing; then re-lists are replayed.
+    let supervisors = slot_supervisors(&w);
+    assert_eq!(supervisors.len(), 3);
+    wait_showing("every supervisor followed", &d, || followed(d.pid()) == supervisors);
+    let before = replays();
+    wait_showing("a replayed re-list", &d, || replays() > before);
+
+    // The supervisor of the slot that is down dies (nothing runs under it to leave behind).
+    // `s6-svc -x` would not do: s6 2.12 and later ignore it under s6-svscan.
+    let idle = slot_name("idle");
+    let victim = ns_processes(&w)
+        .into_iter()
+        .find(|p| p.argv.first().is_some_and(|a| a.ends_with("s6-supervise")) && p.argv.get(1) == Some(&idle))
+        .expect("idle's supervisor");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim.pid), Signal::SIGKILL).unwrap();
+    // s6-svscan (asked by the daemon, if need be) starts a new one, which the daemon follows
+    // in place of the dead one; the slot is as it was.
+    wait_showing("the successor followed, the dead one let go", &d, || {
+        let now = slot_supervisors(&w);
+        now.len() == 3 && !now.contains(&victim.pid) && followed(d.pid()) == now
+    });
+    converge(&w, &d, &[("work", Want::Up), ("idle", Want::Down)]);
+    let after = replays();
+    wait_showing("replays again", &d, || replays() > after);
+}
