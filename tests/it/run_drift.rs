@@ -396,8 +396,9 @@ fn a_dead_supervisor_is_let_go_and_its_successor_followed() {
     let before = replays();
     wait_showing("a replayed re-list", &d, || replays() > before);
 
-    // The supervisor of the slot that is down dies (nothing runs under it to leave behind).
-    // `s6-svc -x` would not do: s6 2.12 and later ignore it under s6-svscan.
+    // The supervisor of the slot that is down is killed: the harshest way one goes, with
+    // nothing running under it to leave behind. (s6-svscan 2.13 and later start a new one at
+    // once; 2.11 at its next scan.)
     let idle = slot_name("idle");
     let victim = ns_processes(&w)
         .into_iter()
