@@ -397,8 +397,8 @@ fn a_dead_supervisor_is_let_go_and_its_successor_followed() {
     wait_showing("a replayed re-list", &d, || replays() > before);
 
     // The supervisor of the slot that is down is killed: the harshest way one goes, with
-    // nothing running under it to leave behind. (s6-svscan 2.13 and later start a new one at
-    // once; 2.11 at its next scan.)
+    // nothing running under it to leave behind. (s6-svscan starts a new one: 2.13 at once,
+    // as measured; the daemon asks for a scan if none comes.)
     let idle = slot_name("idle");
     let victim = ns_processes(&w)
         .into_iter()
