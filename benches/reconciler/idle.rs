@@ -100,7 +100,7 @@ pub fn run(cfg: &Cfg, report: &mut Report) -> Result<()> {
         wait_quiet(pid, Duration::from_millis(if polling { 500 } else { 2000 }))?;
         if cfg.wants("idle") {
             steady_idle(cfg, &lab, pid, "400 profiles", 0.05, report)?;
-            let floor = relist_cpu(&lab, pid, "400 profiles", report)?;
+            let floor = relist_cpu(&lab, pid, "400 profiles", Some(5.0), report)?;
             idle_floor(floor, "400 profiles", report);
             report.note(format!(
                 "this machine charges {:.2} µs to touch a page left alone for 2 s (4 MiB, one byte a page)",
@@ -138,7 +138,9 @@ pub fn run(cfg: &Cfg, report: &mut Report) -> Result<()> {
             // The folders over the cap are listed by every re-list, never read (SPEC 9.3).
             let what = format!("{n} profile folders (cap 400)");
             steady_idle(cfg, &lab, pid, &what, 0.1, report)?;
-            let floor = relist_cpu(&lab, pid, &what, report)?;
+            // Measured, without a target: issue 15 sets one at 400 profiles only (the floor
+            // alone, 10,000 lookups, is several times 5 ms).
+            let floor = relist_cpu(&lab, pid, &what, None, report)?;
             idle_floor(floor, &what, report);
         }
         if cfg.wants("memory") {
@@ -163,7 +165,8 @@ pub fn run(cfg: &Cfg, report: &mut Report) -> Result<()> {
 /// CPU time of one full re-list (SIGHUP) from a quiet daemon to a quiet daemon: the median and
 /// the worst of five, each beside a floor re-list ([`RelistFloor`]) made in the same state (at
 /// least a second after anything touched the lab), the two alternating which goes first.
-fn relist_cpu(lab: &Lab, pid: i32, what: &str, report: &mut Report) -> Result<f64> {
+/// `target_ms`: the most the worst may cost, if this size has a target.
+fn relist_cpu(lab: &Lab, pid: i32, what: &str, target_ms: Option<f64>, report: &mut Report) -> Result<f64> {
     let floor = RelistFloor::new(lab)?;
     let (mut ms, mut fl) = (Vec::new(), Vec::new());
     for i in 0..5 {
@@ -188,14 +191,15 @@ fn relist_cpu(lab: &Lab, pid: i32, what: &str, report: &mut Report) -> Result<f6
         format!("{median:.2} / {worst:.2} ms"),
         format!("{f_median:.2} / {f_worst:.2} ms"),
         format!("{:.2}×", median / f_median),
-        "≤ 5 ms",
-        Some(worst <= 5.0),
+        target_ms.map_or_else(|| "-".to_owned(), |t| format!("≤ {t} ms")),
+        target_ms.map(|t| worst <= t),
     );
     report.note(format!(
         "re-list floor ({what}): the runner lists profiles/ and the scandir, stats each of the {} \
          profile folders and the intent files of the {} profiles with a slot, and asks each of \
-         the {} slots' locks (held open) with one fcntl: the system calls a full re-list cannot \
-         do without, timed on the runner's thread",
+         the {} slots' locks (held open) with one fcntl, timed on the runner's thread: the \
+         system calls of a full re-list that asks every lock (the daemon follows each \
+         supervisor by a pidfd instead, one epoll_wait for all, so it may cost less)",
         floor.folders.len(),
         floor.intents.len(),
         floor.locks.len()
