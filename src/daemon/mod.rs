@@ -209,7 +209,7 @@ impl Daemon {
             relist_pending: false,
             slot_files: SlotFileCache::watching(),
             render_memo: plan::render::RenderMemo::default(),
-            profile_files: ProfileFileCache::default(),
+            profile_files: ProfileFileCache::holding(crate::observe::descriptor_budget() / 3),
             crash: crash_watch(&cfg_crash),
             admitted: BTreeSet::new(),
             slotless: BTreeSet::new(),

@@ -33,6 +33,18 @@ use profile_files::ProfileFileCache;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Descriptors the observation caches may hold open in all (slot locks, supervisors'
+/// pidfds, profile files kept by identity): half of the soft limit less a reserve, the rest
+/// being left to everything else. `run` raises the soft limit first when it can.
+pub fn descriptor_budget() -> usize {
+    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given, nothing else.
+    if unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    usize::try_from(lim.rlim_cur.saturating_sub(256) / 2).unwrap_or(usize::MAX)
+}
+
 /// Reads one profile's files (uncached).
 pub fn observe_profile(name: ProfileName, dir: PathBuf, via_symlink: bool) -> ProfileObs {
     let mut p = unread_profile(name, dir, via_symlink);

@@ -27,11 +27,39 @@ use std::path::Path;
 pub use super::identity::RACY_SECS;
 use super::identity::is_racy;
 
+/// A parsed result, with the identity of the file it was parsed from.
+#[derive(Debug)]
+struct Entry<T> {
+    key: FileKey,
+    value: T,
+    /// The last full pass that used it.
+    used: u64,
+    /// The file, held open (`O_PATH`: no read or write access, no open of a FIFO) while its
+    /// directory keeps the identity it had before the file was looked up: see [`Held`].
+    held: Option<Held>,
+}
+
+/// A file kept open so that its identity is asked of the descriptor (`fstat`) instead of its
+/// path: a lookup of two path components less for each profile at each re-list (issue 15).
+///
+/// Why that answers what the path would: making, removing or renaming an entry of a
+/// directory changes the directory's mtime and ctime, and nobody can set a ctime back. The
+/// descriptor was opened after `dir` was read from the directory and found it was not too
+/// recent ([`RACY_SECS`]), and it named the file with the entry's identity. While the
+/// directory still has identity `dir`, none of its entries changed since, so the file's name
+/// still names the file held here. (A mount made over the file would not show; only root can
+/// mount, and that is not a way to change a profile.)
+#[derive(Debug)]
+struct Held {
+    fd: std::os::fd::OwnedFd,
+    dir: FileKey,
+}
+
 /// Parsed results of one kind of file, by path and, within a pass, by inode.
 #[derive(Debug)]
 pub struct IdentityCache<T> {
     /// By the path's bytes: hashing and comparing a `Path` goes component by component.
-    by_path: FastMap<std::ffi::OsString, (FileKey, T, u64)>,
+    by_path: FastMap<std::ffi::OsString, Entry<T>>,
     /// This pass's results by (device, inode): hard links share them. Cleared after each pass.
     by_inode: FastMap<(u64, u64), (FileKey, T)>,
     generation: u64,
@@ -39,6 +67,8 @@ pub struct IdentityCache<T> {
     pub parses: u64,
     /// [`RACY_SECS`], but tests can make every file look old.
     racy_secs: i64,
+    /// How many more files may be held open ([`Entry::held`]).
+    held_left: usize,
 }
 
 impl<T> Default for IdentityCache<T> {
@@ -49,6 +79,7 @@ impl<T> Default for IdentityCache<T> {
             generation: 0,
             parses: 0,
             racy_secs: RACY_SECS,
+            held_left: 0,
         }
     }
 }
@@ -76,19 +107,21 @@ impl<T: Clone> IdentityCache<T> {
             // Missing (the common case for optional files): what the bounded read would say,
             // without a second `lstat`.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.by_path.remove(path.as_os_str());
+                let old = self.by_path.remove(path.as_os_str());
+                self.let_go(old);
                 return parse(Err(ReadError::Missing));
             }
             _ => {
-                self.by_path.remove(path.as_os_str());
+                let old = self.by_path.remove(path.as_os_str());
+                self.let_go(old);
                 return parse(read_bounded(path, limit));
             }
         };
-        if let Some((k, value, used)) = self.by_path.get_mut(path.as_os_str())
-            && *k == key
+        if let Some(e) = self.by_path.get_mut(path.as_os_str())
+            && e.key == key
         {
-            *used = self.generation;
-            return value.clone();
+            e.used = self.generation;
+            return e.value.clone();
         }
         if let Some((k, value)) = self.by_inode.get(&(key.dev, key.ino))
             && *k == key
@@ -104,17 +137,93 @@ impl<T: Clone> IdentityCache<T> {
             self.by_inode.insert((key.dev, key.ino), (key, value.clone()));
             self.remember(path, key, &value);
         } else {
-            self.by_path.remove(path.as_os_str());
+            let old = self.by_path.remove(path.as_os_str());
+            self.let_go(old);
         }
         value
     }
 
     fn remember(&mut self, path: &Path, key: FileKey, value: &T) {
-        if is_racy(&key, self.racy_secs) {
-            self.by_path.remove(path.as_os_str());
+        let old = if is_racy(&key, self.racy_secs) {
+            self.by_path.remove(path.as_os_str())
         } else {
-            self.by_path.insert(path.as_os_str().to_owned(), (key, value.clone(), self.generation));
+            let entry = Entry { key, value: value.clone(), used: self.generation, held: None };
+            self.by_path.insert(path.as_os_str().to_owned(), entry)
+        };
+        self.let_go(old);
+    }
+
+    /// Gives an entry's held file (if any) back to the budget.
+    fn let_go(&mut self, old: Option<Entry<T>>) {
+        if old.is_some_and(|e| e.held.is_some()) {
+            self.held_left += 1;
         }
+    }
+
+    /// [`IdentityCache::get_at`] for a file of a directory whose identity `dir` was read
+    /// before the file was looked up in this pass (`None`: unknown). While `dir` is the one
+    /// the file was opened under, its identity is asked of the descriptor ([`Held`]); else
+    /// by its path, as `get_at` does, after which it is opened and held when it may be.
+    pub fn get_in(
+        &mut self,
+        base: Option<&StatBase>,
+        dir: Option<FileKey>,
+        path: &Path,
+        limit: u64,
+        parse: impl Fn(Result<Vec<u8>, ReadError>) -> T,
+    ) -> T {
+        if let Some(d) = dir
+            && let Some(e) = self.by_path.get_mut(path.as_os_str())
+            && let Some(h) = e.held.as_ref().filter(|h| h.dir == d)
+        {
+            match StatBase::fstat(std::os::fd::AsFd::as_fd(&h.fd)) {
+                Ok(st) if st.regular && st.key == e.key => {
+                    e.used = self.generation;
+                    return e.value.clone();
+                }
+                // Changed in place (or no answer): by its path, as below.
+                _ => {}
+            }
+        }
+        let value = self.get_at(base, path, limit, parse);
+        if let Some(d) = dir {
+            self.hold(base, d, path);
+        }
+        value
+    }
+
+    /// Opens the file of the entry for `path` (just confirmed or made by a read in the
+    /// directory whose identity is `dir`) and holds it, if it is not held under `dir` yet,
+    /// the budget allows it, and what opened is the file the entry was parsed from.
+    fn hold(&mut self, base: Option<&StatBase>, dir: FileKey, path: &Path) {
+        let Some(e) = self.by_path.get_mut(path.as_os_str()) else { return };
+        if e.held.as_ref().is_some_and(|h| h.dir == dir) {
+            return;
+        }
+        if e.held.take().is_some() {
+            self.held_left += 1;
+        }
+        if self.held_left == 0 {
+            return;
+        }
+        let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC;
+        let opened = match base.and_then(|b| Some((b, super::stat_base::under(b.path(), path)?))) {
+            Some((b, rel)) => nix::fcntl::openat(b, rel, flags, nix::sys::stat::Mode::empty()),
+            None => nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()),
+        };
+        let Ok(fd) = opened else { return };
+        // Not through `StatBase::fstat`: this only checks what was opened, it reads nothing
+        // an observation depends on.
+        if nix::sys::stat::fstat(&fd).is_ok_and(|st| super::identity::of(&st).key == e.key) {
+            e.held = Some(Held { fd, dir });
+            self.held_left -= 1;
+        }
+    }
+
+    /// Files this cache may hold open at most (see [`Held`]); 0 until called.
+    pub fn set_held_budget(&mut self, n: usize) {
+        let held = self.by_path.values().filter(|e| e.held.is_some()).count();
+        self.held_left = n.saturating_sub(held);
     }
 
     /// Ends a pass (full or partial): hard links are shared within a pass only.
@@ -126,7 +235,13 @@ impl<T: Clone> IdentityCache<T> {
     pub fn end_full_pass(&mut self) {
         self.end_pass();
         let generation = self.generation;
-        self.by_path.retain(|_, (_, _, used)| *used == generation);
+        let mut freed = 0;
+        self.by_path.retain(|_, e| {
+            let keep = e.used == generation;
+            freed += usize::from(!keep && e.held.is_some());
+            keep
+        });
+        self.held_left += freed;
         self.generation += 1;
     }
 }
@@ -192,6 +307,14 @@ struct Missing {
 }
 
 impl ProfileFileCache {
+    /// A cache that may hold up to `files` intent files open, to ask their identity of the
+    /// descriptor ([`Held`]).
+    pub fn holding(files: usize) -> Self {
+        let mut c = ProfileFileCache::default();
+        c.intent.set_held_budget(files);
+        c
+    }
+
     /// Before a full re-list reads the files of the profile at `dir`: the directory's identity
     /// as stat'ed *before* its files are looked at (the watcher's, at the start of the pass),
     /// or `None` (every file is looked at).
@@ -281,7 +404,9 @@ impl ProfileFileCache {
     /// `<dir>/gateway_state.json` (SPEC §5.2).
     pub fn intent(&mut self, dir: &Path) -> IntentReading {
         let path = child(dir, INTENT_FILE);
-        self.intent.get_at(self.base.as_ref(), &path, MAX_STATE_FILE, volume::intent_outcome).at(&path)
+        self.intent
+            .get_in(self.base.as_ref(), self.dir_now, &path, MAX_STATE_FILE, volume::intent_outcome)
+            .at(&path)
     }
 
     /// `<dir>/state/gateway.lifecycle.json` (SPEC §5.3).
@@ -372,7 +497,7 @@ impl ProfileFileCache {
     pub(crate) fn trusting_recent() -> Self {
         let racy_secs = -1_000_000;
         ProfileFileCache {
-            intent: IdentityCache { racy_secs, ..Default::default() },
+            intent: IdentityCache { racy_secs, held_left: 64, ..Default::default() },
             prior: IdentityCache { racy_secs, ..Default::default() },
             env: IdentityCache { racy_secs, ..Default::default() },
             yaml: IdentityCache { racy_secs, ..Default::default() },
@@ -662,5 +787,88 @@ mod tests {
         assert_eq!(cache.intent.parses, 1);
         warnings.dedup();
         assert_eq!(warnings.len(), 20, "one key per file");
+    }
+
+    /// An intent kept by identity is held open while its directory keeps its identity, and
+    /// then asked by descriptor: a rewrite in place, a replacement and a hostile swap for a
+    /// FIFO or a symlink are each seen, as they would be by path.
+    #[test]
+    fn a_held_file_answers_as_its_path_would() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("p");
+        fs::create_dir(&dir).unwrap();
+        let f = dir.join(INTENT_FILE);
+        fs::write(&f, "one").unwrap();
+        let n = std::cell::Cell::new(0);
+        let mut c: IdentityCache<String> = no_racy();
+        c.set_held_budget(1);
+        let dkey = || FileKey::of(&dir);
+        assert_eq!(c.get_in(None, dkey(), &f, 64, counting(&n)), "one");
+        assert_eq!(c.held_left, 0, "held once read");
+        // Asked again: by descriptor (the recording shows no lookup of the path), not parsed.
+        let d = dkey();
+        let (v, tape) =
+            crate::observe::tape::record_trusting(i64::MAX, || c.get_in(None, d, &f, 64, counting(&n)));
+        assert_eq!((v.as_str(), n.get()), ("one", 1));
+        let tape = tape.unwrap();
+        assert_eq!(tape.fstats(), 1);
+        assert_eq!(tape.len(), 1, "one question: the descriptor's");
+        assert!(tape.unchanged());
+        // Rewritten in place (the directory is unchanged): the descriptor sees it.
+        fs::write(&f, "two!").unwrap();
+        assert!(!tape.unchanged(), "a replay sees it");
+        assert_eq!(dkey(), dkey());
+        assert_eq!(c.get_in(None, dkey(), &f, 64, counting(&n)), "two!");
+        assert_eq!(c.held_left, 0, "still held: the same file");
+        // Replaced by a rename (the directory changes): by path, then held anew.
+        let tmp = dir.join(".tmp");
+        fs::write(&tmp, "three").unwrap();
+        fs::rename(&tmp, &f).unwrap();
+        assert_eq!(c.get_in(None, dkey(), &f, 64, counting(&n)), "three");
+        assert_eq!(c.held_left, 0);
+        // Swapped for a FIFO, then a symlink: refused, as by path, and no longer held.
+        fs::remove_file(&f).unwrap();
+        nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(c.get_in(None, dkey(), &f, 64, counting(&n)).contains("not a regular file"));
+        assert_eq!(c.held_left, 1, "the old file let go");
+        fs::remove_file(&f).unwrap();
+        fs::write(t.path().join("elsewhere"), "four").unwrap();
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), &f).unwrap();
+        assert!(!c.get_in(None, dkey(), &f, 64, counting(&n)).contains("four"));
+        assert_eq!(c.held_left, 1);
+        // Without a directory identity nothing is held; unused entries give their file back.
+        fs::remove_file(&f).unwrap();
+        fs::write(&f, "five").unwrap();
+        assert_eq!(c.get_in(None, None, &f, 64, counting(&n)), "five");
+        assert_eq!(c.held_left, 1);
+        assert_eq!(c.get_in(None, dkey(), &f, 64, counting(&n)), "five");
+        assert_eq!(c.held_left, 0);
+        c.end_full_pass();
+        c.end_full_pass();
+        assert_eq!(c.held_left, 1, "dropped with its entry");
+    }
+
+    /// A held file is only trusted under the directory identity it was opened under: the
+    /// same file made to look unchanged (its times set back) after the directory changed
+    /// is still asked by path.
+    #[test]
+    fn a_held_file_is_asked_by_path_once_its_directory_changed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("p");
+        fs::create_dir(&dir).unwrap();
+        let f = dir.join(INTENT_FILE);
+        fs::write(&f, "one").unwrap();
+        let n = std::cell::Cell::new(0);
+        let mut c: IdentityCache<String> = no_racy();
+        c.set_held_budget(4);
+        let before = FileKey::of(&dir);
+        assert_eq!(c.get_in(None, before, &f, 64, counting(&n)), "one");
+        // Moved away and another file put in its place: the directory changed.
+        fs::rename(&f, dir.join("old")).unwrap();
+        fs::write(&f, "two").unwrap();
+        let after = FileKey::of(&dir);
+        assert_ne!(before, after);
+        assert_eq!(c.get_in(None, after, &f, 64, counting(&n)), "two");
+        assert_eq!(n.get(), 2, "asked by path, and read");
     }
 }

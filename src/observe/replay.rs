@@ -34,6 +34,13 @@ impl Tape {
                 let now = StatBase::stat_relative(b, self.path(path), follow);
                 now.as_ref().map(|s| *s).map_err(errno) == seen
             }
+            Step::Fstat { fd, seen } => {
+                // SAFETY: `fd` is a file a cache still holds open (see `tape::fstat`): it is
+                // only borrowed for the call.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                let now = nix::sys::stat::fstat(fd).map(|st| super::identity::of(&st));
+                now.map_err(|e| e as i32) == seen
+            }
             Step::List { dir, entries, failed } => {
                 let want = self.get(entries);
                 let mut at = 0usize;
@@ -134,7 +141,11 @@ mod tests {
     }
 
     fn observe(cfg: &Config, slots: &mut SlotFileCache, files: &mut ProfileFileCache) -> Observed {
-        let w = crate::observe::observe_all_cached(cfg, None, slots, files, &|_| None);
+        // Each profile directory's identity, taken before its files are looked at (as the
+        // watcher's): intents kept by identity are then held open and asked by descriptor.
+        let profiles = cfg.home.join("profiles");
+        let dir_key = |name: &str| crate::observe::stat_base::FileKey::of(&profiles.join(name));
+        let w = crate::observe::observe_all_cached(cfg, None, slots, files, &dir_key);
         slots.end_pass();
         files.end_full_pass();
         w
@@ -167,6 +178,24 @@ mod tests {
             (
                 "an intent rewritten in place, same size",
                 Write("home/profiles/alpha/gateway_state.json", r#"{"desired_state":"stopped"}"#),
+            ),
+            (
+                "an intent rewritten in place, same size, its mtime set back",
+                Run(|c| {
+                    use std::os::unix::fs::MetadataExt;
+                    let f = c.home.join("profiles/alpha/gateway_state.json");
+                    let m = fs::metadata(&f).unwrap();
+                    fs::write(&f, r#"{"desired_state":"stopped"}"#).unwrap();
+                    let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
+                    nix::sys::stat::utimensat(
+                        nix::fcntl::AT_FDCWD,
+                        &f,
+                        &t,
+                        &t,
+                        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                    )
+                    .unwrap();
+                }),
             ),
             (
                 "an intent replaced by a rename",
@@ -245,6 +274,7 @@ mod tests {
             assert_eq!(first, second, "{what}: the world is the same twice");
             let tape = tape.unwrap_or_else(|why| panic!("{what}: a settled observation is a tape: {why}"));
             assert!(tape.len() > 10, "{what}: {} steps", tape.len());
+            assert_eq!(tape.fstats(), 2, "{what}: both intents asked by descriptor");
             assert!(tape.unchanged(), "{what}: nothing changed yet");
             if matches!(change, Change::Nothing) {
                 assert!(tape.unchanged(), "a replay changes nothing itself");

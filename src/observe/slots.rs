@@ -73,16 +73,11 @@ impl Reading {
     }
 }
 
-/// Lock files and pidfds held open at most: what leaves half of the soft descriptor limit,
-/// less a reserve, to everything else (1024 gives 384: 192 slots with both; slots past it
-/// are asked by path, or by their lock).
+/// Lock files and pidfds held open at most: two thirds of what the caches may hold
+/// ([`crate::observe::descriptor_budget`]; a soft limit of 1,024 gives 256: 128 slots with
+/// both; slots past it are asked by path, or by their lock).
 fn lock_budget() -> usize {
-    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes the struct it is given, nothing else.
-    if unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
-    }
-    usize::try_from(lim.rlim_cur.saturating_sub(256) / 2).unwrap_or(usize::MAX)
+    crate::observe::descriptor_budget() / 3 * 2
 }
 
 impl SlotFileCache {

@@ -77,6 +77,14 @@ impl StatBase {
         seen
     }
 
+    /// The identity of the file `fd` is open on (recorded on a tape as such: the descriptor
+    /// must stay the caller's, unchanged, while a tape recorded now may be replayed).
+    pub(crate) fn fstat(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Stat> {
+        let seen = nix::sys::stat::fstat(fd).map(|st| of(&st)).map_err(std::io::Error::from);
+        super::tape::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd), &seen);
+        seen
+    }
+
     fn stat_at(base: Option<&StatBase>, path: &Path, follow: bool) -> std::io::Result<Stat> {
         // Relative to the base when under it; recorded as asked ([`super::tape`]).
         let (base, path) = match base.and_then(|b| Some((b, under(&b.prefix, path)?))) {

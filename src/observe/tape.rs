@@ -81,6 +81,11 @@ pub(super) enum Step {
         follow: bool,
         seen: Result<Stat, i32>,
     },
+    /// An identity asked of a descriptor a cache holds (see [`fstat`]).
+    Fstat {
+        fd: RawFd,
+        seen: Result<Stat, i32>,
+    },
     /// A whole listing: each entry as `[name length: u16 LE][kind byte][name]`.
     List {
         dir: Span,
@@ -202,6 +207,12 @@ impl Tape {
         u16::try_from(i).ok()
     }
 
+    /// Identities asked of descriptors (for tests).
+    #[cfg(test)]
+    pub(crate) fn fstats(&self) -> usize {
+        self.steps.iter().filter(|s| matches!(s, Step::Fstat { .. })).count()
+    }
+
     /// Steps recorded (for tests and benchmarks).
     pub fn len(&self) -> usize {
         self.steps.len()
@@ -239,6 +250,23 @@ pub(crate) fn stat(base: Option<&Path>, path: &Path, follow: bool, seen: &std::i
         let path = r.tape.put(path.as_os_str().as_bytes());
         let seen = seen.as_ref().map(|s| *s).map_err(errno);
         r.tape.steps.push(Step::Stat { base, path, follow, seen });
+    });
+}
+
+/// An identity asked of the descriptor `fd`, which a cache holds open (a file it keeps by
+/// identity): the cache closes or replaces it only during an observation, and one drops the
+/// tape first, as for [`held_lock`]. Recent identities make the recording opaque, as in
+/// [`stat`].
+pub(crate) fn fstat(fd: RawFd, seen: &std::io::Result<Stat>) {
+    with(|r| {
+        if let Ok(st) = seen
+            && st.key.mtime.0.max(st.key.ctime.0) >= r.racy_from
+        {
+            r.opaque = Some("an identity changed too recently to tell a later change apart");
+            return;
+        }
+        let seen = seen.as_ref().map(|s| *s).map_err(errno);
+        r.tape.steps.push(Step::Fstat { fd, seen });
     });
 }
 
