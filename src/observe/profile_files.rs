@@ -794,14 +794,8 @@ mod tests {
     /// FIFO or a symlink are each seen, as they would be by path.
     #[test]
     fn a_held_file_answers_as_its_path_would() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = t.path().join("p");
-        fs::create_dir(&dir).unwrap();
-        let f = dir.join(INTENT_FILE);
-        fs::write(&f, "one").unwrap();
+        let (t, dir, f, mut c) = held_world(1);
         let n = std::cell::Cell::new(0);
-        let mut c: IdentityCache<String> = no_racy();
-        c.set_held_budget(1);
         let dkey = || FileKey::of(&dir);
         assert_eq!(c.get_in(None, dkey(), &f, 64, counting(&n)), "one");
         assert_eq!(c.held_left, 0, "held once read");
@@ -848,19 +842,26 @@ mod tests {
         assert_eq!(c.held_left, 1, "dropped with its entry");
     }
 
-    /// A held file is only trusted under the directory identity it was opened under: the
-    /// same file made to look unchanged (its times set back) after the directory changed
-    /// is still asked by path.
-    #[test]
-    fn a_held_file_is_asked_by_path_once_its_directory_changed() {
+    /// A directory `p` holding an intent file with `one`, and a cache that may hold `budget`
+    /// files and finds no file too recent.
+    fn held_world(budget: usize) -> (tempfile::TempDir, PathBuf, PathBuf, IdentityCache<String>) {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("p");
         fs::create_dir(&dir).unwrap();
         let f = dir.join(INTENT_FILE);
         fs::write(&f, "one").unwrap();
-        let n = std::cell::Cell::new(0);
         let mut c: IdentityCache<String> = no_racy();
-        c.set_held_budget(4);
+        c.set_held_budget(budget);
+        (t, dir, f, c)
+    }
+
+    /// A held file is only trusted under the directory identity it was opened under: once
+    /// the directory changed (the held file moved away under another name, a new one put in
+    /// its place), the name is asked by path.
+    #[test]
+    fn a_held_file_is_asked_by_path_once_its_directory_changed() {
+        let (_t, dir, f, mut c) = held_world(4);
+        let n = std::cell::Cell::new(0);
         let before = FileKey::of(&dir);
         assert_eq!(c.get_in(None, before, &f, 64, counting(&n)), "one");
         // Moved away and another file put in its place: the directory changed.
