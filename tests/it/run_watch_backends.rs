@@ -256,3 +256,88 @@ fn settled_relists_still_converge_what_only_a_relist_sees() {
         );
     }
 }
+
+/// The attack on intent files held open between re-lists, made by `hermes` where only a
+/// re-list can see it (polling that never polls): the held intent rewritten in place with its
+/// mtime set back to what it was (so only its ctime tells), then swapped for a symlink to a
+/// file of `hermes`' own saying `running`. The first must stop the gateway; the second must
+/// not be followed (no intent: the gateway stays down).
+#[test]
+fn hermes_rewriting_a_held_intent_behind_its_mtime_or_for_a_symlink_is_seen() {
+    root_only!();
+    let (w, uid, gid) = World::for_hermes();
+    w.profile("work").desired("running");
+    chown_tree(&w.home, uid, gid);
+    let d = Daemon::start(
+        &w,
+        &[
+            ("HERMES_RECONCILER_WATCH", "poll"),
+            ("HERMES_RECONCILER_POLL_MS", "3600000"),
+            ("HERMES_RECONCILER_RESYNC_SECS", "1"),
+            ("HERMES_RECONCILER_LOG", "info,hermes_reconciler=debug"),
+        ],
+    );
+    converge(&w, &d, &[("work", Want::Up)]);
+    let replays = || d.log_lines_with(&["re-list replayed unchanged"]).len();
+    let wait_replay = |what: &str| {
+        let before = replays();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while replays() <= before {
+            assert!(std::time::Instant::now() < deadline, "{what}: no replayed re-list:\n{}", d.stderr());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // Held, and replayed: the intent is asked by descriptor now.
+    wait_replay("before the attack");
+    let intent = w.profile_dir("work").join("gateway_state.json");
+    let held = fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .flatten()
+        .any(|e| fs::read_link(e.path()).is_ok_and(|l| l == intent));
+    assert!(held, "the daemon holds the intent open");
+    let was = fs::read_to_string(&intent).unwrap();
+    let stopped = was.replace("running", "stopped");
+    assert_eq!(stopped.len(), was.len(), "the same size");
+    // The reference time is kept outside the profile's folder, which must not change.
+    let reference = w.home.join(".reference");
+    let script = format!(
+        "touch -r '{f}' '{r}' && printf '%s' '{s}' > '{f}' && touch -r '{r}' '{f}'",
+        f = intent.display(),
+        r = reference.display(),
+        s = stopped
+    );
+    let o = run_as(
+        "hermes",
+        &[std::ffi::OsStr::new("sh"), std::ffi::OsStr::new("-euc"), std::ffi::OsStr::new(&script)],
+    );
+    assert!(o.status.success(), "as hermes: {}", String::from_utf8_lossy(&o.stderr));
+    converge(&w, &d, &[("work", Want::Down)]);
+
+    let outside = w.home.join("outside.json");
+    let script = format!(
+        "printf '%s' '{s}' > '{o}' && rm '{f}' && ln -s '{o}' '{f}'",
+        s = was,
+        o = outside.display(),
+        f = intent.display()
+    );
+    let o = run_as(
+        "hermes",
+        &[std::ffi::OsStr::new("sh"), std::ffi::OsStr::new("-euc"), std::ffi::OsStr::new(&script)],
+    );
+    assert!(o.status.success(), "as hermes: {}", String::from_utf8_lossy(&o.stderr));
+    // Two re-lists that found nothing more to do since (a symlinked intent is read by path at
+    // every re-list, so they observe rather than replay).
+    let quiet = || d.log_lines_with(&["re-list found the world unchanged"]).len();
+    let before = quiet();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while quiet() < before + 2 {
+        assert!(std::time::Instant::now() < deadline, "no quiet re-lists after the symlink:\n{}", d.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    converge(&w, &d, &[("work", Want::Down)]);
+    assert!(
+        d.log_lines_with(&["gateway_state.json"]).iter().any(|l| l.contains("WARN")),
+        "the symlinked intent is reported:\n{}",
+        d.stderr()
+    );
+}
