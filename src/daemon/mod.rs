@@ -460,7 +460,10 @@ impl Daemon {
     /// Establishes watches (before listing, so nothing created in between is missed), then
     /// observes everything and converges it.
     pub fn full_pass(&mut self, kind: PassKind) {
-        if !self.full_pass_inner(kind) {
+        let converged = self.full_pass_inner(kind);
+        // Not before: closing an intent file the agent replaced may wait on the device.
+        self.profile_files.close_released();
+        if !converged {
             return;
         }
         // Slots this pass created or removed may move the capacity guard's line.
@@ -658,6 +661,8 @@ impl Daemon {
         self.emit_warnings(&plan.warnings, false);
         let mid: Vec<Standing> = dirty.iter().map(|n| self.standing(n)).collect();
         let outcome = self.applier.apply(&plan);
+        // The control bytes are written: now the intent files let go may be closed.
+        self.profile_files.close_released();
         self.after_apply(&plan, outcome, Some(&dirty));
         let after: Vec<Standing> = dirty.iter().map(|n| self.standing(n)).collect();
         if moved || mid != after {

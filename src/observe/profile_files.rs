@@ -69,7 +69,13 @@ pub struct IdentityCache<T> {
     racy_secs: i64,
     /// How many more files may be held open ([`Entry::held`]).
     held_left: usize,
+    /// Held files let go since [`IdentityCache::take_released`] was last called, still
+    /// open. At most [`MAX_RELEASED`]; past that, closed on the spot.
+    released: Vec<std::os::fd::OwnedFd>,
 }
+
+/// Released descriptors a cache keeps for [`IdentityCache::take_released`] at most.
+const MAX_RELEASED: usize = 1024;
 
 impl<T> Default for IdentityCache<T> {
     fn default() -> Self {
@@ -80,6 +86,7 @@ impl<T> Default for IdentityCache<T> {
             parses: 0,
             racy_secs: RACY_SECS,
             held_left: 0,
+            released: Vec::new(),
         }
     }
 }
@@ -155,9 +162,30 @@ impl<T: Clone> IdentityCache<T> {
 
     /// Gives an entry's held file (if any) back to the budget.
     fn let_go(&mut self, old: Option<Entry<T>>) {
-        if old.is_some_and(|e| e.held.is_some()) {
-            self.held_left += 1;
+        if let Some(h) = old.and_then(|e| e.held) {
+            self.release(h);
         }
+    }
+
+    /// Gives a held file back to the budget; its descriptor waits for `take_released`.
+    fn release(&mut self, h: Held) {
+        self.held_left += 1;
+        if self.released.len() < MAX_RELEASED {
+            self.released.push(h.fd);
+        }
+    }
+
+    /// The descriptors of held files let go since the last call, to be closed once the
+    /// pass has written what it planned.
+    ///
+    /// Why not on the spot: an intent file the agent replaced the usual way (a temporary
+    /// file renamed over it) has no name left, and the held descriptor is its last
+    /// reference. Closing it frees the inode in the closing thread: on ext4 the file is
+    /// truncated and its blocks freed, and on a filesystem mounted with `discard` that may
+    /// wait for the device (0.6 ms once in a lab trace, in the pass that read the new intent,
+    /// before the control byte it asked for).
+    pub fn take_released(&mut self) -> Vec<std::os::fd::OwnedFd> {
+        std::mem::take(&mut self.released)
     }
 
     /// [`IdentityCache::get_at`] for a file of a directory whose identity `dir` was read
@@ -200,12 +228,13 @@ impl<T: Clone> IdentityCache<T> {
         if e.held.as_ref().is_some_and(|h| h.dir == dir) {
             return;
         }
-        if e.held.take().is_some() {
-            self.held_left += 1;
+        if let Some(h) = e.held.take() {
+            self.release(h);
         }
         if self.held_left == 0 {
             return;
         }
+        let Some(e) = self.by_path.get_mut(path.as_os_str()) else { return };
         let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC;
         let opened = match base.and_then(|b| Some((b, super::stat_base::under(b.path(), path)?))) {
             Some((b, rel)) => nix::fcntl::openat(b, rel, flags, nix::sys::stat::Mode::empty()),
@@ -235,13 +264,11 @@ impl<T: Clone> IdentityCache<T> {
     pub fn end_full_pass(&mut self) {
         self.end_pass();
         let generation = self.generation;
-        let mut freed = 0;
-        self.by_path.retain(|_, e| {
-            let keep = e.used == generation;
-            freed += usize::from(!keep && e.held.is_some());
-            keep
-        });
-        self.held_left += freed;
+        let unused: Vec<Held> =
+            self.by_path.extract_if(|_, e| e.used != generation).filter_map(|(_, e)| e.held).collect();
+        for h in unused {
+            self.release(h);
+        }
         self.generation += 1;
     }
 }
@@ -313,6 +340,12 @@ impl ProfileFileCache {
         let mut c = ProfileFileCache::default();
         c.intent.set_held_budget(files);
         c
+    }
+
+    /// Closes the intent files let go since the last call: call it once a pass has applied
+    /// what it planned, not before (see [`IdentityCache::take_released`]).
+    pub fn close_released(&mut self) {
+        drop(self.intent.take_released());
     }
 
     /// Before a full re-list reads the files of the profile at `dir`: the directory's identity
@@ -814,17 +847,26 @@ mod tests {
         assert_eq!(dkey(), dkey());
         assert_eq!(c.get_in(None, dkey(), &f, 64, counting(&n)), "two!");
         assert_eq!(c.held_left, 0, "still held: the same file");
+        assert_eq!(c.take_released().len(), 1, "opened again with its new reading");
         // Replaced by a rename (the directory changes): by path, then held anew.
+        let replaced = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&f).unwrap());
         let tmp = dir.join(".tmp");
         fs::write(&tmp, "three").unwrap();
         fs::rename(&tmp, &f).unwrap();
         assert_eq!(c.get_in(None, dkey(), &f, 64, counting(&n)), "three");
         assert_eq!(c.held_left, 0);
+        // The replaced file was let go, but not closed during the pass (its close frees it).
+        let released = c.take_released();
+        assert_eq!(released.len(), 1);
+        let st = nix::sys::stat::fstat(&released[0]).unwrap();
+        assert_eq!((st.st_ino, st.st_nlink), (replaced, 0), "the replaced file, still open");
+        assert!(c.take_released().is_empty(), "handed over once");
         // Swapped for a FIFO, then a symlink: refused, as by path, and no longer held.
         fs::remove_file(&f).unwrap();
         nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
         assert!(c.get_in(None, dkey(), &f, 64, counting(&n)).contains("not a regular file"));
         assert_eq!(c.held_left, 1, "the old file let go");
+        assert_eq!(c.take_released().len(), 1);
         fs::remove_file(&f).unwrap();
         fs::write(t.path().join("elsewhere"), "four").unwrap();
         std::os::unix::fs::symlink(t.path().join("elsewhere"), &f).unwrap();
@@ -840,6 +882,7 @@ mod tests {
         c.end_full_pass();
         c.end_full_pass();
         assert_eq!(c.held_left, 1, "dropped with its entry");
+        assert_eq!(c.take_released().len(), 1);
     }
 
     /// A directory `p` holding an intent file with `one`, and a cache that may hold `budget`
