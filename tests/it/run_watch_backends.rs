@@ -260,10 +260,12 @@ fn settled_relists_still_converge_what_only_a_relist_sees() {
 /// The attack on intent files held open between re-lists, made by `hermes` where only a
 /// re-list can see it (polling that never polls): the held intent rewritten in place with its
 /// mtime set back to what it was (so only its ctime tells), then swapped for a symlink to a
-/// file of `hermes`' own saying `running`. The first must stop the gateway; the second must
-/// not be followed (no intent: the gateway stays down).
+/// file of `hermes`' own saying `running`, then (once a plain file is held again) swapped for
+/// a FIFO nobody writes to. The first must stop the gateway; the second must not be followed
+/// (no intent: the gateway stays down); the third must be refused without an open, which
+/// would hang the daemon: it is reported, and re-lists go on.
 #[test]
-fn hermes_rewriting_a_held_intent_behind_its_mtime_or_for_a_symlink_is_seen() {
+fn hermes_rewriting_a_held_intent_behind_its_mtime_or_for_a_symlink_or_fifo_is_seen() {
     root_only!();
     let (w, uid, gid) = World::for_hermes();
     w.profile("work").desired("running");
@@ -290,11 +292,13 @@ fn hermes_rewriting_a_held_intent_behind_its_mtime_or_for_a_symlink_is_seen() {
     // Held, and replayed: the intent is asked by descriptor now.
     wait_replay("before the attack");
     let intent = w.profile_dir("work").join("gateway_state.json");
-    let held = fs::read_dir(format!("/proc/{}/fd", d.pid()))
-        .unwrap()
-        .flatten()
-        .any(|e| fs::read_link(e.path()).is_ok_and(|l| l == intent));
-    assert!(held, "the daemon holds the intent open");
+    let holds = || {
+        fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .flatten()
+            .any(|e| fs::read_link(e.path()).is_ok_and(|l| l == intent))
+    };
+    assert!(holds(), "the daemon holds the intent open");
     let was = fs::read_to_string(&intent).unwrap();
     let stopped = was.replace("running", "stopped");
     assert_eq!(stopped.len(), was.len(), "the same size");
@@ -328,16 +332,43 @@ fn hermes_rewriting_a_held_intent_behind_its_mtime_or_for_a_symlink_is_seen() {
     // Two re-lists that found nothing more to do since (a symlinked intent is read by path at
     // every re-list, so they observe rather than replay).
     let quiet = || d.log_lines_with(&["re-list found the world unchanged"]).len();
-    let before = quiet();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while quiet() < before + 2 {
-        assert!(std::time::Instant::now() < deadline, "no quiet re-lists after the symlink:\n{}", d.stderr());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let two_quiet = |what: &str| {
+        let before = quiet();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while quiet() < before + 2 {
+            assert!(std::time::Instant::now() < deadline, "no quiet re-lists after {what}:\n{}", d.stderr());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    two_quiet("the symlink");
     converge(&w, &d, &[("work", Want::Down)]);
     assert!(
         d.log_lines_with(&["gateway_state.json"]).iter().any(|l| l.contains("WARN")),
         "the symlinked intent is reported:\n{}",
         d.stderr()
     );
+
+    // Last, a FIFO nobody writes to in place of the held file: opening it would hang the
+    // daemon. First a plain file again, held and replayed.
+    let script = format!("rm '{f}' && printf '%s' '{s}' > '{f}'", f = intent.display(), s = stopped);
+    let o = run_as(
+        "hermes",
+        &[std::ffi::OsStr::new("sh"), std::ffi::OsStr::new("-euc"), std::ffi::OsStr::new(&script)],
+    );
+    assert!(o.status.success(), "as hermes: {}", String::from_utf8_lossy(&o.stderr));
+    wait_replay("a plain intent again");
+    assert!(holds(), "the daemon holds the plain intent again");
+    let script = format!("rm '{f}' && mkfifo '{f}'", f = intent.display());
+    let o = run_as(
+        "hermes",
+        &[std::ffi::OsStr::new("sh"), std::ffi::OsStr::new("-euc"), std::ffi::OsStr::new(&script)],
+    );
+    assert!(o.status.success(), "as hermes: {}", String::from_utf8_lossy(&o.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.log_lines_with(&["gateway_state.json", "FIFO"]).iter().any(|l| l.contains("WARN")) {
+        assert!(std::time::Instant::now() < deadline, "the FIFO is not reported:\n{}", d.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    two_quiet("the FIFO");
+    converge(&w, &d, &[("work", Want::Down)]);
 }
