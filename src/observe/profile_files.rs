@@ -180,7 +180,7 @@ impl<T: Clone> IdentityCache<T> {
     ///
     /// Why not on the spot: an intent file the agent replaced the usual way (a temporary
     /// file renamed over it) has no name left, and the held descriptor is its last
-    /// reference. Closing it frees the inode in the closing thread: on ext4 the file is
+    /// reference. Closing it frees the inode, in the thread that closes it: on ext4 the file is
     /// truncated and its blocks freed, and on a filesystem mounted with `discard` that may
     /// wait for the device (0.6 ms once in a lab trace, in the pass that read the new intent,
     /// before the control byte it asked for).
