@@ -70,6 +70,15 @@ fn single_topology_edges_under_the_daemon() {
     // The last unfold stops the root.
     write_state(&a.dir, &serde_json::json!({ "desired_state": "stopped" }));
     converge(&w, &d, &[("default", Want::Down), ("a", Want::Down), ("b", Want::Down)]);
+    // The boot-log line follows the control byte (written first, for latency): s6 may report
+    // the root down an instant before it is there.
+    let root_stopped =
+        || w.boot_lines().unwrap_or_default().iter().any(|l| l.profile == "default" && l.action == "stopped");
+    must(
+        &d,
+        "the root's stop logged",
+        poll(WAIT, || if root_stopped() { Ok(()) } else { Err("no stop line for the root".into()) }),
+    );
     let mut c = Checks::new();
     let lines = w.boot_lines().unwrap_or_default();
     let root: Vec<(String, Option<String>)> = lines
