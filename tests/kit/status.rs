@@ -90,3 +90,17 @@ pub fn status_agrees(w: &World, profiles: &[&str]) -> Result<BTreeMap<String, se
         Ok(rows)
     })
 }
+
+/// [`status_agrees`], until `ready` also holds of the rows. What `status` reads from the
+/// daemon's record (skips, errors, last actions) is written at the end of a pass, after the
+/// control bytes whose effect s6 may already report.
+pub fn status_agrees_when(
+    w: &World,
+    profiles: &[&str],
+    ready: impl Fn(&BTreeMap<String, serde_json::Value>) -> Result<(), String>,
+) -> Result<BTreeMap<String, serde_json::Value>, String> {
+    poll(WAIT, || {
+        let rows = status_agrees(w, profiles)?;
+        ready(&rows).map(|()| rows)
+    })
+}
