@@ -53,7 +53,11 @@ fn a_crash_loop_is_held_and_a_new_desired_state_ends_the_hold() {
         if d.log_lines_with(&["WARN", "crash", "exit_1"]).is_empty() { Err(d.stderr()) } else { Ok(()) }
     }));
     c.ok(wait_slots(&w.scandir, &wants(&[("crash", Want::Parked), ("steady", Want::Up)])));
-    c.check(status_backoff(&w, "crash").is_some_and(|b| b.contains("deaths=3")), "status shows the hold");
+    // The record `status` reads is written at the end of the pass that logged the hold.
+    c.ok(poll(WAIT, || match status_backoff(&w, "crash") {
+        Some(b) if b.contains("deaths=3") => Ok(()),
+        other => Err(format!("status shows no hold with 3 deaths: {other:?}")),
+    }));
     let table = w.run(&["status"]).stdout;
     c.check(table.lines().any(|l| l.starts_with("crash ") && l.contains("backoff until")), table);
     // A new desired_state value ends the hold at once (here: stopped).

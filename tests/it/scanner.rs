@@ -109,10 +109,18 @@ fn dangling_symlink_is_reported_and_the_slot_supervised_once_it_is_gone() {
         if named.is_empty() { Err("the daemon has not named the symlink".into()) } else { Ok(()) }
     });
     must(&d, "daemon names the dangling symlink", r);
-    let status = w.run(&["status", "--json"]);
-    status.assert_code(0);
-    let report = status.json()["scandir"].to_string();
-    assert!(report.contains("broken-service"), "status does not name the symlink: {report}");
+    // The record `status` reads is written at the end of the pass that logged the warning.
+    let r = poll(WAIT, || {
+        let status = w.run(&["status", "--json"]);
+        status.assert_code(0);
+        let report = status.json()["scandir"].to_string();
+        if report.contains("broken-service") {
+            Ok(())
+        } else {
+            Err(format!("status does not name it: {report}"))
+        }
+    });
+    must(&d, "status names the dangling symlink", r);
     fs::remove_file(&link).unwrap();
     let r = poll(Duration::from_secs(60), || {
         let st = svstat(&w.slot("late"))?;
