@@ -210,6 +210,15 @@ fn watch_limit_exhaustion_falls_back_to_relisting() {
     assert_eq!(fallback, 1, "the fallback is logged once:\n{text}");
 }
 
+/// A daemon that sees the volume only by re-listing it, every second: polling that never
+/// polls (an hour away), and the debug lines that tell a replayed re-list from an observed one.
+const RELIST_ONLY: [(&str, &str); 4] = [
+    ("HERMES_RECONCILER_WATCH", "poll"),
+    ("HERMES_RECONCILER_POLL_MS", "3600000"),
+    ("HERMES_RECONCILER_RESYNC_SECS", "1"),
+    ("HERMES_RECONCILER_LOG", "info,hermes_reconciler=debug"),
+];
+
 /// A re-list that finds the world as its last settled pass left it plans nothing (issue 15),
 /// and the ones after it only replay what it read, but one that finds a change still
 /// converges it. The poller here is an hour away, so only the periodic re-list (every second)
@@ -220,15 +229,7 @@ fn settled_relists_still_converge_what_only_a_relist_sees() {
     let w = World::new();
     w.profile("work").desired("running");
     w.profile("idle");
-    let d = Daemon::start(
-        &w,
-        &[
-            ("HERMES_RECONCILER_WATCH", "poll"),
-            ("HERMES_RECONCILER_POLL_MS", "3600000"),
-            ("HERMES_RECONCILER_RESYNC_SECS", "1"),
-            ("HERMES_RECONCILER_LOG", "info,hermes_reconciler=debug"),
-        ],
-    );
+    let d = Daemon::start(&w, &RELIST_ONLY);
     converge(&w, &d, &[("work", Want::Up), ("idle", Want::Down)]);
     for (round, (work, idle)) in
         [("stopped", "running"), ("running", "stopped"), ("stopped", "stopped")].into_iter().enumerate()
@@ -270,15 +271,7 @@ fn hermes_rewriting_a_held_intent_behind_its_mtime_or_for_a_symlink_or_fifo_is_s
     let (w, uid, gid) = World::for_hermes();
     w.profile("work").desired("running");
     chown_tree(&w.home, uid, gid);
-    let d = Daemon::start(
-        &w,
-        &[
-            ("HERMES_RECONCILER_WATCH", "poll"),
-            ("HERMES_RECONCILER_POLL_MS", "3600000"),
-            ("HERMES_RECONCILER_RESYNC_SECS", "1"),
-            ("HERMES_RECONCILER_LOG", "info,hermes_reconciler=debug"),
-        ],
-    );
+    let d = Daemon::start(&w, &RELIST_ONLY);
     converge(&w, &d, &[("work", Want::Up)]);
     let replays = || d.log_lines_with(&["re-list replayed unchanged"]).len();
     let wait_replay = |what: &str| {
